@@ -1,0 +1,1 @@
+"""Diffusion agents, one folder per algorithm (installed as ``diffgym.agents``)."""

@@ -1,0 +1,1 @@
+"""Data layer: Minari loading, transitions, trajectory segments, dataset creation and import."""

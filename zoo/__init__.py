@@ -1,0 +1,1 @@
+"""Model registry, hyperparameters, pretrained models and benchmarks (installed as ``diffgym.zoo``)."""

@@ -1,0 +1,1 @@
+"""Benchmarks: run on purpose (``diffgym benchmark ...``), never in CI."""
