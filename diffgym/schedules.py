@@ -19,9 +19,20 @@ import torch
 from torch import Tensor, nn
 
 
-def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> np.ndarray:
-    """DDPM's linear betas (Ho et al. 2020; also Diffusion-QL's ``linear`` option)."""
-    return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+def linear_betas(
+    num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None
+) -> np.ndarray:
+    """DDPM's linear betas (Ho et al. 2020), 1e-4 → 0.02 at T = 1000.
+
+    By default both ends scale by 1000 / T (Nichol & Dhariwal 2021's ``get_named_beta_schedule``)
+    so that the chain ends in noise (``alpha_bar_T`` ≈ 4e-5) whatever T is. Diffusion-QL's own
+    ``linear`` option keeps 1e-4 → 0.02 at T = 5 (``alpha_bar_T`` ≈ 0.95, far from noise): pass
+    ``beta_start``/``beta_end`` explicitly to get that. Betas are capped at 0.999 (short chains).
+    """
+    scale = 1000 / num_timesteps
+    start = scale * 1e-4 if beta_start is None else beta_start
+    end = scale * 2e-2 if beta_end is None else beta_end
+    return np.clip(np.linspace(start, end, num_timesteps, dtype=np.float64), 0.0, 0.999)
 
 
 def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:

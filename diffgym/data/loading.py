@@ -1,0 +1,325 @@
+"""Load Minari datasets (by id, directory, object or D4RL-layout file) into flat numpy arrays.
+
+Shapes below use ``N`` for the number of transitions and ``E`` for the number of episodes. Every
+episode of ``T`` steps has ``T + 1`` observations (Minari's layout); transition ``t`` goes from
+observation ``t`` to observation ``t + 1``, so episode boundaries are never crossed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import gymnasium as gym
+import minari
+import numpy as np
+from gymnasium import spaces
+from minari import MinariDataset
+from minari.storage import get_dataset_path
+
+from diffgym.data._tree import ArrayTree, iter_leaves, storage_dtype, tree_map
+from diffgym.data.making import import_d4rl, imported_dataset_id
+from diffgym.data.validation import check_episode_lengths, check_finite, check_spaces
+
+__all__ = [
+    "DatasetLike",
+    "EpisodeArrays",
+    "Transitions",
+    "flatten_observations",
+    "load_dataset",
+    "load_transitions",
+    "read_episodes",
+    "validate_dataset",
+]
+
+#: What every ``dataset=`` argument in diffgym accepts.
+DatasetLike = str | os.PathLike | MinariDataset
+
+_HDF5_SUFFIXES = (".hdf5", ".h5")
+
+
+class Transitions(NamedTuple):
+    """All transitions of a dataset, concatenated in episode order.
+
+    Float arrays are float32, integer arrays int64. For a ``Dict`` observation space,
+    ``observations`` and ``next_observations`` are dicts ``key -> (N, *key_shape)`` (use
+    :func:`flatten_observations` for one vector per step).
+    """
+
+    observations: ArrayTree  #: (N, *obs_shape)
+    actions: np.ndarray  #: (N, *act_shape)
+    rewards: np.ndarray  #: (N,) float32
+    next_observations: ArrayTree  #: (N, *obs_shape)
+    terminals: np.ndarray  #: (N,) bool, Minari's ``terminations``
+    timeouts: np.ndarray  #: (N,) bool, Minari's ``truncations``
+    episode_ids: np.ndarray  #: (N,) int64, the Minari episode id of each transition
+
+
+class EpisodeArrays(NamedTuple):
+    """Per-episode arrays concatenated once, keeping each episode's final observation.
+
+    Episode ``i`` holds steps ``step_offsets[i]:step_offsets[i + 1]`` and observations
+    ``observation_offsets[i]:observation_offsets[i + 1]`` (one more row than steps).
+    """
+
+    observations: ArrayTree  #: (N + E, *obs_shape): each episode's T + 1 observations
+    actions: np.ndarray  #: (N, *act_shape)
+    rewards: np.ndarray  #: (N,) float32
+    terminations: np.ndarray  #: (N,) bool
+    truncations: np.ndarray  #: (N,) bool
+    infos: dict[str, np.ndarray]  #: requested info keys -> (N, ...), the info aligned with observation t
+    lengths: np.ndarray  #: (E,) int64, steps per episode
+    episode_ids: np.ndarray  #: (E,) int64, Minari episode ids
+
+    @property
+    def step_offsets(self) -> np.ndarray:
+        """(E + 1,) first step row of each episode, then N."""
+        return np.concatenate([[0], np.cumsum(self.lengths)])
+
+    @property
+    def observation_offsets(self) -> np.ndarray:
+        """(E + 1,) first observation row of each episode, then N + E."""
+        return self.step_offsets + np.arange(len(self.lengths) + 1)
+
+    def observation_rows(self) -> np.ndarray:
+        """(N,) the observation row of each step (add 1 for its next observation)."""
+        return np.arange(int(self.lengths.sum())) + np.repeat(np.arange(len(self.lengths)), self.lengths)
+
+
+def load_dataset(dataset: DatasetLike, download: bool = False) -> MinariDataset:
+    """Return a :class:`minari.MinariDataset` for any of the accepted forms.
+
+    Args:
+        dataset: one of
+            - a :class:`minari.MinariDataset` (returned as is);
+            - a path to a Minari dataset directory (the one holding ``data/`` or ``data/`` itself);
+            - a path to a D4RL-layout ``.hdf5`` / ``.h5`` file: imported once into the local Minari
+              store (``MINARI_DATASETS_PATH`` or ``~/.minari``) under
+              :func:`~diffgym.data.imported_dataset_id`, which hashes the file's content, and loaded
+              from there afterwards;
+            - a Minari dataset id such as ``"mujoco/hopper/medium-v0"``. An existing path wins over an
+              id of the same spelling.
+        download: for ids only, passed to :func:`minari.load_dataset`. With the default ``False`` an
+            id must already be in the local store, exactly like ``minari.load_dataset(id)``; with
+            ``True`` Minari downloads a missing dataset from its remote.
+
+    Raises:
+        FileNotFoundError: an id that is not in the local store (with ``download=False``).
+        ValueError: a path that is neither a Minari dataset directory nor an HDF5 file.
+    """
+    if isinstance(dataset, MinariDataset):
+        return dataset
+    path = Path(dataset)
+    if isinstance(dataset, os.PathLike) or path.exists():
+        return _load_path(path)
+    try:
+        return minari.load_dataset(str(dataset), download=download)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{error} Run `minari download {dataset}` or pass download=True (it needs internet)."
+        ) from error
+
+
+def _load_path(path: Path) -> MinariDataset:
+    """Load a Minari dataset directory or a (cached import of a) D4RL-layout HDF5 file."""
+    if path.is_file() and path.suffix in _HDF5_SUFFIXES:
+        dataset_id = imported_dataset_id(path)
+        if get_dataset_path(dataset_id).joinpath("data").exists():
+            return minari.load_dataset(dataset_id)
+        return import_d4rl(path, dataset_id=dataset_id)
+    for data_dir in (path, path / "data"):
+        if data_dir.joinpath("metadata.json").is_file():
+            return MinariDataset(data_dir)
+    raise ValueError(
+        f"{path} is neither a Minari dataset directory (with data/metadata.json) nor a D4RL-layout "
+        f"file ({', '.join(_HDF5_SUFFIXES)})"
+    )
+
+
+def read_episodes(
+    dataset: DatasetLike, info_keys: tuple[str, ...] = (), check_finite_values: bool = True
+) -> EpisodeArrays:
+    """Read every episode once into preallocated concatenated arrays.
+
+    Floats become float32 and integers int64 while copying, so no second full-size copy is made.
+
+    Args:
+        dataset: anything :func:`load_dataset` accepts.
+        info_keys: per-step info fields to keep (``"goal"`` or nested ``"a/b"``). Minari stores ``T + 1``
+            infos (the reset info first) or ``T``; the first ``T`` are kept, entry ``t`` belonging to
+            observation ``t``.
+        check_finite_values: raise :class:`~diffgym.data.NonFiniteDataError` on NaN / inf in
+            observations, actions or rewards.
+
+    Raises:
+        EpisodeLengthError: an episode whose arrays disagree in length.
+        NonFiniteDataError: see ``check_finite_values``.
+    """
+    dataset = load_dataset(dataset)
+    n_steps, n_episodes = dataset.total_steps, dataset.total_episodes
+    if n_episodes == 0:
+        raise ValueError(f"dataset {dataset.id} has no episodes")
+    buffers: EpisodeArrays | None = None
+    lengths = np.zeros(n_episodes, dtype=np.int64)
+    step = 0
+    for index, episode in enumerate(dataset.iterate_episodes()):
+        infos = {key: _info_field(episode.infos, key, episode.id) for key in info_keys}
+        n = _checked_length(episode, infos)
+        if step + n > n_steps:
+            raise ValueError(f"dataset {dataset.id}: its metadata counts {n_steps} steps, the episodes more")
+        if buffers is None:
+            buffers = _allocate(episode, infos, n_steps, n_episodes)
+        _fill(buffers, episode, infos, step, step + index)
+        lengths[index], step = n, step + n
+    assert buffers is not None
+    arrays = buffers._replace(lengths=lengths, episode_ids=dataset.episode_indices.astype(np.int64))
+    if check_finite_values:
+        _check_finite(arrays)
+    return arrays
+
+
+def _info_field(infos: dict | None, key: str, episode_id: int) -> np.ndarray:
+    """Look up a (``/``-separated, possibly nested) info key of one episode."""
+    value = infos or {}
+    for part in key.split("/"):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"episode {episode_id} has no info field {key!r}; infos: {list(infos or {})}")
+        value = value[part]
+    return np.asarray(value)
+
+
+def _checked_length(episode: minari.EpisodeData, infos: dict[str, np.ndarray]) -> int:
+    """Return the episode's number of steps after checking every field's length."""
+    n = len(episode.rewards)
+    lengths = {name: len(array) for name, array in iter_leaves(episode.observations, "observations")}
+    lengths.update(
+        {name: len(array) for name, array in iter_leaves(episode.actions, "actions")},
+        terminations=len(episode.terminations),
+        truncations=len(episode.truncations),
+    )
+    check_episode_lengths(episode.id, n, lengths)
+    short = {f"infos/{key}": len(value) for key, value in infos.items() if len(value) < n}
+    check_episode_lengths(episode.id, n, short)
+    return n
+
+
+def _allocate(
+    episode: minari.EpisodeData, infos: dict[str, np.ndarray], n_steps: int, n_episodes: int
+) -> EpisodeArrays:
+    """Empty arrays shaped after the first episode."""
+    return EpisodeArrays(
+        observations=tree_map(lambda a: _empty_like(a, n_steps + n_episodes), episode.observations),
+        actions=tree_map(lambda a: _empty_like(a, n_steps), episode.actions),
+        rewards=np.empty(n_steps, dtype=np.float32),
+        terminations=np.empty(n_steps, dtype=bool),
+        truncations=np.empty(n_steps, dtype=bool),
+        infos={key: _empty_like(value, n_steps) for key, value in infos.items()},
+        lengths=np.empty(0, dtype=np.int64),
+        episode_ids=np.empty(0, dtype=np.int64),
+    )
+
+
+def _empty_like(example: np.ndarray, rows: int) -> np.ndarray:
+    """``(rows, *example.shape[1:])`` uninitialised, in diffgym's in-memory dtype."""
+    example = np.asarray(example)
+    return np.empty((rows, *example.shape[1:]), dtype=storage_dtype(example.dtype))
+
+
+def _fill(
+    buffers: EpisodeArrays, episode: minari.EpisodeData, infos: dict[str, np.ndarray], step: int, row: int
+) -> None:
+    """Copy one episode into the buffers at step ``step`` and observation row ``row``."""
+    n = len(episode.rewards)
+    tree_map(
+        lambda buffer, value: _copy_rows(buffer, value, row, n + 1),
+        buffers.observations,
+        episode.observations,
+    )
+    tree_map(lambda buffer, value: _copy_rows(buffer, value, step, n), buffers.actions, episode.actions)
+    for name in ("rewards", "terminations", "truncations"):
+        _copy_rows(getattr(buffers, name), getattr(episode, name), step, n)
+    for key, value in infos.items():
+        _copy_rows(buffers.infos[key], value, step, n)
+
+
+def _copy_rows(buffer: np.ndarray, value: np.ndarray, start: int, n: int) -> None:
+    """``buffer[start:start + n] = value[:n]`` (casting to the buffer's dtype)."""
+    buffer[start : start + n] = value[:n]
+
+
+def _check_finite(arrays: EpisodeArrays) -> None:
+    """Check observations against the observation rows and step fields against the step rows."""
+    episode_ids = arrays.episode_ids
+    check_finite(
+        dict(iter_leaves(arrays.observations, "observations")), arrays.observation_offsets, episode_ids
+    )
+    step_fields = dict(iter_leaves(arrays.actions, "actions"), rewards=arrays.rewards)
+    check_finite(step_fields, arrays.step_offsets, episode_ids)
+
+
+def load_transitions(dataset: DatasetLike, check_finite_values: bool = True) -> Transitions:
+    """Load every transition of a dataset as flat arrays with correct episode boundaries.
+
+    Within each episode ``observations = ep.observations[:-1]`` and
+    ``next_observations = ep.observations[1:]``. Runs the length checks and, unless disabled, the
+    NaN / inf checks (naming field, episode id and step; a non-finite *final* observation shows as
+    step ``T`` of ``observations``, i.e. the last ``next_observations``).
+
+    Args:
+        dataset: anything :func:`load_dataset` accepts.
+        check_finite_values: raise :class:`~diffgym.data.NonFiniteDataError` on NaN / inf.
+    """
+    arrays = read_episodes(dataset, check_finite_values=check_finite_values)
+    rows = arrays.observation_rows()
+    return Transitions(
+        observations=tree_map(lambda a: a[rows], arrays.observations),
+        actions=arrays.actions,
+        rewards=arrays.rewards,
+        next_observations=tree_map(lambda a: a[rows + 1], arrays.observations),
+        terminals=arrays.terminations,
+        timeouts=arrays.truncations,
+        episode_ids=np.repeat(arrays.episode_ids, arrays.lengths),
+    )
+
+
+def validate_dataset(dataset: DatasetLike, env: gym.Env | None = None) -> None:
+    """Run every check: episode lengths, finite values and, given an env, both spaces against it.
+
+    Raises:
+        EpisodeLengthError, NonFiniteDataError, DatasetSpaceMismatchError: whichever fails first.
+    """
+    dataset = load_dataset(dataset)
+    read_episodes(dataset)
+    if env is not None:
+        check_spaces(dataset.observation_space, env.observation_space, "observation")
+        check_spaces(dataset.action_space, env.action_space, "action")
+
+
+def flatten_observations(observations: ArrayTree | tuple, space: spaces.Space) -> np.ndarray:
+    """Flatten a batch of observations to ``(N, flatdim)`` float32, as ``gymnasium.spaces.flatten`` does.
+
+    Vectorised over the batch: ``Box`` / ``MultiBinary`` are reshaped, ``Discrete`` and
+    ``MultiDiscrete`` become one-hot, ``Dict`` concatenates its keys in the space's key order and
+    ``Tuple`` its parts in order.
+
+    Args:
+        observations: ``(N, *shape)`` array, or a dict / tuple of them matching ``space``.
+        space: the observation space (e.g. ``dataset.observation_space``).
+    """
+    if isinstance(space, spaces.Dict):
+        parts = [flatten_observations(observations[key], sub) for key, sub in space.spaces.items()]
+        return np.concatenate(parts, axis=1)
+    if isinstance(space, spaces.Tuple):
+        parts = [flatten_observations(obs, sub) for obs, sub in zip(observations, space.spaces, strict=True)]
+        return np.concatenate(parts, axis=1)
+    array = np.asarray(observations)
+    if isinstance(space, spaces.Discrete):
+        return np.eye(int(space.n), dtype=np.float32)[array - space.start]
+    if isinstance(space, spaces.MultiDiscrete):
+        flat = (array - space.start).reshape(len(array), -1)
+        eyes = [np.eye(int(n), dtype=np.float32) for n in space.nvec.ravel()]
+        return np.concatenate([eye[flat[:, i]] for i, eye in enumerate(eyes)], axis=1)
+    if isinstance(space, (spaces.Box, spaces.MultiBinary)):
+        return array.reshape(len(array), -1).astype(np.float32, copy=False)
+    raise TypeError(f"cannot flatten observations of space {space}")

@@ -1,0 +1,481 @@
+"""Make Minari datasets: roll out any policy, or import a D4RL-layout HDF5 file.
+
+Both build :class:`minari.data_collector.EpisodeBuffer` objects straight from numpy arrays and call
+:func:`minari.create_dataset_from_buffers` (Minari's ``DataCollector`` would need jax).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import h5py
+import minari
+import numpy as np
+from gymnasium import spaces
+from minari import MinariDataset
+from minari.data_collector import EpisodeBuffer
+
+from diffgym.data._tree import stack_tree
+
+__all__ = ["collect_dataset", "import_d4rl", "imported_dataset_id"]
+
+#: Part of the cache key of imported files: bump it when the import's result changes.
+_IMPORT_FORMAT = 1
+_HASH_CHUNK = 1 << 20
+
+Policy = Callable[[Any], Any]
+
+
+# --------------------------------------------------------------------------- collecting
+
+
+def collect_dataset(
+    env: gym.Env | str,
+    policy: Any,
+    dataset_id: str,
+    n_steps: int | None = None,
+    n_episodes: int | None = None,
+    seed: int = 0,
+    deterministic: bool = False,
+    info_keys: Sequence[str] = (),
+    algorithm_name: str | None = None,
+    author: str | None = None,
+    description: str | None = None,
+) -> MinariDataset:
+    """Roll out a policy and store the episodes as a new local Minari dataset.
+
+    Episode ``i`` is reset with seed ``seed + i`` (recorded in the dataset); a random policy samples
+    from ``env.action_space`` seeded with ``seed``. Collection stops at ``n_steps`` transitions or
+    ``n_episodes`` episodes, whichever comes first; an episode cut by ``n_steps`` is marked truncated.
+
+    Args:
+        env: a Gymnasium env or env id. An env with a ``spec`` is recorded so that
+            ``dataset.recover_environment()`` works; otherwise only its spaces are stored.
+        policy: an SB3 model (anything with ``.predict(obs, deterministic=...)``), any callable
+            ``obs -> action``, or ``None`` / ``"random"`` for uniform random actions.
+        dataset_id: the new Minari id, e.g. ``"test/pendulum/random-v0"``; must not exist yet.
+        n_steps: stop after this many transitions.
+        n_episodes: stop after this many episodes.
+        seed: seed of the first reset and of random actions.
+        deterministic: passed to an SB3 model's ``predict``.
+        info_keys: step-info fields to record (each present in the reset info and every step info);
+            stored as ``T + 1`` entries per episode, the reset info first, as Minari's ``DataCollector``.
+        algorithm_name, author, description: Minari metadata (defaults describe the policy).
+    """
+    if n_steps is None and n_episodes is None:
+        raise ValueError("give n_steps, n_episodes or both")
+    own_env = isinstance(env, str)
+    env = gym.make(env) if isinstance(env, str) else env
+    try:
+        act, policy_name = _action_function(env, policy, seed, deterministic)
+        buffers = _rollouts(env, act, n_steps, n_episodes, seed, tuple(info_keys))
+        return _create(
+            dataset_id,
+            buffers,
+            env if env.spec is not None else None,
+            env.observation_space,
+            env.action_space,
+            algorithm_name=algorithm_name or policy_name,
+            author=author,
+            description=description or f"{policy_name} policy on {_env_name(env)}, seed {seed}",
+        )
+    finally:
+        if own_env:
+            env.close()
+
+
+def _env_name(env: gym.Env) -> str:
+    return env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+
+
+def _action_function(env: gym.Env, policy: Any, seed: int, deterministic: bool) -> tuple[Policy, str]:
+    """Turn the accepted policy forms into ``obs -> action`` and a name for the metadata."""
+    if policy is None or (isinstance(policy, str) and policy == "random"):
+        env.action_space.seed(seed)
+        return (lambda _obs: env.action_space.sample()), "random"
+    if hasattr(policy, "predict"):
+        return (lambda obs: policy.predict(obs, deterministic=deterministic)[0]), type(policy).__name__
+    if callable(policy):
+        return policy, getattr(policy, "__name__", type(policy).__name__)
+    raise TypeError(f"policy must be an SB3 model, a callable, None or 'random', not {policy!r}")
+
+
+def _rollouts(
+    env: gym.Env,
+    act: Policy,
+    n_steps: int | None,
+    n_episodes: int | None,
+    seed: int,
+    info_keys: tuple[str, ...],
+) -> list[EpisodeBuffer]:
+    """Collect episodes until either budget is used up."""
+    buffers: list[EpisodeBuffer] = []
+    total = 0
+    while (n_episodes is None or len(buffers) < n_episodes) and (n_steps is None or total < n_steps):
+        budget = None if n_steps is None else n_steps - total
+        buffer = _rollout(env, act, seed + len(buffers), budget, info_keys, len(buffers))
+        buffers.append(buffer)
+        total += len(buffer)
+    return buffers
+
+
+def _rollout(
+    env: gym.Env,
+    act: Policy,
+    seed: int,
+    budget: int | None,
+    info_keys: tuple[str, ...],
+    episode_id: int,
+) -> EpisodeBuffer:
+    """One episode, cut (and marked truncated) after ``budget`` steps."""
+    obs, info = env.reset(seed=seed)
+    observations, infos = [obs], [_pick_infos(info, info_keys, episode_id)]
+    actions, rewards, terminations, truncations = [], [], [], []
+    while True:
+        action = act(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        infos.append(_pick_infos(info, info_keys, episode_id))
+        actions.append(action)
+        rewards.append(float(reward))
+        terminations.append(bool(terminated))
+        cut = budget is not None and len(rewards) >= budget
+        truncations.append(bool(truncated) or (cut and not terminated))
+        if terminated or truncated or cut:
+            break
+    return EpisodeBuffer(
+        id=episode_id,
+        seed=seed,
+        observations=stack_tree(observations),
+        actions=np.asarray(actions, dtype=env.action_space.dtype),
+        rewards=np.asarray(rewards, dtype=np.float64),
+        terminations=np.asarray(terminations),
+        truncations=np.asarray(truncations),
+        infos=stack_tree(infos) if info_keys else None,
+    )
+
+
+def _pick_infos(info: dict, keys: tuple[str, ...], episode_id: int) -> dict[str, Any]:
+    """The requested fields of one step's info."""
+    missing = [key for key in keys if key not in info]
+    if missing:
+        raise KeyError(f"info of episode {episode_id} lacks {missing}; it has {sorted(info)}")
+    return {key: info[key] for key in keys}
+
+
+# --------------------------------------------------------------------------- D4RL import
+
+
+def imported_dataset_id(path: str | Path) -> str:
+    """The Minari id a D4RL-layout file is imported under: ``imported/<file stem>-<content hash>-v0``.
+
+    The hash covers the file's bytes and the importer's format version, so an edited file (or a
+    changed importer) is imported afresh while an unchanged one is loaded from the local store.
+    """
+    path = Path(path)
+    digest = hashlib.sha256(f"diffgym-import-{_IMPORT_FORMAT}".encode())
+    with path.open("rb") as file:
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
+    return f"imported/{stem}-{digest.hexdigest()[:12]}-v0"
+
+
+def import_d4rl(
+    path: str | Path,
+    dataset_id: str | None = None,
+    env_id: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    description: str | None = None,
+) -> MinariDataset:
+    """Import a D4RL-layout HDF5 file into a new local Minari dataset.
+
+    The file holds one row per transition: ``observations``, ``actions``, ``rewards``, ``terminals``,
+    ``timeouts``, optionally ``next_observations`` and per-step arrays under ``infos/``.
+
+    - **Episodes** end at rows whose ``terminals`` or ``timeouts`` is true; rows after the last such
+      row form a final episode marked truncated at its last step (its ``timeouts`` reads true after
+      the import). Files without ``timeouts`` split on ``terminals`` only.
+    - **Observations**: each episode stores its rows' ``observations`` plus the last row's
+      ``next_observations`` as final observation. Without ``next_observations`` the last transition
+      of every episode is dropped (its next observation is unknown, as in D4RL's
+      ``qlearning_dataset``) and the new last step is marked truncated; one-row episodes vanish.
+      Rows where ``next_observations[t] != observations[t + 1]`` inside an episode are reported with
+      a warning: Minari keeps one observation sequence per episode.
+    - **Infos**: each ``infos/<key>`` array with one row per transition is stored as Minari infos
+      with ``T + 1`` entries (Minari's convention: entry ``t`` goes with observation ``t``); the
+      final entry repeats the last row.
+    - **Env and spaces**: ``env_id`` (else the ``env_id`` in the file attribute ``metadata``, with its
+      ``env_kwargs``) is made with ``gym.make``; when its spaces have the file's shapes they are used
+      (with the file's float dtype) and the env spec is stored. Otherwise, or when the env cannot be
+      made, observations get ``Box(-inf, inf)`` and actions ``Box(-1, 1)`` (D4RL's convention) when
+      the data lies within it, else ``Box(min, max)`` of the data; the env id is then only kept in
+      the metadata (``source_env_id``). Pass ``env_id`` / ``env_kwargs`` to take the spaces from an
+      env the file does not name in a ``gym.make``-able way (Meta-World: ``env_id="Meta-World/MT1",
+      env_kwargs={"env_name": "reach-v3"}``).
+    - **Reference returns** for :func:`minari.get_normalized_score` and
+      :func:`diffgym.scores.normalized_score`, taken from ``metadata`` in this order:
+      ``ref_min_score`` / ``ref_max_score``; ``eval_random`` / ``eval_controller`` mean returns (the
+      shared maze files, whose README normalises with the controller = 100, random = 0); D4RL's
+      ``d4rl_ref``. The choice is recorded in ``ref_score_source``.
+
+    Args:
+        path: the ``.hdf5`` file.
+        dataset_id: the new Minari id; default :func:`imported_dataset_id`.
+        env_id: overrides the file's env id.
+        env_kwargs: overrides the file's env kwargs.
+        description: Minari description; default names the file and env.
+
+    Raises:
+        ValueError: a multi-agent file (arrays with an agent axis), or missing arrays.
+    """
+    path = Path(path)
+    with h5py.File(path, "r") as file:
+        file_meta = json.loads(file.attrs.get("metadata", "{}"))
+        arrays = _read_flat(file, path)
+    env_id = env_id or file_meta.get("env_id")
+    env_kwargs = env_kwargs if env_kwargs is not None else file_meta.get("env_kwargs", {})
+    env = _try_make(env_id, env_kwargs) if env_id else None
+    try:
+        obs_space, action_space, env_matches = _import_spaces(arrays, env)
+        dataset = _create(
+            dataset_id or imported_dataset_id(path),
+            _split_episodes(arrays, obs_space, action_space),
+            env if env_matches else None,
+            obs_space,
+            action_space,
+            algorithm_name=file_meta.get("made_by", "unknown (D4RL-layout file)"),
+            author=None,
+            description=description or f"Imported from the D4RL-layout file {path.name} (env {env_id})",
+        )
+    finally:
+        if env is not None:
+            env.close()
+    extra = {"source_file": path.name, "source_env_id": env_id, "source_metadata": file_meta}
+    dataset.storage.update_metadata({**extra, **_references(file_meta)})
+    return dataset
+
+
+def _read_flat(file: h5py.File, path: Path) -> dict[str, np.ndarray]:
+    """Read the flat arrays (and ``infos/...`` as ``infos/<key>``) and check their shapes."""
+    missing = [key for key in ("observations", "actions", "rewards", "terminals") if key not in file]
+    if missing:
+        raise ValueError(f"{path} is not a D4RL-layout file: it lacks {missing}")
+    if file["rewards"].ndim > 1:
+        raise ValueError(
+            f"{path} has per-agent arrays (rewards {file['rewards'].shape}): multi-agent files need the "
+            "multi-agent importer, not import_d4rl"
+        )
+    n = len(file["rewards"])
+    arrays = {key: file[key][()] for key in ("observations", "actions", "rewards", "terminals")}
+    arrays["timeouts"] = file["timeouts"][()] if "timeouts" in file else np.zeros(n, dtype=bool)
+    if "next_observations" in file:
+        arrays["next_observations"] = file["next_observations"][()]
+    if "infos" in file:
+        file["infos"].visititems(lambda name, obj: _read_info(arrays, name, obj, n))
+    wrong = {key: len(value) for key, value in arrays.items() if len(value) != n}
+    if wrong:
+        raise ValueError(f"{path}: arrays must all have {n} rows; these differ: {wrong}")
+    arrays["terminals"], arrays["timeouts"] = (
+        arrays["terminals"].astype(bool),
+        arrays["timeouts"].astype(bool),
+    )
+    return arrays
+
+
+def _read_info(arrays: dict[str, np.ndarray], name: str, obj: h5py.HLObject, n: int) -> None:
+    """Keep an ``infos/`` dataset with one row per transition."""
+    if isinstance(obj, h5py.Dataset) and obj.ndim > 0 and len(obj) == n:
+        arrays[f"infos/{name}"] = obj[()]
+
+
+def _try_make(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env | None:
+    """``gym.make`` the env, registering gymnasium-robotics' envs if needed; None when impossible."""
+    try:
+        return gym.make(env_id, **env_kwargs)
+    except gym.error.NameNotFound:
+        pass  # maybe one of gymnasium-robotics' envs, registered on import
+    except Exception as error:
+        warnings.warn(f"cannot make env {env_id!r} ({error}); spaces come from the arrays", stacklevel=3)
+        return None
+    try:
+        import gymnasium_robotics  # noqa: F401
+
+        return gym.make(env_id, **env_kwargs)
+    except Exception as error:
+        warnings.warn(f"cannot make env {env_id!r} ({error}); spaces come from the arrays", stacklevel=3)
+        return None
+
+
+def _import_spaces(
+    arrays: dict[str, np.ndarray], env: gym.Env | None
+) -> tuple[spaces.Space, spaces.Space, bool]:
+    """Observation and action spaces for the file, and whether they are the env's."""
+    obs, actions = arrays["observations"], arrays["actions"]
+    from_arrays = (
+        spaces.Box(-np.inf, np.inf, obs.shape[1:], _float_dtype(obs.dtype)),
+        _action_box(actions),
+    )
+    if env is None:
+        return (*from_arrays, False)
+    env_spaces = (_with_dtype(env.observation_space, obs), _with_dtype(env.action_space, actions))
+    if all(space is not None for space in env_spaces):
+        return (*env_spaces, True)
+    warnings.warn(
+        f"the file's arrays (observations {obs.shape[1:]}, actions {actions.shape[1:]}) do not fit "
+        f"{env.spec.id if env.spec else env}'s spaces ({env.observation_space}, {env.action_space}); "
+        "storing Box spaces from the arrays and keeping the env id in the metadata only",
+        stacklevel=3,
+    )
+    return (*from_arrays, False)
+
+
+def _action_box(actions: np.ndarray) -> spaces.Box:
+    """``Box(-1, 1)`` (D4RL's and Minari's action range) when the data fits in it, else the data's range."""
+    low, high = actions.min(axis=0), actions.max(axis=0)
+    if low.min() >= -1 and high.max() <= 1:
+        low, high = -1.0, 1.0
+    return spaces.Box(low, high, actions.shape[1:], _float_dtype(actions.dtype))
+
+
+def _float_dtype(dtype: np.dtype) -> np.dtype:
+    return dtype if dtype.kind == "f" else np.dtype(np.float32)
+
+
+def _with_dtype(space: spaces.Space, array: np.ndarray) -> spaces.Space | None:
+    """The env's space for data shaped like ``array`` (a Box gets the file's float dtype), or None."""
+    if space.shape != array.shape[1:]:
+        return None
+    if isinstance(space, spaces.Box) and space.dtype.kind == "f" and array.dtype.kind == "f":
+        low, high = space.low.astype(array.dtype), space.high.astype(array.dtype)
+        return spaces.Box(low, high, space.shape, array.dtype)
+    if isinstance(space, (spaces.Box, spaces.Discrete)):
+        return space
+    return None
+
+
+def _split_episodes(
+    arrays: dict[str, np.ndarray], obs_space: spaces.Space, action_space: spaces.Space
+) -> list[EpisodeBuffer]:
+    """Cut the flat arrays into episode buffers (see :func:`import_d4rl` for the rules)."""
+    n = len(arrays["rewards"])
+    ends = np.flatnonzero(arrays["terminals"] | arrays["timeouts"])
+    tail = len(ends) == 0 or ends[-1] != n - 1
+    if tail:
+        ends = np.append(ends, n - 1)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    obs = arrays["observations"].astype(obs_space.dtype, copy=False)
+    actions = arrays["actions"].astype(action_space.dtype, copy=False)
+    next_obs = arrays.get("next_observations")
+    if next_obs is not None:
+        next_obs = next_obs.astype(obs_space.dtype, copy=False)
+        _warn_inconsistent_next(obs, next_obs, ends)
+    infos = {key[len("infos/") :]: value for key, value in arrays.items() if key.startswith("infos/")}
+    buffers = []
+    for start, end in zip(starts, ends + 1, strict=True):
+        buffer = _episode(arrays, obs, actions, next_obs, infos, int(start), int(end), len(buffers))
+        if buffer is not None:
+            buffers.append(buffer)
+    if tail and buffers:
+        buffers[-1].truncations[-1] = True
+    dropped = len(starts) - len(buffers)
+    if dropped:
+        warnings.warn(f"dropped {dropped} one-row episodes (no next_observations in the file)", stacklevel=3)
+    return buffers
+
+
+def _episode(
+    arrays: dict[str, np.ndarray],
+    obs: np.ndarray,
+    actions: np.ndarray,
+    next_obs: np.ndarray | None,
+    infos: dict[str, np.ndarray],
+    start: int,
+    end: int,
+    episode_id: int,
+) -> EpisodeBuffer | None:
+    """Rows ``start:end`` as one episode buffer (None when nothing is left of it)."""
+    if next_obs is None:
+        end -= 1  # the last row's next observation is unknown: drop that transition
+        if end <= start:
+            return None
+        observations = obs[start : end + 1]
+    else:
+        observations = np.concatenate([obs[start:end], next_obs[end - 1 : end]])
+    truncations = arrays["timeouts"][start:end].copy()
+    if next_obs is None:
+        truncations[-1] = True
+    return EpisodeBuffer(
+        id=episode_id,
+        observations=observations,
+        actions=actions[start:end],
+        rewards=arrays["rewards"][start:end],
+        terminations=arrays["terminals"][start:end],
+        truncations=truncations,
+        infos={key: np.concatenate([value[start:end], value[end - 1 : end]]) for key, value in infos.items()}
+        or None,
+    )
+
+
+def _warn_inconsistent_next(obs: np.ndarray, next_obs: np.ndarray, ends: np.ndarray) -> None:
+    """Warn when ``next_observations[t] != observations[t + 1]`` inside an episode."""
+    inside = np.ones(len(obs) - 1, dtype=bool)
+    inside[ends[ends < len(obs) - 1]] = False
+    differs = (next_obs[:-1] != obs[1:]).reshape(len(obs) - 1, -1).any(axis=1) & inside
+    if differs.any():
+        warnings.warn(
+            f"next_observations[t] != observations[t + 1] at {int(differs.sum())} rows inside episodes "
+            f"(first at row {int(np.flatnonzero(differs)[0])}); the import keeps observations[t + 1]",
+            stacklevel=4,
+        )
+
+
+def _references(meta: dict[str, Any]) -> dict[str, Any]:
+    """Minari's reference-return fields from a file's metadata (see :func:`import_d4rl`)."""
+    if "ref_min_score" in meta and "ref_max_score" in meta:
+        low, high, source = meta["ref_min_score"], meta["ref_max_score"], "file metadata ref_min/max_score"
+    elif "eval_random" in meta and "eval_controller" in meta:
+        low, high = meta["eval_random"]["mean_return"], meta["eval_controller"]["mean_return"]
+        source = "dataset README / file metadata: uniform random = 0, noise-free controller = 100"
+    elif "d4rl_ref" in meta:
+        low, high = meta["d4rl_ref"]["ref_min_score"], meta["d4rl_ref"]["ref_max_score"]
+        source = "D4RL reference returns (file metadata d4rl_ref)"
+    else:
+        return {}
+    return {"ref_min_score": float(low), "ref_max_score": float(high), "ref_score_source": source}
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _create(
+    dataset_id: str,
+    buffers: list[EpisodeBuffer],
+    env: gym.Env | None,
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    algorithm_name: str,
+    author: str | None,
+    description: str,
+) -> MinariDataset:
+    """``minari.create_dataset_from_buffers`` without its warnings about optional metadata."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is set to None", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"env_spec is None", category=UserWarning)
+        return minari.create_dataset_from_buffers(
+            dataset_id,
+            buffers,
+            env=env,
+            observation_space=observation_space,
+            action_space=action_space,
+            algorithm_name=algorithm_name,
+            author=author,
+            description=description,
+        )

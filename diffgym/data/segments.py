@@ -1,0 +1,183 @@
+"""Fixed-length trajectory segments for planners (Diffuser, Decision Diffuser).
+
+Segments are not materialised: the episodes are kept concatenated, each followed by ``H - 1``
+padding rows when padding is on, and a segment is a window of ``H`` rows from a valid start.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import NamedTuple
+
+import numpy as np
+from gymnasium import spaces
+from scipy.signal import lfilter
+
+from diffgym.data.loading import DatasetLike, EpisodeArrays, flatten_observations, load_dataset, read_episodes
+
+__all__ = ["SegmentDataset", "Segments", "discounted_returns_to_go"]
+
+_INFO_PREFIX = "infos/"
+
+
+class Segments(NamedTuple):
+    """A batch of ``N`` trajectory segments of horizon ``H``."""
+
+    observations: np.ndarray  #: (N, H, obs_dim) float32
+    actions: np.ndarray  #: (N, H, act_dim) float32
+    rewards: np.ndarray  #: (N, H) float32
+    mask: np.ndarray  #: (N, H) bool, True on real steps, False on padding
+    returns: np.ndarray  #: (N,) float32, discounted return-to-go from the segment start to the episode end
+    goals: np.ndarray | None  #: (N, goal_dim) float32, the goal at the segment start, or None
+
+
+class SegmentDataset:
+    """Windows of ``horizon`` consecutive steps from a dataset's episodes.
+
+    Padding (Diffuser's ``use_padding=True``): every step of an episode is a valid start, and a window
+    running past the episode end continues with padding rows whose observation repeats the episode's
+    final observation (the last next-observation), whose action and reward are zero and whose
+    ``mask`` is False. Repeating the final state keeps padded observations inside the data's range
+    (zeros would drag a normaliser's statistics and the model toward an arbitrary state); the mask
+    lets losses ignore them. Without padding only windows of ``horizon`` real steps are used, so
+    episodes shorter than ``horizon`` contribute nothing.
+
+    Args:
+        dataset: anything :func:`~diffgym.data.load_dataset` accepts.
+        horizon: ``H``, steps per segment.
+        discount: discount of the returns-to-go.
+        use_padding: see above.
+        obs_key: for a ``Dict`` observation space, the key to use as observation (e.g.
+            ``"observation"``); by default all keys are flattened (:func:`flatten_observations`).
+        goal_key: ``"<key>"`` of a ``Dict`` observation (e.g. ``"desired_goal"``) or ``"infos/<key>"``
+            (e.g. ``"infos/goal"``) giving each segment's goal at its first step; None for no goals.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetLike,
+        horizon: int,
+        discount: float = 0.99,
+        use_padding: bool = True,
+        obs_key: str | None = None,
+        goal_key: str | None = None,
+    ) -> None:
+        if horizon < 1:
+            raise ValueError(f"horizon must be at least 1, not {horizon}")
+        dataset = load_dataset(dataset)
+        info_keys = (goal_key[len(_INFO_PREFIX) :],) if goal_key and goal_key.startswith(_INFO_PREFIX) else ()
+        episodes = read_episodes(dataset, info_keys=info_keys)
+        self.horizon, self.discount, self.use_padding = horizon, discount, use_padding
+        lengths = episodes.lengths
+        pad = horizon - 1 if use_padding else 0
+        block_starts = np.concatenate([[0], np.cumsum(lengths + pad)[:-1]])
+        self._layout(episodes, dataset.observation_space, obs_key, block_starts, pad)
+        n_starts = lengths if use_padding else np.maximum(lengths - horizon + 1, 0)
+        offset_in_episode = _ranges(n_starts)
+        self._starts = np.repeat(block_starts, n_starts) + offset_in_episode
+        start_steps = np.repeat(episodes.step_offsets[:-1], n_starts) + offset_in_episode
+        self._returns = discounted_returns_to_go(episodes.rewards, lengths, discount)[start_steps]
+        self._goals = _goals(episodes, dataset.observation_space, goal_key, start_steps)
+
+    def _layout(
+        self,
+        episodes: EpisodeArrays,
+        space: spaces.Space,
+        obs_key: str | None,
+        block_starts: np.ndarray,
+        pad: int,
+    ) -> None:
+        """Build the padded row arrays: observations, actions, rewards and the real-step mask."""
+        lengths = episodes.lengths
+        block_lengths = lengths + pad
+        step_in_block = _ranges(block_lengths)
+        self._mask = step_in_block < np.repeat(lengths, block_lengths)
+        source = np.repeat(episodes.observation_offsets[:-1], block_lengths) + np.minimum(
+            step_in_block, np.repeat(lengths, block_lengths)
+        )
+        self._observations = _observation_matrix(episodes.observations, space, obs_key)[source]
+        actions = episodes.actions.reshape(len(episodes.actions), -1)
+        self._actions = np.zeros((len(self._mask), actions.shape[1]), dtype=actions.dtype)
+        self._actions[self._mask] = actions
+        self._rewards = np.zeros(len(self._mask), dtype=np.float32)
+        self._rewards[self._mask] = episodes.rewards
+
+    def __len__(self) -> int:
+        """Number of valid segment starts."""
+        return len(self._starts)
+
+    def __getitem__(self, indices: np.ndarray) -> Segments:
+        """The segments at ``indices`` (ints in ``[0, len(self))``, shape ``(N,)``)."""
+        rows = self._starts[np.asarray(indices)][:, None] + np.arange(self.horizon)
+        return Segments(
+            observations=self._observations[rows],
+            actions=self._actions[rows],
+            rewards=self._rewards[rows],
+            mask=self._mask[rows],
+            returns=self._returns[indices],
+            goals=None if self._goals is None else self._goals[indices],
+        )
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Segments:
+        """``batch_size`` segments drawn uniformly with replacement."""
+        return self[rng.integers(len(self), size=batch_size)]
+
+    @property
+    def observations(self) -> np.ndarray:
+        """(N_steps, obs_dim) the observations of all real steps, e.g. to fit a normaliser."""
+        return self._observations[self._mask]
+
+    @property
+    def actions(self) -> np.ndarray:
+        """(N_steps, act_dim) the actions of all real steps."""
+        return self._actions[self._mask]
+
+
+def discounted_returns_to_go(rewards: np.ndarray, lengths: np.ndarray, discount: float) -> np.ndarray:
+    """``R_t = sum_{k >= t} discount^(k - t) r_k`` within each episode.
+
+    Args:
+        rewards: (N,) concatenated rewards of consecutive episodes.
+        lengths: (E,) steps per episode, summing to N.
+        discount: the discount factor.
+
+    Returns:
+        (N,) float32 returns-to-go, each up to its own episode's end.
+    """
+    result = np.empty(len(rewards), dtype=np.float32)
+    rewards = rewards.astype(np.float64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for start, stop in pairwise(offsets):
+        result[start:stop] = lfilter([1.0], [1.0, -discount], rewards[start:stop][::-1])[::-1]
+    return result
+
+
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(c) for c in counts])``, vectorised."""
+    total = int(counts.sum())
+    return np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def _observation_matrix(observations: object, space: spaces.Space, obs_key: str | None) -> np.ndarray:
+    """(rows, obs_dim) float32: the chosen Dict key, or every observation flattened."""
+    if obs_key is not None:
+        if not isinstance(observations, dict) or obs_key not in observations:
+            raise KeyError(f"obs_key {obs_key!r} is not a key of the observation space {space}")
+        observations, space = observations[obs_key], space[obs_key]
+    return flatten_observations(observations, space)
+
+
+def _goals(
+    episodes: EpisodeArrays, space: spaces.Space, goal_key: str | None, start_steps: np.ndarray
+) -> np.ndarray | None:
+    """(n_starts, goal_dim) float32 goals at the segment starts, or None."""
+    if goal_key is None:
+        return None
+    if goal_key.startswith(_INFO_PREFIX):
+        goals = episodes.infos[goal_key[len(_INFO_PREFIX) :]][start_steps]
+    else:
+        if not isinstance(episodes.observations, dict) or goal_key not in episodes.observations:
+            raise KeyError(f"goal_key {goal_key!r} is neither 'infos/<key>' nor a key of {space}")
+        rows = episodes.observation_rows()[start_steps]
+        goals = episodes.observations[goal_key][rows]
+    return goals.reshape(len(goals), -1).astype(np.float32, copy=False)

@@ -1,0 +1,160 @@
+import json
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+
+from diffgym.data import (
+    collect_dataset,
+    import_d4rl,
+    imported_dataset_id,
+    load_dataset,
+    load_transitions,
+    read_episodes,
+)
+
+
+def short_pendulum():
+    return gym.make("Pendulum-v1", max_episode_steps=30)
+
+
+def test_collect_random_is_seeded_and_cut_at_n_steps():
+    first = collect_dataset(short_pendulum(), "random", "test/pendulum/a-v0", n_steps=70, seed=3)
+    second = collect_dataset(short_pendulum(), None, "test/pendulum/b-v0", n_steps=70, seed=3)
+    assert first.total_episodes == 3 and first.total_steps == 70
+    assert first.env_spec.id == "Pendulum-v1"
+    a, b = load_transitions(first), load_transitions(second)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_array_equal(a.observations, b.observations)
+    np.testing.assert_array_equal(np.flatnonzero(a.timeouts), [29, 59, 69])  # the cut episode is truncated
+    seeds = [m["seed"] for m in first.storage.get_episode_metadata(range(3))]
+    assert seeds == [3, 4, 5]
+
+
+def test_collect_callable_by_episodes_with_infos():
+    def push_right(obs):
+        return np.array([1.0], dtype=np.float32)
+
+    env = gym.make("MountainCarContinuous-v0", max_episode_steps=10)
+    dataset = collect_dataset(env, push_right, "test/car/right-v0", n_episodes=2, info_keys=())
+    tr = load_transitions(dataset)
+    assert dataset.total_episodes == 2 and len(tr.rewards) == 20
+    np.testing.assert_array_equal(tr.actions, np.ones((20, 1)))
+    assert dataset.storage.metadata["algorithm_name"] == "push_right"
+
+
+def test_collect_info_keys():
+    env = gym.make("Hopper-v5", max_episode_steps=5)
+    dataset = collect_dataset(env, "random", "test/hopper/random-v0", n_episodes=1, info_keys=("x_position",))
+    episodes = read_episodes(dataset, info_keys=("x_position",))
+    assert episodes.infos["x_position"].shape == (5,)
+    with pytest.raises(KeyError, match="lacks"):
+        collect_dataset(env, "random", "test/hopper/random-v1", n_episodes=1, info_keys=("nope",))
+
+
+def test_collect_sb3_model():
+    from stable_baselines3 import PPO
+
+    env = short_pendulum()
+    model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, seed=0, device="cpu")
+    dataset = collect_dataset(env, model, "test/pendulum/ppo-v0", n_steps=40, deterministic=True)
+    tr = load_transitions(dataset)
+    expected = model.predict(tr.observations[:5], deterministic=True)[0]
+    np.testing.assert_allclose(tr.actions[:5], expected, rtol=1e-6)
+    assert dataset.storage.metadata["algorithm_name"] == "PPO"
+
+
+def write_d4rl(path, with_next=True, metadata=None, agents=False):
+    """23 rows: a terminal at row 6, a timeout at row 14, then an unterminated tail of 8 rows."""
+    rng = np.random.default_rng(0)
+    n, ends = 23, [6, 14, 22]
+    observations, next_observations, start = [], [], 0
+    for end in ends:
+        chunk = rng.normal(size=(end - start + 2, 3)).astype(np.float32)
+        observations.append(chunk[:-1])
+        next_observations.append(chunk[1:])
+        start = end + 1
+    terminals, timeouts = np.zeros(n, bool), np.zeros(n, bool)
+    terminals[6], timeouts[14] = True, True
+    arrays = {
+        "observations": np.concatenate(observations),
+        "next_observations": np.concatenate(next_observations),
+        "actions": rng.uniform(-1, 1, size=(n, 2)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "terminals": terminals,
+        "timeouts": timeouts,
+        "infos/goal": rng.normal(size=(n, 2)).astype(np.float32),
+        "infos/success": rng.uniform(size=n) > 0.5,
+    }
+    if not with_next:
+        del arrays["next_observations"]
+    if agents:
+        arrays["rewards"] = np.zeros((n, 3), np.float32)
+    with h5py.File(path, "w") as file:
+        for key, value in arrays.items():
+            file.create_dataset(key, data=value)
+        if metadata is not None:
+            file.attrs["metadata"] = json.dumps(metadata)
+    return arrays
+
+
+def test_d4rl_import_round_trip(tmp_path):
+    arrays = write_d4rl(tmp_path / "tiny.hdf5")
+    dataset = import_d4rl(tmp_path / "tiny.hdf5", dataset_id="test/tiny/imported-v0")
+    assert dataset.total_episodes == 3 and dataset.total_steps == 23
+    tr = load_transitions("test/tiny/imported-v0")
+    for key in ("observations", "next_observations", "actions", "rewards", "terminals"):
+        np.testing.assert_array_equal(getattr(tr, key), arrays[key], err_msg=key)
+    expected_timeouts = arrays["timeouts"].copy()
+    expected_timeouts[-1] = True  # the unterminated tail is its own truncated episode
+    np.testing.assert_array_equal(tr.timeouts, expected_timeouts)
+    episodes = read_episodes(dataset, info_keys=("goal", "success"))
+    np.testing.assert_array_equal(episodes.infos["goal"], arrays["infos/goal"])
+    np.testing.assert_array_equal(episodes.infos["success"], arrays["infos/success"])
+    assert dataset.action_space == gym.spaces.Box(-1, 1, (2,), np.float32)
+
+
+def test_d4rl_import_without_next_observations_drops_last_transitions(tmp_path):
+    arrays = write_d4rl(tmp_path / "tiny.hdf5", with_next=False)
+    tr = load_transitions(import_d4rl(tmp_path / "tiny.hdf5"))
+    kept = np.ones(23, bool)
+    kept[[6, 14, 22]] = False
+    np.testing.assert_array_equal(tr.observations, arrays["observations"][kept])
+    np.testing.assert_array_equal(tr.next_observations[:5], arrays["observations"][1:6])
+    np.testing.assert_array_equal(np.flatnonzero(tr.timeouts), [5, 12, 19])
+    assert not tr.terminals.any()
+
+
+def test_d4rl_import_env_and_references(tmp_path):
+    meta = {"env_id": "Pendulum-v1", "d4rl_ref": {"ref_min_score": -1000.0, "ref_max_score": 0.0}}
+    path = tmp_path / "pendulum-like.hdf5"
+    arrays = write_d4rl(path, metadata=meta)
+    with h5py.File(path, "a") as file:  # Pendulum has one action dimension
+        del file["actions"]
+        file.create_dataset("actions", data=arrays["actions"][:, :1])
+    dataset = load_dataset(path)
+    assert dataset.id == imported_dataset_id(path)
+    assert dataset.env_spec.id == "Pendulum-v1"
+    assert dataset.observation_space.dtype == np.float32
+    np.testing.assert_allclose(dataset.observation_space.high, [1, 1, 8])
+    metadata = dataset.storage.metadata
+    assert (metadata["ref_min_score"], metadata["ref_max_score"]) == (-1000.0, 0.0)
+    assert "D4RL" in metadata["ref_score_source"]
+    assert load_dataset(path).id == dataset.id  # cached: loaded, not imported again
+
+
+def test_d4rl_import_unknown_env_falls_back_to_array_spaces(tmp_path):
+    path = tmp_path / "odd.hdf5"
+    write_d4rl(path, metadata={"env_id": "no-such-env-v3"})
+    with pytest.warns(UserWarning, match="cannot make env"):
+        dataset = import_d4rl(path)
+    assert dataset.env_spec is None
+    assert dataset.storage.metadata["source_env_id"] == "no-such-env-v3"
+    assert dataset.observation_space == gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+
+
+def test_d4rl_import_rejects_multi_agent_files(tmp_path):
+    write_d4rl(tmp_path / "mpe.hdf5", agents=True)
+    with pytest.raises(ValueError, match="multi-agent importer"):
+        import_d4rl(tmp_path / "mpe.hdf5")

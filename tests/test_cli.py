@@ -1,0 +1,58 @@
+import h5py
+import numpy as np
+import pytest
+
+from diffgym.cli import build_parser, data_info, main
+
+
+@pytest.fixture(autouse=True)
+def minari_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+
+
+@pytest.mark.parametrize("argv", [[], ["data"], ["data", "make"], ["data", "import"], ["data", "info"]])
+def test_help_everywhere(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: diffgym" in capsys.readouterr().out
+
+
+def test_each_command_is_one_function():
+    args = build_parser().parse_args(["data", "info", "some/id-v0"])
+    assert args.func is data_info and args.dataset == "some/id-v0"
+
+
+def test_data_make_and_info(capsys):
+    argv = ["data", "make", "--env", "Pendulum-v1", "--policy", "random", "--steps", "250"]
+    assert main([*argv, "--id", "test/pendulum/random-v0"]) == 0
+    assert "2 episodes, 250 transitions" in capsys.readouterr().out
+    assert main(["data", "info", "test/pendulum/random-v0"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "episodes" in out
+        and "250" in out
+        and "Pendulum-v1" in out
+        and "reference random / expert  none" in out
+    )
+
+
+def test_data_import_and_info(tmp_path, capsys):
+    n = 10
+    with h5py.File(tmp_path / "hopper-tiny.hdf5", "w") as file:
+        file["observations"] = np.zeros((n, 11), np.float32)
+        file["actions"] = np.zeros((n, 3), np.float32)
+        file["rewards"] = np.ones(n, np.float32)
+        file["terminals"] = np.arange(n) == 4
+        file["timeouts"] = np.arange(n) == n - 1
+    assert main(["data", "import", str(tmp_path / "hopper-tiny.hdf5"), "--id", "test/hopper/tiny-v0"]) == 0
+    assert "2 episodes, 8 transitions" in capsys.readouterr().out  # no next_observations: last rows dropped
+    assert main(["data", "info", "test/hopper/tiny-v0"]) == 0
+    out = capsys.readouterr().out
+    assert "4.00 / 4.00 / 4.00" in out and "-20.2723 / 3234.3 (D4RL" in out
+
+
+def test_errors_are_reported_not_raised(capsys):
+    assert main(["data", "info", "test/missing/data-v0"]) == 1
+    assert "diffgym: error" in capsys.readouterr().err
+    assert main(["data", "make", "--env", "Pendulum-v1", "--id", "test/x/y-v0"]) == 1

@@ -1,0 +1,199 @@
+"""Benchmark: time and memory of the data layer on a hopper-sized dataset.
+
+``run()`` writes a D4RL-layout file of ``n_transitions`` random hopper-like rows (11 observation and
+3 action dimensions, episodes of 1000 steps), imports it into a temporary Minari store, then measures
+each operation in a fresh Python process: wall time and peak resident memory above the process's
+own after-import baseline (``resource.getrusage(RUSAGE_SELF).ru_maxrss``).
+
+Measured, each against references from the same run:
+
+- ``flat_read``: reading the flat D4RL file with h5py (contiguous arrays: the floor for any reader);
+- ``load_transitions``: :func:`diffgym.data.load_transitions` through Minari's episode API;
+- ``direct_h5py``: the same arrays read straight from Minari's ``main_data.hdf5`` with h5py, one
+  episode group after another, without Minari's per-episode objects;
+- ``segment_dataset``: building :class:`diffgym.data.SegmentDataset` (``horizon``, padding on,
+  ``construct_seconds``) and drawing batches of ``batch_size`` segments (``sample_batch_ms``, mean of
+  100); ``seconds`` covers both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["run"]
+
+_OBS_DIM, _ACT_DIM, _EPISODE_LENGTH = 11, 3, 1000
+_DATASET_ID = "bench/hopper-like/random-v0"
+_FILE_NAME = "hopper-like.hdf5"
+
+
+def run(
+    n_transitions: int = 1_000_000, horizon: int = 32, batch_size: int = 256, seed: int = 0
+) -> dict[str, Any]:
+    """Build the dataset once in a temporary Minari store and measure every operation.
+
+    Returns:
+        ``{"setup": {...}, "<operation>": {"seconds": ..., "peak_rss_mb": ..., ...}, ...}``.
+    """
+    with tempfile.TemporaryDirectory(prefix="diffgym-bench-") as root:
+        env = {**os.environ, "MINARI_DATASETS_PATH": str(Path(root) / "minari")}
+        setup = {
+            f"build_{key}": value for key, value in _child(env, "build", root, n_transitions, seed).items()
+        }
+        results: dict[str, Any] = {
+            "setup": {
+                "n_transitions": n_transitions,
+                "episode_length": _EPISODE_LENGTH,
+                "obs_dim": _OBS_DIM,
+                "act_dim": _ACT_DIM,
+                "horizon": horizon,
+                "batch_size": batch_size,
+                "cpu_count": os.cpu_count(),
+                **setup,
+            }
+        }
+        for task in ("flat_read", "load_transitions", "direct_h5py", "segment_dataset"):
+            results[task] = _child(env, task, root, horizon, batch_size)
+    return results
+
+
+def _child(env: dict[str, str], task: str, *args: Any) -> dict[str, Any]:
+    """Run ``_task_<task>(*args)`` in a fresh interpreter and return its JSON result."""
+    code = (
+        "import json, sys; from diffgym.zoo.benchmarks import data_loading as b; "
+        "print(json.dumps(b._measure(sys.argv[1], json.loads(sys.argv[2]))))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code, task, json.dumps(args)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _measure(task: str, args: list[Any]) -> dict[str, Any]:
+    """Import everything first, then time ``task`` and its peak memory above that baseline."""
+    import diffgym.data  # noqa: F401  (in the baseline, as in any user process)
+
+    function: Callable[..., dict[str, Any]] = globals()[f"_task_{task}"]
+    baseline = _max_rss_mb()
+    start = time.perf_counter()
+    extra = function(*args)
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 3), "peak_rss_mb": round(_max_rss_mb() - baseline, 1), **extra}
+
+
+def _task_build(root: str, n_transitions: int, seed: int) -> dict[str, Any]:
+    """Write the D4RL-layout file and import it; the measured time is the import's."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    n_episodes = -(-n_transitions // _EPISODE_LENGTH)
+    states = rng.normal(size=(n_transitions + n_episodes, _OBS_DIM)).astype(np.float32)
+    rows = np.arange(n_transitions) + np.arange(n_transitions) // _EPISODE_LENGTH
+    timeouts = (np.arange(n_transitions) % _EPISODE_LENGTH == _EPISODE_LENGTH - 1) | (
+        np.arange(n_transitions) == n_transitions - 1
+    )
+    path = Path(root) / _FILE_NAME
+    with h5py.File(path, "w") as file:
+        file["observations"] = states[rows]
+        file["next_observations"] = states[rows + 1]
+        file["actions"] = rng.uniform(-1, 1, size=(n_transitions, _ACT_DIM)).astype(np.float32)
+        file["rewards"] = rng.normal(size=n_transitions).astype(np.float32)
+        file["terminals"] = np.zeros(n_transitions, dtype=bool)
+        file["timeouts"] = timeouts
+    del states
+    from diffgym.data import import_d4rl
+
+    start = time.perf_counter()
+    dataset = import_d4rl(path, dataset_id=_DATASET_ID)
+    return {
+        "import_d4rl_seconds": round(time.perf_counter() - start, 3),
+        "d4rl_file_mb": round(path.stat().st_size / 2**20, 1),
+        "minari_file_mb": round(
+            dataset.storage.data_path.joinpath("main_data.hdf5").stat().st_size / 2**20, 1
+        ),
+        "n_episodes": dataset.total_episodes,
+    }
+
+
+def _task_flat_read(root: str, *_: Any) -> dict[str, Any]:
+    import h5py
+
+    with h5py.File(Path(root) / _FILE_NAME, "r") as file:
+        arrays = {key: file[key][()] for key in file}
+    return {"result_mb": round(sum(a.nbytes for a in arrays.values()) / 2**20, 1)}
+
+
+def _task_load_transitions(*_: Any) -> dict[str, Any]:
+    from diffgym.data import load_transitions
+
+    transitions = load_transitions(_DATASET_ID)
+    return {"result_mb": round(sum(a.nbytes for a in transitions) / 2**20, 1)}
+
+
+def _task_direct_h5py(*_: Any) -> dict[str, Any]:
+    """Minari's storage read with h5py alone into preallocated arrays, then the transition gather."""
+    import h5py
+    import minari
+
+    dataset = minari.load_dataset(_DATASET_ID)
+    n, n_episodes = dataset.total_steps, dataset.total_episodes
+    observations = np.empty((n + n_episodes, _OBS_DIM), np.float32)
+    actions, rewards = np.empty((n, _ACT_DIM), np.float32), np.empty(n, np.float32)
+    terminals, timeouts = np.empty(n, bool), np.empty(n, bool)
+    lengths, step = np.empty(n_episodes, np.int64), 0
+    with h5py.File(dataset.storage.data_path / "main_data.hdf5", "r") as file:
+        for index in range(n_episodes):
+            group = file[f"episode_{index}"]
+            length = group["rewards"].shape[0]
+            group["observations"].read_direct(
+                observations, dest_sel=np.s_[step + index : step + index + length + 1]
+            )
+            group["actions"].read_direct(actions, dest_sel=np.s_[step : step + length])
+            rewards[step : step + length] = group["rewards"][()]
+            terminals[step : step + length] = group["terminations"][()]
+            timeouts[step : step + length] = group["truncations"][()]
+            lengths[index], step = length, step + length
+    rows = np.arange(n) + np.repeat(np.arange(n_episodes), lengths)
+    result = (observations[rows], actions, rewards, observations[rows + 1], terminals, timeouts)
+    return {"result_mb": round(sum(a.nbytes for a in result) / 2**20, 1)}
+
+
+def _task_segment_dataset(root: str, horizon: int, batch_size: int) -> dict[str, Any]:
+    from diffgym.data import SegmentDataset
+
+    start = time.perf_counter()
+    segments = SegmentDataset(_DATASET_ID, horizon=horizon)
+    built = time.perf_counter()
+    rng = np.random.default_rng(0)
+    n_batches = 100
+    for _ in range(n_batches):
+        segments.sample(batch_size, rng)
+    per_batch = (time.perf_counter() - built) / n_batches
+    return {
+        "construct_seconds": round(built - start, 3),
+        "n_segments": len(segments),
+        "sample_batch_ms": round(per_batch * 1000, 3),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
