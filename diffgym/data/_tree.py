@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
 #: An array, or a dict of arrays (possibly nested) as Minari returns for ``Dict`` spaces.
-ArrayTree = np.ndarray | dict[str, "ArrayTree"]
+ArrayTree: TypeAlias = np.ndarray | dict[str, "ArrayTree"]
 
 
 def tree_map(fn: Callable[..., Any], tree: Any, *others: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 import gymnasium as gym
 import minari
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 #: What every ``dataset=`` argument in diffgym accepts.
-DatasetLike = str | os.PathLike | MinariDataset
+DatasetLike: TypeAlias = str | os.PathLike | MinariDataset
 
 _HDF5_SUFFIXES = (".hdf5", ".h5")
 
@@ -156,24 +156,26 @@ def read_episodes(
         EpisodeLengthError: an episode whose arrays disagree in length.
         NonFiniteDataError: see ``check_finite_values``.
     """
-    dataset = load_dataset(dataset)
-    n_steps, n_episodes = dataset.total_steps, dataset.total_episodes
+    data = load_dataset(dataset)
+    n_steps, n_episodes = data.total_steps, data.total_episodes
     if n_episodes == 0:
-        raise ValueError(f"dataset {dataset.id} has no episodes")
+        raise ValueError(f"dataset {data.id} has no episodes")
     buffers: EpisodeArrays | None = None
     lengths = np.zeros(n_episodes, dtype=np.int64)
     step = 0
-    for index, episode in enumerate(dataset.iterate_episodes()):
+    for index, episode in enumerate(data.iterate_episodes()):
         infos = {key: _info_field(episode.infos, key, episode.id) for key in info_keys}
         n = _checked_length(episode, infos)
         if step + n > n_steps:
-            raise ValueError(f"dataset {dataset.id}: its metadata counts {n_steps} steps, the episodes more")
+            raise ValueError(f"dataset {data.id}: its metadata counts {n_steps} steps, its episodes more")
         if buffers is None:
             buffers = _allocate(episode, infos, n_steps, n_episodes)
         _fill(buffers, episode, infos, step, step + index)
         lengths[index], step = n, step + n
+    if step != n_steps:
+        raise ValueError(f"dataset {data.id}: its metadata counts {n_steps} steps, its episodes {step}")
     assert buffers is not None
-    arrays = buffers._replace(lengths=lengths, episode_ids=dataset.episode_indices.astype(np.int64))
+    arrays = buffers._replace(lengths=lengths, episode_ids=data.episode_indices.astype(np.int64))
     if check_finite_values:
         _check_finite(arrays)
     return arrays
@@ -251,9 +253,8 @@ def _copy_rows(buffer: np.ndarray, value: np.ndarray, start: int, n: int) -> Non
 def _check_finite(arrays: EpisodeArrays) -> None:
     """Check observations against the observation rows and step fields against the step rows."""
     episode_ids = arrays.episode_ids
-    check_finite(
-        dict(iter_leaves(arrays.observations, "observations")), arrays.observation_offsets, episode_ids
-    )
+    observations = dict(iter_leaves(arrays.observations, "observations"))
+    check_finite(observations, arrays.observation_offsets, episode_ids, observation_rows=True)
     step_fields = dict(iter_leaves(arrays.actions, "actions"), rewards=arrays.rewards)
     check_finite(step_fields, arrays.step_offsets, episode_ids)
 
@@ -289,11 +290,11 @@ def validate_dataset(dataset: DatasetLike, env: gym.Env | None = None) -> None:
     Raises:
         EpisodeLengthError, NonFiniteDataError, DatasetSpaceMismatchError: whichever fails first.
     """
-    dataset = load_dataset(dataset)
-    read_episodes(dataset)
+    data = load_dataset(dataset)
+    read_episodes(data)
     if env is not None:
-        check_spaces(dataset.observation_space, env.observation_space, "observation")
-        check_spaces(dataset.action_space, env.action_space, "action")
+        check_spaces(data.observation_space, env.observation_space, "observation")
+        check_spaces(data.action_space, env.action_space, "action")
 
 
 def flatten_observations(observations: ArrayTree | tuple, space: spaces.Space) -> np.ndarray:
@@ -308,6 +309,7 @@ def flatten_observations(observations: ArrayTree | tuple, space: spaces.Space) -
         space: the observation space (e.g. ``dataset.observation_space``).
     """
     if isinstance(space, spaces.Dict):
+        assert isinstance(observations, dict), f"Dict space {space} needs a dict of arrays"
         parts = [flatten_observations(observations[key], sub) for key, sub in space.spaces.items()]
         return np.concatenate(parts, axis=1)
     if isinstance(space, spaces.Tuple):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,8 +20,10 @@ import h5py
 import minari
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
 from minari import MinariDataset
 from minari.data_collector import EpisodeBuffer
+from minari.storage import get_dataset_path
 
 from diffgym.data._tree import stack_tree
 
@@ -79,7 +82,7 @@ def collect_dataset(
         return _create(
             dataset_id,
             buffers,
-            env if env.spec is not None else None,
+            env,
             env.observation_space,
             env.action_space,
             algorithm_name=algorithm_name or policy_name,
@@ -258,8 +261,13 @@ def import_d4rl(
     finally:
         if env is not None:
             env.close()
-    extra = {"source_file": path.name, "source_env_id": env_id, "source_metadata": file_meta}
-    dataset.storage.update_metadata({**extra, **_references(file_meta)})
+    source = {
+        "source_file": path.name,
+        "source_env_id": env_id,
+        "source_env_kwargs": env_kwargs,
+        "source_metadata": file_meta,
+    }
+    dataset.storage.update_metadata({**source, **_references(file_meta)})
     return dataset
 
 
@@ -268,14 +276,15 @@ def _read_flat(file: h5py.File, path: Path) -> dict[str, np.ndarray]:
     missing = [key for key in ("observations", "actions", "rewards", "terminals") if key not in file]
     if missing:
         raise ValueError(f"{path} is not a D4RL-layout file: it lacks {missing}")
-    if file["rewards"].ndim > 1:
+    if file["rewards"].ndim > 1 and file["rewards"].shape[1] > 1:
         raise ValueError(
-            f"{path} has per-agent arrays (rewards {file['rewards'].shape}): multi-agent files need the "
-            "multi-agent importer, not import_d4rl"
+            f"{path} has per-agent arrays (observations {file['observations'].shape}, rewards "
+            f"{file['rewards'].shape}): multi-agent files need the multi-agent importer, not import_d4rl"
         )
     n = len(file["rewards"])
-    arrays = {key: file[key][()] for key in ("observations", "actions", "rewards", "terminals")}
-    arrays["timeouts"] = file["timeouts"][()] if "timeouts" in file else np.zeros(n, dtype=bool)
+    arrays = {key: file[key][()] for key in ("observations", "actions")}
+    for key in ("rewards", "terminals", "timeouts"):  # (N,) or (N, 1); D4RL v0 files lack timeouts
+        arrays[key] = file[key][()].reshape(n) if key in file else np.zeros(n, dtype=bool)
     if "next_observations" in file:
         arrays["next_observations"] = file["next_observations"][()]
     if "infos" in file:
@@ -325,9 +334,9 @@ def _import_spaces(
     )
     if env is None:
         return (*from_arrays, False)
-    env_spaces = (_with_dtype(env.observation_space, obs), _with_dtype(env.action_space, actions))
-    if all(space is not None for space in env_spaces):
-        return (*env_spaces, True)
+    obs_space, action_space = _with_dtype(env.observation_space, obs), _with_dtype(env.action_space, actions)
+    if obs_space is not None and action_space is not None:
+        return obs_space, action_space, True
     warnings.warn(
         f"the file's arrays (observations {obs.shape[1:]}, actions {actions.shape[1:]}) do not fit "
         f"{env.spec.id if env.spec else env}'s spaces ({env.observation_space}, {env.action_space}); "
@@ -378,7 +387,7 @@ def _split_episodes(
         next_obs = next_obs.astype(obs_space.dtype, copy=False)
         _warn_inconsistent_next(obs, next_obs, ends)
     infos = {key[len("infos/") :]: value for key, value in arrays.items() if key.startswith("infos/")}
-    buffers = []
+    buffers: list[EpisodeBuffer] = []
     for start, end in zip(starts, ends + 1, strict=True):
         buffer = _episode(arrays, obs, actions, next_obs, infos, int(start), int(end), len(buffers))
         if buffer is not None:
@@ -465,17 +474,39 @@ def _create(
     author: str | None,
     description: str,
 ) -> MinariDataset:
-    """``minari.create_dataset_from_buffers`` without its warnings about optional metadata."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*is set to None", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r"env_spec is None", category=UserWarning)
-        return minari.create_dataset_from_buffers(
-            dataset_id,
-            buffers,
-            env=env,
-            observation_space=observation_space,
-            action_space=action_space,
-            algorithm_name=algorithm_name,
-            author=author,
-            description=description,
-        )
+    """``minari.create_dataset_from_buffers`` without its warnings about optional metadata.
+
+    The env is recorded only when it has a spec that can be serialised (not e.g. Meta-World's,
+    registered with a callable entry point); otherwise just the spaces are stored.
+    """
+    env = env if env is not None and env.spec is not None and _spec_serialisable(env.spec) else None
+    directory = get_dataset_path(dataset_id)
+    existed = directory.exists()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*is set to None", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r"env_spec is None", category=UserWarning)
+            return minari.create_dataset_from_buffers(
+                dataset_id,
+                buffers,
+                env=env,
+                observation_space=observation_space,
+                action_space=action_space,
+                algorithm_name=algorithm_name,
+                author=author,
+                description=description,
+            )
+    except BaseException:
+        if not existed:  # leave no half-written dataset that a later load would take for complete
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _spec_serialisable(spec: EnvSpec) -> bool:
+    """Whether Minari can store the env spec (warns when it cannot)."""
+    try:
+        spec.to_json()
+    except (TypeError, ValueError) as error:
+        warnings.warn(f"not recording the env spec in the dataset: {error}", stacklevel=4)
+        return False
+    return True

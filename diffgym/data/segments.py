@@ -13,6 +13,7 @@ import numpy as np
 from gymnasium import spaces
 from scipy.signal import lfilter
 
+from diffgym.data._tree import ArrayTree
 from diffgym.data.loading import DatasetLike, EpisodeArrays, flatten_observations, load_dataset, read_episodes
 
 __all__ = ["SegmentDataset", "Segments", "discounted_returns_to_go"]
@@ -158,13 +159,17 @@ def _ranges(counts: np.ndarray) -> np.ndarray:
     return np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
-def _observation_matrix(observations: object, space: spaces.Space, obs_key: str | None) -> np.ndarray:
+def _observation_matrix(observations: ArrayTree, space: spaces.Space, obs_key: str | None) -> np.ndarray:
     """(rows, obs_dim) float32: the chosen Dict key, or every observation flattened."""
-    if obs_key is not None:
-        if not isinstance(observations, dict) or obs_key not in observations:
-            raise KeyError(f"obs_key {obs_key!r} is not a key of the observation space {space}")
-        observations, space = observations[obs_key], space[obs_key]
-    return flatten_observations(observations, space)
+    if obs_key is None:
+        return flatten_observations(observations, space)
+    if (
+        not isinstance(observations, dict)
+        or not isinstance(space, spaces.Dict)
+        or obs_key not in observations
+    ):
+        raise KeyError(f"obs_key {obs_key!r} is not a key of the observation space {space}")
+    return flatten_observations(observations[obs_key], space[obs_key])
 
 
 def _goals(

@@ -109,7 +109,12 @@ def _leaf_difference(data: spaces.Space, env: spaces.Space, where: str) -> str |
     return None
 
 
-def check_finite(fields: Mapping[str, np.ndarray], offsets: np.ndarray, episode_ids: np.ndarray) -> None:
+def check_finite(
+    fields: Mapping[str, np.ndarray],
+    offsets: np.ndarray,
+    episode_ids: np.ndarray,
+    observation_rows: bool = False,
+) -> None:
     """Raise :class:`NonFiniteDataError` at the first NaN or ±inf in any float field.
 
     Args:
@@ -117,6 +122,8 @@ def check_finite(fields: Mapping[str, np.ndarray], offsets: np.ndarray, episode_
             Every field in one call must share the same row layout.
         offsets: ``(E + 1,)`` row offsets: episode ``i`` is rows ``offsets[i]:offsets[i + 1]``.
         episode_ids: ``(E,)`` the dataset's ids of those episodes, used in the message.
+        observation_rows: the fields hold ``T + 1`` observations per episode; a bad last row is then
+            called the final observation (the last step's next observation).
 
     Raises:
         NonFiniteDataError: naming the field, the episode id and the step within the episode.
@@ -131,10 +138,11 @@ def check_finite(fields: Mapping[str, np.ndarray], offsets: np.ndarray, episode_
         episode = int(np.searchsorted(offsets, row, side="right") - 1)
         step = row - int(offsets[episode])
         length = int(offsets[episode + 1] - offsets[episode])
-        value = array[row]
+        final = " (the final observation, i.e. next_observations of the last step)"
+        note = final if observation_rows and step == length - 1 else ""
         raise NonFiniteDataError(
-            f"{name} of episode {int(episode_ids[episode])} at step {step} (of {length} rows) is not "
-            f"finite: {value}"
+            f"{name} of episode {int(episode_ids[episode])} at step {step} (of {length} rows){note} is "
+            f"not finite: {array[row]}"
         )
 
 

@@ -52,7 +52,7 @@ def test_check_spaces_dict_keys_and_recursion():
     ("field", "row", "value", "dict_obs", "message"),
     [
         ("observations", 2, np.nan, False, r"observations of episode 1 at step 2"),
-        ("observations", 3, np.inf, False, r"observations of episode 1 at step 3 \(of 4 rows\)"),
+        ("observations", 3, np.inf, False, r"episode 1 at step 3 \(of 4 rows\) \(the final observation"),
         ("actions", 1, np.nan, False, "actions of episode 1 at step 1"),
         ("rewards", 0, -np.inf, False, "rewards of episode 1 at step 0"),
         ("desired_goal", 2, np.nan, True, r"observations\['desired_goal'\] of episode 1 at step 2"),

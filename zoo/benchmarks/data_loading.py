@@ -146,7 +146,7 @@ def _task_load_transitions(*_: Any) -> dict[str, Any]:
     from diffgym.data import load_transitions
 
     transitions = load_transitions(_DATASET_ID)
-    return {"result_mb": round(sum(a.nbytes for a in transitions) / 2**20, 1)}
+    return {"result_mb": round(sum(np.asarray(a).nbytes for a in transitions) / 2**20, 1)}
 
 
 def _task_direct_h5py(*_: Any) -> dict[str, Any]:

@@ -1,0 +1,472 @@
+"""The Stable-Baselines3 algorithm base shared by diffgym's agents.
+
+:class:`DiffusionAlgorithm` is an SB3 :class:`~stable_baselines3.common.off_policy_algorithm.OffPolicyAlgorithm`
+that can also learn from a dataset. What a user of SAC knows keeps working: ``learn``,
+``predict`` (single observations and VecEnv batches), callbacks (``EvalCallback``,
+``CheckpointCallback``), SB3's logger and TensorBoard, ``progress_bar=True``, ``set_env``,
+``seed``. Where an offline algorithm must depart from SB3:
+
+- **Offline** (the default when ``dataset`` is given): ``learn(total_timesteps)`` performs
+  ``total_timesteps`` *gradient steps* on the dataset and never steps the env; callbacks see one
+  "step" per gradient step, so ``EvalCallback(eval_freq=k)`` evaluates every k gradient steps.
+- **Online fine-tuning**: ``learn(total_timesteps, online=True)`` is SB3's off-policy loop:
+  ``total_timesteps`` counts *environment steps*, with ``gradient_steps`` updates per
+  ``train_freq``; the replay buffer starts with the whole dataset and receives the new
+  experience, so fine-tuning keeps learning from both.
+- **Files**: ``save`` writes one zip that loads without executing code (see
+  :mod:`diffgym.serialization`): hyperparameters and spaces as JSON, and the policy's state
+  (networks, EMA weights, target networks, normalisers), the optimizers and the random
+  generators as tensors. ``load`` followed by ``learn(..., reset_num_timesteps=False)`` resumes
+  where training stopped.
+
+Every gradient step's statistics stay on the device; they are read (one sync) every
+``check_every`` steps, when a non-finite or exploding value stops training with
+:class:`TrainingDivergedError` naming the statistic and the exact gradient step.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples
+from stable_baselines3.common.utils import check_for_correct_spaces, safe_mean
+from torch import Tensor
+
+import diffgym
+from diffgym.data import DatasetLike, Transitions, check_spaces, flatten_observations, load_dataset, load_transitions
+from diffgym.policies import CandidateSelectionPolicy
+from diffgym.serialization import (
+    ModelFileError,
+    load_model_file,
+    save_model_file,
+    space_from_json,
+    space_to_json,
+)
+
+SelfAlgorithm = TypeVar("SelfAlgorithm", bound="DiffusionAlgorithm")
+
+
+class TrainingDivergedError(RuntimeError):
+    """A training statistic became NaN, infinite or exploded."""
+
+
+class OfflineBatches:
+    """A dataset's transitions as tensors on the training device, sampled uniformly by index.
+
+    Observations are flattened (Dict keys in the space's order); actions are scaled to [-1, 1].
+    """
+
+    def __init__(self, transitions: Transitions, policy: CandidateSelectionPolicy, device: torch.device) -> None:
+        space = policy.observation_space
+
+        def tensor(array: np.ndarray) -> Tensor:
+            return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32, device=device)
+
+        self.observations = tensor(flatten_observations(transitions.observations, space))
+        self.next_observations = tensor(flatten_observations(transitions.next_observations, space))
+        self.actions = tensor(policy.scale_action(transitions.actions.reshape(len(transitions.actions), -1)))
+        self.rewards = tensor(transitions.rewards).unsqueeze(1)
+        self.dones = tensor(transitions.terminals).unsqueeze(1)  # timeouts are not terminal: bootstrap
+        self.size = len(self.rewards)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> ReplayBufferSamples:
+        index = torch.randint(0, self.size, (batch_size,), generator=generator, device=generator.device)
+        index = index.to(self.rewards.device)
+        return ReplayBufferSamples(
+            self.observations[index],
+            self.actions[index],
+            self.next_observations[index],
+            self.dones[index],
+            self.rewards[index],
+        )
+
+
+class TrainingMonitor:
+    """Collects per-step statistics without syncing; checks and averages them every few steps."""
+
+    def __init__(self, check_every: int, explode_above: float) -> None:
+        self.check_every = check_every
+        self.explode_above = explode_above
+        self._names: list[str] = []
+        self._rows: list[Tensor] = []
+        self._first_step = 0
+        self.means: dict[str, float] = {}
+
+    def record(self, stats: dict[str, Tensor], step: int) -> None:
+        if not self._rows:
+            self._names, self._first_step = list(stats), step
+        self._rows.append(torch.stack([value.detach().float().reshape(()) for value in stats.values()]))
+        if len(self._rows) >= self.check_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """One device sync: raise on divergence, then keep the means for the logger."""
+        if not self._rows:
+            return
+        table = torch.stack(self._rows).cpu().numpy()  # (steps, stats)
+        self._rows = []
+        bad = ~np.isfinite(table) | (np.abs(table) > self.explode_above)
+        if bad.any():
+            row, column = np.argwhere(bad)[0]
+            raise TrainingDivergedError(
+                f"training diverged: {self._names[column]} = {table[row, column]:.4g} at gradient step "
+                f"{self._first_step + row} (limit |value| <= {self.explode_above:.3g}). Lower the learning "
+                "rate, clip gradients harder or scale the rewards down."
+            )
+        self.means = dict(zip(self._names, table.mean(axis=0).tolist(), strict=True))
+
+
+class _GradientStepProgressBar(ProgressBarCallback):
+    """SB3's progress bar, advanced by one per gradient step (offline learning)."""
+
+    def _on_step(self) -> bool:
+        self.pbar.update(1)
+        return True
+
+
+class DiffusionAlgorithm(OffPolicyAlgorithm):
+    """Base of diffgym's agents: offline learning from a dataset, online fine-tuning, safe files.
+
+    Args:
+        policy: ``"MlpPolicy"`` (or ``"MultiInputPolicy"`` for Dict observations; both flatten).
+        env: the environment (or its id); its spaces must match the dataset's.
+        dataset: a Minari dataset id, a Minari dataset directory, a D4RL-layout ``.hdf5`` file or
+            a :class:`minari.MinariDataset`. Validated against the env's spaces at construction.
+        learning_rate: Adam learning rate of every network.
+        buffer_size: replay capacity for online fine-tuning, in addition to the dataset.
+        learning_starts: env steps before online updates begin (0: the dataset is already there).
+        batch_size: transitions per gradient step.
+        tau: Polyak coefficient of the target networks.
+        gamma: discount factor.
+        train_freq, gradient_steps: online schedule, as in SB3.
+        reward_scale, reward_bias: rewards enter the losses as ``reward_scale * r + reward_bias``.
+        check_every: gradient steps between divergence checks and log averages (one sync each).
+        explode_above: a training statistic beyond this magnitude counts as divergence.
+        policy_kwargs, tensorboard_log, verbose, seed, device: as in SB3.
+    """
+
+    policy: CandidateSelectionPolicy
+    #: constructor arguments saved in the model file (besides ``policy_kwargs``)
+    saved_hyperparameters: ClassVar[tuple[str, ...]] = (
+        "learning_rate",
+        "buffer_size",
+        "learning_starts",
+        "batch_size",
+        "tau",
+        "gamma",
+        "gradient_steps",
+        "reward_scale",
+        "reward_bias",
+        "check_every",
+        "explode_above",
+    )
+
+    def __init__(
+        self,
+        policy: str | type[CandidateSelectionPolicy],
+        env: GymEnv | str | None,
+        dataset: DatasetLike | None = None,
+        learning_rate: float = 3e-4,
+        buffer_size: int = 1_000_000,
+        learning_starts: int = 0,
+        batch_size: int = 256,
+        tau: float = 0.005,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 1,
+        gradient_steps: int = 1,
+        reward_scale: float = 1.0,
+        reward_bias: float = 0.0,
+        check_every: int = 100,
+        explode_above: float = 1e8,
+        policy_kwargs: dict[str, Any] | None = None,
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        super().__init__(
+            policy,
+            env,  # type: ignore[arg-type]
+            learning_rate,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            batch_size=batch_size,
+            tau=tau,
+            gamma=gamma,
+            train_freq=train_freq,
+            gradient_steps=gradient_steps,
+            policy_kwargs=policy_kwargs,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            support_multi_env=True,
+            sde_support=False,
+            supported_action_spaces=(spaces.Box,),
+        )
+        self.dataset = dataset
+        self.reward_scale = reward_scale
+        self.reward_bias = reward_bias
+        self.check_every = check_every
+        self.explode_above = explode_above
+        self._offline: OfflineBatches | None = None
+        self._learning_offline = False
+        self._monitor = TrainingMonitor(check_every, explode_above)
+        if _init_setup_model:
+            self._setup_model()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _setup_model(self) -> None:
+        """Policy, generators and train frequency; the replay buffer waits for online learning."""
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(  # type: ignore[assignment]
+            self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
+        )
+        self.policy = self.policy.to(self.device)
+        seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.policy.sampling_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self._convert_train_freq()
+        if self.dataset is not None:
+            self.set_dataset(self.dataset)
+
+    def set_dataset(self, dataset: DatasetLike) -> None:
+        """Load and validate a dataset; on first use, fit the observation normaliser to it.
+
+        Raises:
+            DatasetSpaceMismatchError: the dataset's spaces differ from the model's.
+            NonFiniteDataError, EpisodeLengthError: the dataset is broken.
+        """
+        minari_dataset = load_dataset(dataset)
+        check_spaces(minari_dataset.observation_space, self.observation_space, "observation")
+        check_spaces(minari_dataset.action_space, self.action_space, "action")
+        transitions = load_transitions(minari_dataset)
+        first_dataset = self._offline is None and self.num_timesteps == 0
+        self._offline = OfflineBatches(transitions, self.policy, self.device)
+        if first_dataset:
+            self.policy.fit_normalizer(self._offline.observations)
+        self.dataset = dataset if isinstance(dataset, str) else getattr(dataset, "spec", None) and dataset
+
+    # ------------------------------------------------------------------ learning
+
+    def learn(  # type: ignore[override]
+        self: SelfAlgorithm,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1000,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+        online: bool = False,
+    ) -> SelfAlgorithm:
+        """Learn offline from the dataset (``total_timesteps`` gradient steps) or online.
+
+        Args:
+            total_timesteps: gradient steps offline; environment steps with ``online=True``.
+            callback: SB3 callback(s), called once per gradient step offline.
+            log_interval: offline, gradient steps between log dumps; online, episodes (as SB3).
+            tb_log_name: TensorBoard run name (default: the algorithm's class name).
+            reset_num_timesteps: False continues the step count (and LR schedule) of a loaded model.
+            progress_bar: show SB3's progress bar.
+            online: fine-tune in the environment, with the dataset in the replay buffer.
+        """
+        name = tb_log_name or type(self).__name__
+        if online:
+            self._learning_offline = False
+            self._prepare_replay_buffer(total_timesteps)
+            return super().learn(total_timesteps, callback, log_interval, name, reset_num_timesteps, progress_bar)
+        if self._offline is None:
+            raise ValueError(
+                f"{type(self).__name__} has no dataset to learn from: pass dataset=... when creating it, "
+                "call set_dataset(...) after loading, or use learn(..., online=True)"
+            )
+        self._learning_offline = True
+        total, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, name, progress_bar)
+        callback.on_training_start(locals(), globals())
+        started, start_step = time.perf_counter(), self.num_timesteps
+        while self.num_timesteps < total:
+            self._gradient_step(self._offline.sample(self.batch_size, self.generator))
+            self.num_timesteps += 1
+            callback.update_locals(locals())
+            if not callback.on_step():
+                break
+            if log_interval and self.num_timesteps % log_interval == 0:
+                self._dump_offline_logs(started, start_step)
+        self._monitor.flush()
+        callback.on_training_end()
+        return self
+
+    def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+        """SB3's online update: ``gradient_steps`` steps on replay-buffer batches."""
+        assert self.replay_buffer is not None
+        for _ in range(gradient_steps):
+            self._gradient_step(self.replay_buffer.sample(batch_size, env=self._vec_normalize_env))
+        for name, value in self._monitor.means.items():
+            self.logger.record(f"train/{name}", value)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+    def _gradient_step(self, batch: ReplayBufferSamples) -> None:
+        self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
+        self._update_learning_rate(list(self.policy.optimizers().values()))
+        self.policy.set_training_mode(True)
+        stats = self.train_step(self._prepare_batch(batch))
+        self._n_updates += 1
+        self._monitor.record(stats, self._n_updates)
+
+    def _prepare_batch(self, batch: ReplayBufferSamples) -> ReplayBufferSamples:
+        """Flattened, normalised observations and scaled rewards; actions are already in [-1, 1]."""
+        return ReplayBufferSamples(
+            self.policy.features(batch.observations),
+            batch.actions,
+            self.policy.features(batch.next_observations),
+            batch.dones,
+            self.reward_scale * batch.rewards + self.reward_bias,
+        )
+
+    @abstractmethod
+    def train_step(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
+        """One gradient step on a prepared batch; returns detached statistics (no ``.item()``)."""
+
+    def _dump_offline_logs(self, started: float, start_step: int) -> None:
+        self._monitor.flush()
+        for name, value in self._monitor.means.items():
+            self.logger.record(f"train/{name}", value)
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        self.logger.record("time/gradient_steps_per_second", (self.num_timesteps - start_step) / elapsed)
+        self.logger.record("time/total_gradient_steps", self.num_timesteps)
+        if self.ep_info_buffer:
+            self.logger.record("rollout/ep_rew_mean", safe_mean([info["r"] for info in self.ep_info_buffer]))
+        self.logger.dump(step=self.num_timesteps)
+
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        if not (progress_bar and self._learning_offline):
+            return super()._init_callback(callback, progress_bar)
+        callback = super()._init_callback(callback, progress_bar=False)
+        combined = CallbackList([callback, _GradientStepProgressBar()])
+        combined.init_callback(self)
+        return combined
+
+    def _prepare_replay_buffer(self, online_steps: int) -> None:
+        """A replay buffer holding the whole dataset, with room for ``buffer_size`` new steps."""
+        if self.replay_buffer is not None:
+            return
+        offline = self._offline
+        stored = offline.size if offline is not None else 0
+        buffer_class = DictReplayBuffer if isinstance(self.observation_space, spaces.Dict) else ReplayBuffer
+        rows = (stored + self.n_envs - 1) // self.n_envs + max(self.buffer_size, online_steps) // self.n_envs + 1
+        self.replay_buffer = buffer_class(
+            rows, self.observation_space, self.action_space, device=self.device, n_envs=self.n_envs
+        )
+        if offline is not None and isinstance(self.replay_buffer, ReplayBuffer):
+            self._copy_dataset_into(self.replay_buffer, offline)
+
+    def _copy_dataset_into(self, buffer: ReplayBuffer, offline: OfflineBatches) -> None:
+        """Write the dataset row-major across the buffer's env slots (already-scaled actions)."""
+        usable = offline.size - offline.size % self.n_envs
+        rows = usable // self.n_envs
+
+        def layout(tensor: Tensor, shape: tuple[int, ...]) -> np.ndarray:
+            return tensor[:usable].cpu().numpy().reshape(rows, self.n_envs, *shape)
+
+        buffer.observations[:rows] = layout(offline.observations, buffer.obs_shape)
+        buffer.next_observations[:rows] = layout(offline.next_observations, buffer.obs_shape)
+        buffer.actions[:rows] = layout(offline.actions, (buffer.action_dim,))
+        buffer.rewards[:rows] = layout(offline.rewards, ())
+        buffer.dones[:rows] = layout(offline.dones, ())
+        buffer.pos = rows
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]
+        """Write one zip (see :mod:`diffgym.serialization`); an existing file is replaced atomically."""
+        hyperparameters = {name: getattr(self, name) for name in self.saved_hyperparameters}
+        if not isinstance(self.learning_rate, (int, float)):
+            raise TypeError("only a constant learning_rate can be saved (schedules are code)")
+        manifest = {
+            "algorithm": type(self).__name__,
+            "diffgym_version": diffgym.__version__,
+            "hyperparameters": hyperparameters,
+            "policy_kwargs": self.policy_kwargs,
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+            "num_timesteps": self.num_timesteps,
+            "n_updates": self._n_updates,
+            "seed": self.seed,
+            "dataset": self.dataset if isinstance(self.dataset, str) else None,
+        }
+        members = {
+            "policy": self.policy.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.policy.optimizers().items()},
+            "generators": {
+                "training": self.generator.get_state(),
+                "sampling": self.policy.sampling_generator.get_state(),  # type: ignore[union-attr]
+            },
+        }
+        save_model_file(path, manifest, members)
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfAlgorithm],
+        path: str,
+        env: GymEnv | None = None,
+        device: torch.device | str = "auto",
+        dataset: DatasetLike | None = None,
+        **kwargs: Any,
+    ) -> SelfAlgorithm:
+        """Load a model saved by :meth:`save`; nothing in the file is executed.
+
+        Args:
+            path: the zip (``.zip`` may be left out).
+            env: an environment with the model's spaces (needed to keep learning or evaluate).
+            device: where to put the networks.
+            dataset: a dataset to keep learning from offline (optional).
+            kwargs: constructor arguments that override the saved ones (e.g. ``verbose``).
+
+        Raises:
+            ModelFileError: the file is not a (valid, untampered) model of this algorithm.
+        """
+        manifest, members = load_model_file(path)
+        if manifest.get("algorithm") != cls.__name__:
+            raise ModelFileError(f"{path} holds a {manifest.get('algorithm')!r} model, not {cls.__name__}")
+        observation_space = space_from_json(manifest["observation_space"])
+        action_space = space_from_json(manifest["action_space"])
+        if env is not None:
+            check_for_correct_spaces(
+                env if hasattr(env, "num_envs") else _single_env(env), observation_space, action_space
+            )
+        arguments = {**manifest["hyperparameters"], "policy_kwargs": manifest["policy_kwargs"], **kwargs}
+        try:
+            model = cls("MlpPolicy", env, device=device, seed=manifest["seed"], _init_setup_model=False, **arguments)
+        except TypeError as error:
+            raise ModelFileError(f"{path}: hyperparameters do not fit {cls.__name__} ({error})") from error
+        model.observation_space, model.action_space = observation_space, action_space
+        model._setup_model()
+        try:
+            model.policy.load_state_dict(members["policy"])
+            for name, optimizer in model.policy.optimizers().items():
+                optimizer.load_state_dict(members["optimizers"][name])
+            model.generator.set_state(members["generators"]["training"])
+            model.policy.sampling_generator.set_state(members["generators"]["sampling"])  # type: ignore[union-attr]
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise ModelFileError(f"{path}: saved state does not fit {cls.__name__} ({error})") from error
+        model.num_timesteps = manifest["num_timesteps"]
+        model._n_updates = manifest["n_updates"]
+        if dataset is not None:
+            model.set_dataset(dataset)
+        return model
+
+
+def _single_env(env: Any) -> Any:
+    """``check_for_correct_spaces`` takes anything with the two space attributes."""
+    return env

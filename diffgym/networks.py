@@ -1,0 +1,91 @@
+"""Value networks shared by the agents: ensembles of MLPs evaluated in one batched forward.
+
+Twin critics are an ensemble of two: one ``baddbmm`` per layer computes both, instead of two
+modules called one after the other.
+
+>>> critic = EnsembleMLP(in_dim=5, out_dim=1, members=2)
+>>> critic(torch.randn(7, 5)).shape
+torch.Size([2, 7, 1])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class EnsembleLinear(nn.Module):
+    """``members`` independent linear layers applied at once: (E, B, in) -> (E, B, out)."""
+
+    def __init__(self, in_dim: int, out_dim: int, members: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim))
+        bound = 1 / math.sqrt(in_dim)  # torch.nn.Linear's default initialisation, per member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """An ensemble of MLPs with Mish activations (Diffusion-QL's critic) and optional LayerNorm.
+
+    Args:
+        in_dim: input features.
+        out_dim: outputs per member (1 for a Q or V value).
+        members: ensemble size (2 for twin critics, 1 for a value network).
+        hidden_dim: width of each hidden layer (256 in Diffusion-QL and IQL).
+        num_hidden: number of hidden layers (3 in Diffusion-QL, 2 in IQL).
+        layer_norm: LayerNorm after each hidden linear layer (IDQL's critics; stabilises Q).
+
+    Shapes: input (B, in_dim) shared by all members, or (E, B, in_dim) per member;
+    output (E, B, out_dim).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        members: int,
+        hidden_dim: int = 256,
+        num_hidden: int = 3,
+        layer_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.members = members
+        layers: list[nn.Module] = []
+        width = in_dim
+        for _ in range(num_hidden):
+            layers.append(EnsembleLinear(width, hidden_dim, members))
+            if layer_norm:
+                layers.append(nn.LayerNorm(hidden_dim))
+            layers.append(nn.Mish())
+            width = hidden_dim
+        layers.append(EnsembleLinear(width, out_dim, members))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.members, -1, -1)
+        return self.net(x)
+
+
+class StateActionCritic(nn.Module):
+    """Q-ensemble over (state, action): ``forward(obs (B, S), action (B, A)) -> (E, B)``."""
+
+    def __init__(self, obs_dim: int, action_dim: int, members: int = 2, **mlp_kwargs: int | bool) -> None:
+        super().__init__()
+        self.ensemble = EnsembleMLP(obs_dim + action_dim, 1, members, **mlp_kwargs)  # type: ignore[arg-type]
+
+    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
+        return self.ensemble(torch.cat([obs, action], dim=-1)).squeeze(-1)
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging ``target ← (1 - tau) target + tau source``, fused over all parameters."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

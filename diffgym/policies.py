@@ -1,0 +1,116 @@
+"""The policy base shared by diffusion agents that act by sampling candidate actions.
+
+Diffusion-QL and IDQL both act the same way: draw ``num_candidates`` actions from a diffusion
+model for each observation (one batched call), score them with a critic, and keep one.
+``deterministic=True`` draws the candidates from a fixed noise seed and keeps the best score, so
+the same observation always gets the same action (the survey's "no deterministic diffusion
+action" limitation); ``deterministic=False`` draws fresh noise and samples a candidate in
+proportion to ``softmax(score)``.
+
+Subclasses build their networks in ``_build`` and implement ``sample_actions`` and
+``score_actions``; observations arrive flattened (Dict spaces concatenate their keys in the
+space's order) and normalised by ``obs_normalizer``, whose statistics travel in the state dict.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import Tensor
+
+from diffgym.normalizers import GaussianNormalizer
+
+
+class CandidateSelectionPolicy(BasePolicy):
+    """Acts by sampling candidate actions from a diffusion model and choosing by value.
+
+    Actions inside the networks live in [-1, 1] (``squash_output=True``: SB3 rescales them to the
+    action space's bounds in ``predict``).
+
+    Args:
+        observation_space, action_space, lr_schedule: as for every SB3 policy.
+        num_candidates: actions sampled per observation when acting (Diffusion-QL: 50; IDQL: 32
+            on locomotion).
+        deterministic_seed: seed of the fixed noise used by ``deterministic=True``.
+        normalize_observations: standardise observations with the dataset's mean and std.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        num_candidates: int = 50,
+        deterministic_seed: int = 0,
+        normalize_observations: bool = True,
+        **network_kwargs: Any,
+    ) -> None:
+        super().__init__(observation_space, action_space, squash_output=True)
+        if not isinstance(action_space, spaces.Box):
+            raise TypeError(f"diffusion policies need a continuous (Box) action space, got {action_space}")
+        self.obs_dim = spaces.flatdim(observation_space)
+        self.action_dim = spaces.flatdim(action_space)
+        self.num_candidates = num_candidates
+        self.deterministic_seed = deterministic_seed
+        self.normalize_observations = normalize_observations
+        self.obs_normalizer = GaussianNormalizer(self.obs_dim)
+        self.sampling_generator: torch.Generator | None = None  # seeded by the algorithm
+        self._build(lr_schedule, **network_kwargs)
+
+    @abstractmethod
+    def _build(self, lr_schedule: Schedule, **network_kwargs: Any) -> None:
+        """Create the networks and their optimizers."""
+
+    @abstractmethod
+    def sample_actions(self, features: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Sample one action in [-1, 1] per row: features (B, obs_dim) -> (B, action_dim)."""
+
+    @abstractmethod
+    def score_actions(self, features: Tensor, actions: Tensor) -> Tensor:
+        """Value of each (observation, action) row: (B, obs_dim), (B, action_dim) -> (B,)."""
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimizer, by name (saved and restored with the model)."""
+
+    def fit_normalizer(self, flat_observations: Tensor) -> None:
+        """Set the observation statistics from the dataset: (N, obs_dim)."""
+        if self.normalize_observations:
+            fitted = GaussianNormalizer.fit(flat_observations)
+            self.obs_normalizer.load_state_dict(fitted.state_dict())
+
+    def features(self, observation: PyTorchObs) -> Tensor:
+        """Flatten (Dict keys in order) and normalise: -> (B, obs_dim) float."""
+        if isinstance(observation, dict):
+            parts = [observation[key].float().flatten(1) for key in self.observation_space.spaces]  # type: ignore[attr-defined]
+            flat = torch.cat(parts, dim=1)
+        else:
+            flat = observation.float().flatten(1)
+        return self.obs_normalizer.normalize(flat)
+
+    def select_actions(self, features: Tensor, deterministic: bool) -> Tensor:
+        """Sample ``num_candidates`` actions per row and keep one: (B, obs_dim) -> (B, action_dim)."""
+        batch, n = features.shape[0], self.num_candidates
+        repeated = features.repeat_interleave(n, dim=0)
+        generator = self._fixed_noise() if deterministic else self.sampling_generator
+        candidates = self.sample_actions(repeated, generator)
+        scores = self.score_actions(repeated, candidates).view(batch, n)
+        if deterministic:
+            choice = scores.argmax(dim=1)
+        else:
+            choice = torch.multinomial(torch.softmax(scores, dim=1), 1, generator=generator).squeeze(1)
+        return candidates.view(batch, n, -1)[torch.arange(batch, device=features.device), choice]
+
+    def _fixed_noise(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.deterministic_seed)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> Tensor:
+        return self.select_actions(self.features(observation), deterministic)
+
+    def forward(self, observation: PyTorchObs, deterministic: bool = False) -> Tensor:
+        return self._predict(observation, deterministic)

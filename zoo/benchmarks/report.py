@@ -1,0 +1,61 @@
+"""What every benchmark report carries: the hardware, the software, and JSON + Markdown output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+def hardware() -> dict[str, Any]:
+    """CPU model, core count, memory, and the torch build and threads used."""
+    cpu = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_gib, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def hardware_line(info: dict[str, Any]) -> str:
+    gpu = info["gpu"] or "no GPU"
+    return (
+        f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, {gpu}; "
+        f"torch {info['torch']} ({info['torch_threads']} threads), Python {info['python']}"
+    )
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(name: str, results: dict[str, Any], markdown: str, directory: Path = RESULTS_DIR) -> Path:
+    """Write ``<name>.json`` and ``<name>.md`` (atomically) and return the Markdown path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    payload = {"benchmark": name, "date": stamp, "hardware": hardware(), **results}
+    text = f"{markdown}\n\nRun {stamp} on {hardware_line(payload['hardware'])}.\n"
+    for suffix, content in ((".json", json.dumps(payload, indent=2) + "\n"), (".md", text)):
+        target = directory / f"{name}{suffix}"
+        partial = target.with_suffix(suffix + ".partial")
+        partial.write_text(content)
+        partial.replace(target)
+    return directory / f"{name}.md"

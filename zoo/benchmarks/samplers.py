@@ -1,0 +1,76 @@
+"""How close sampling comes to the network limit: time ÷ (steps × one bare denoiser forward).
+
+A ratio of 1.0 means the sampler adds nothing to the network's own cost; the excess is the
+per-step arithmetic and Python overhead of the chain.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffgym.denoisers import MLPDenoiser, TemporalUnet
+from diffgym.diffusion import GaussianDiffusion
+from diffgym.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, Sampler
+from diffgym.schedules import NoiseSchedule
+
+NUM_TIMESTEPS = 100  # training steps T of the benchmarked models; DDPM walks all of them
+SAMPLERS: list[Sampler] = [DDPMSampler(), DDIMSampler(num_steps=10), DPMSolverSampler(num_steps=10)]
+
+
+def _models() -> dict[str, tuple[nn.Module, Callable[[int], tuple[int, ...]], int]]:
+    """name -> (denoiser, batch -> sample shape, cond dim): a Diffusion-QL actor and a Diffuser U-Net."""
+    return {
+        "MLP (Diffusion-QL actor, hopper dims)": (MLPDenoiser(x_dim=3, cond_dim=11), lambda b: (b, 3), 11),
+        "temporal U-Net (Diffuser, H=32, hopper dims)": (
+            TemporalUnet(x_dim=14, dim=32, dim_mults=(1, 2, 4, 8)),
+            lambda b: (b, 32, 14),
+            0,
+        ),
+    }
+
+
+def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(batch_sizes: tuple[int, ...] = (1, 256), repeats: int = 5) -> list[dict[str, Any]]:
+    """One row per (model, batch, sampler): seconds per sample batch and the ratio to the forward."""
+    rows = []
+    for model_name, (denoiser, shape_of, cond_dim) in _models().items():
+        denoiser.eval()
+        diffusion = GaussianDiffusion(denoiser, NoiseSchedule.make("linear", NUM_TIMESTEPS), clip_range=(-1, 1))
+        for batch in batch_sizes:
+            x = torch.randn(shape_of(batch))
+            cond: Tensor | None = torch.randn(batch, cond_dim) if cond_dim else None
+            t = torch.full((batch,), NUM_TIMESTEPS // 2, dtype=torch.long)
+            with torch.no_grad():
+                forward = _median_seconds(lambda x=x, t=t, cond=cond: denoiser(x, t, cond), repeats * 4)
+            for sampler in SAMPLERS:
+                steps = sampler.steps(NUM_TIMESTEPS)
+                seconds = _median_seconds(
+                    lambda s=sampler, b=batch, c=cond, sh=shape_of: diffusion.sample(sh(b), c, sampler=s), repeats
+                )
+                rows.append(
+                    {
+                        "model": model_name,
+                        "batch": batch,
+                        "sampler": sampler.name,
+                        "steps": steps,
+                        "forward_ms": forward * 1e3,
+                        "sample_ms": seconds * 1e3,
+                        "ratio": seconds / (steps * forward),
+                    }
+                )
+    return rows
