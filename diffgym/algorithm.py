@@ -26,6 +26,7 @@ Every gradient step's statistics stay on the device; they are read (one sync) ev
 
 from __future__ import annotations
 
+import math
 import time
 from abc import abstractmethod
 from typing import Any, ClassVar, TypeVar
@@ -41,7 +42,14 @@ from stable_baselines3.common.utils import check_for_correct_spaces, safe_mean
 from torch import Tensor
 
 import diffgym
-from diffgym.data import DatasetLike, Transitions, check_spaces, flatten_observations, load_dataset, load_transitions
+from diffgym.data import (
+    DatasetLike,
+    Transitions,
+    check_spaces,
+    flatten_observations,
+    load_dataset,
+    load_transitions,
+)
 from diffgym.policies import CandidateSelectionPolicy
 from diffgym.serialization import (
     ModelFileError,
@@ -64,7 +72,9 @@ class OfflineBatches:
     Observations are flattened (Dict keys in the space's order); actions are scaled to [-1, 1].
     """
 
-    def __init__(self, transitions: Transitions, policy: CandidateSelectionPolicy, device: torch.device) -> None:
+    def __init__(
+        self, transitions: Transitions, policy: CandidateSelectionPolicy, device: torch.device
+    ) -> None:
         space = policy.observation_space
 
         def tensor(array: np.ndarray) -> Tensor:
@@ -150,6 +160,8 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         reward_scale, reward_bias: rewards enter the losses as ``reward_scale * r + reward_bias``.
         check_every: gradient steps between divergence checks and log averages (one sync each).
         explode_above: a training statistic beyond this magnitude counts as divergence.
+        lr_decay: anneal every learning rate to 0 along a cosine over each ``learn`` call
+            (Diffusion-QL's ``lr_decay``; SB3's progress drives it).
         policy_kwargs, tensorboard_log, verbose, seed, device: as in SB3.
     """
 
@@ -167,6 +179,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         "reward_bias",
         "check_every",
         "explode_above",
+        "lr_decay",
     )
 
     def __init__(
@@ -186,6 +199,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         reward_bias: float = 0.0,
         check_every: int = 100,
         explode_above: float = 1e8,
+        lr_decay: bool = False,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
         verbose: int = 0,
@@ -218,6 +232,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         self.reward_bias = reward_bias
         self.check_every = check_every
         self.explode_above = explode_above
+        self.lr_decay = lr_decay
         self._offline: OfflineBatches | None = None
         self._learning_offline = False
         self._monitor = TrainingMonitor(check_every, explode_above)
@@ -241,6 +256,14 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         if self.dataset is not None:
             self.set_dataset(self.dataset)
 
+    def _setup_lr_schedule(self) -> None:
+        super()._setup_lr_schedule()
+        if self.lr_decay:
+            constant = self.lr_schedule
+            self.lr_schedule = lambda progress: (
+                constant(progress) * 0.5 * (1 + math.cos(math.pi * (1 - progress)))
+            )
+
     def set_dataset(self, dataset: DatasetLike) -> None:
         """Load and validate a dataset; on first use, fit the observation normaliser to it.
 
@@ -248,7 +271,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             DatasetSpaceMismatchError: the dataset's spaces differ from the model's.
             NonFiniteDataError, EpisodeLengthError: the dataset is broken.
         """
-        minari_dataset = load_dataset(dataset)
+        minari_dataset = load_dataset(dataset, download=True)  # local ids and paths never download
         check_spaces(minari_dataset.observation_space, self.observation_space, "observation")
         check_spaces(minari_dataset.action_space, self.action_space, "action")
         transitions = load_transitions(minari_dataset)
@@ -285,14 +308,18 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         if online:
             self._learning_offline = False
             self._prepare_replay_buffer(total_timesteps)
-            return super().learn(total_timesteps, callback, log_interval, name, reset_num_timesteps, progress_bar)
+            return super().learn(
+                total_timesteps, callback, log_interval, name, reset_num_timesteps, progress_bar
+            )
         if self._offline is None:
             raise ValueError(
                 f"{type(self).__name__} has no dataset to learn from: pass dataset=... when creating it, "
                 "call set_dataset(...) after loading, or use learn(..., online=True)"
             )
         self._learning_offline = True
-        total, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, name, progress_bar)
+        total, callback = self._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, name, progress_bar
+        )
         callback.on_training_start(locals(), globals())
         started, start_step = time.perf_counter(), self.num_timesteps
         while self.num_timesteps < total:
@@ -364,7 +391,9 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         offline = self._offline
         stored = offline.size if offline is not None else 0
         buffer_class = DictReplayBuffer if isinstance(self.observation_space, spaces.Dict) else ReplayBuffer
-        rows = (stored + self.n_envs - 1) // self.n_envs + max(self.buffer_size, online_steps) // self.n_envs + 1
+        rows = (
+            (stored + self.n_envs - 1) // self.n_envs + max(self.buffer_size, online_steps) // self.n_envs + 1
+        )
         self.replay_buffer = buffer_class(
             rows, self.observation_space, self.action_space, device=self.device, n_envs=self.n_envs
         )
@@ -447,7 +476,9 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             )
         arguments = {**manifest["hyperparameters"], "policy_kwargs": manifest["policy_kwargs"], **kwargs}
         try:
-            model = cls("MlpPolicy", env, device=device, seed=manifest["seed"], _init_setup_model=False, **arguments)
+            model = cls(
+                "MlpPolicy", env, device=device, seed=manifest["seed"], _init_setup_model=False, **arguments
+            )
         except TypeError as error:
             raise ModelFileError(f"{path}: hyperparameters do not fit {cls.__name__} ({error})") from error
         model.observation_space, model.action_space = observation_space, action_space

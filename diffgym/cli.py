@@ -9,14 +9,28 @@ function and calling it in :func:`build_parser`.
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import sys
+import time
 from typing import Any
 
 import numpy as np
 
 import diffgym
 
-__all__ = ["add_data_commands", "build_parser", "main"]
+__all__ = ["add_benchmark_command", "add_data_commands", "add_train_command", "build_parser", "main"]
+
+#: short name -> "module:class" of each agent, imported only when a command needs it
+ALGORITHMS = {
+    "dql": "diffgym.agents.dql:DiffusionQL",
+    "idql": "diffgym.agents.idql:IDQL",
+}
+#: benchmark name -> "module:function" taking the parsed extra arguments
+BENCHMARKS = {
+    "core": "diffgym.zoo.benchmarks.core:main",
+    "d4rl": "diffgym.zoo.benchmarks.d4rl:main",
+}
 
 _SB3_ALGOS = ("a2c", "ddpg", "dqn", "ppo", "sac", "td3")
 
@@ -29,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffgym {diffgym.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_data_commands(subparsers)
+    add_train_command(subparsers)
+    add_benchmark_command(subparsers)
     return parser
 
 
@@ -167,3 +183,101 @@ def data_info(args: argparse.Namespace) -> int:
     for name, value in lines:
         print(f"{name:<{width}}  {value}")
     return 0
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _resolve(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def add_train_command(subparsers: argparse._SubParsersAction) -> None:
+    """``diffgym train ALGO --env ENV --dataset DATASET``."""
+    train = subparsers.add_parser(
+        "train",
+        help="train an agent offline on a dataset, evaluate it and save it",
+        description="Train a diffusion agent offline (gradient steps on a dataset), then evaluate and save it.",
+    )
+    train.add_argument("algo", choices=sorted(ALGORITHMS), help="the agent")
+    train.add_argument("--env", required=True, help="Gymnasium env id, e.g. Hopper-v5")
+    train.add_argument("--dataset", required=True, help="Minari id, Minari directory or D4RL-layout .hdf5")
+    train.add_argument("--steps", type=int, default=10_000, help="gradient steps (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    train.add_argument(
+        "--eval-episodes", type=int, default=10, help="evaluation episodes (default: %(default)s)"
+    )
+    train.add_argument("--save", help="where to save the model zip (default: ALGO_ENV.zip)")
+    train.add_argument("--kwargs", default="{}", help="JSON of constructor arguments, e.g. '{\"eta\": 0.5}'")
+    train.add_argument("--tensorboard", help="TensorBoard log directory")
+    train.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(func=train_agent)
+
+
+def train_agent(args: argparse.Namespace) -> int:
+    """``diffgym train``: learn, evaluate (deterministic actions), report, save."""
+    import gymnasium as gym
+    import torch
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from diffgym.data import load_dataset
+    from diffgym.scores import get_reference
+
+    torch.set_num_threads(args.threads)
+    cls = _resolve(ALGORITHMS[args.algo])
+    env = gym.make(args.env)
+    dataset = load_dataset(args.dataset, download=True)
+    behaviour = np.mean([episode.rewards.sum() for episode in dataset.iterate_episodes()])
+    print(f"dataset {dataset.id}: {dataset.total_steps} transitions, mean episode return {behaviour:.1f}")
+    model = cls(
+        "MlpPolicy",
+        env,
+        dataset=dataset,
+        seed=args.seed,
+        tensorboard_log=args.tensorboard,
+        **json.loads(args.kwargs),
+    )
+    started = time.perf_counter()
+    model.learn(args.steps, progress_bar=not args.no_progress)
+    seconds = time.perf_counter() - started
+    print(
+        f"trained {cls.__name__}: {args.steps} gradient steps in {seconds:.0f} s ({args.steps / seconds:.1f}/s)"
+    )
+    env.reset(seed=args.seed + 1000)
+    mean, std = evaluate_policy(model, env, n_eval_episodes=args.eval_episodes, deterministic=True)
+    print(
+        f"evaluation over {args.eval_episodes} episodes: return {mean:.1f} ± {std:.1f} (dataset: {behaviour:.1f})"
+    )
+    try:
+        reference = get_reference(dataset)
+        score = 100 * (mean - reference.random) / (reference.expert - reference.random)
+        print(f"normalised score {score:.1f} (references: {reference.source})")
+    except KeyError:
+        pass
+    path = args.save or f"{args.algo}_{args.env}"
+    model.save(path)
+    print(f"saved {path if path.endswith('.zip') else path + '.zip'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def add_benchmark_command(subparsers: argparse._SubParsersAction) -> None:
+    """``diffgym benchmark NAME [options]``: run on purpose, never in CI."""
+    bench = subparsers.add_parser(
+        "benchmark",
+        help="run a benchmark (writes zoo/results/NAME.json and .md)",
+        description="Run a benchmark on real-size data; results go to zoo/results/.",
+    )
+    bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    bench.add_argument(
+        "options", nargs=argparse.REMAINDER, help="options passed to the benchmark (see its --help)"
+    )
+    bench.set_defaults(func=run_benchmark)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    return int(_resolve(BENCHMARKS[args.name])(args.options) or 0)

@@ -147,7 +147,9 @@ def _read_manifest(archive: zipfile.ZipFile, target: Path) -> dict[str, Any]:
         raise ModelFileError(f"{target}: {MANIFEST} is not valid JSON ({error})") from error
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
-        raise ModelFileError(f"{target}: unsupported model format version {version!r} (expected {FORMAT_VERSION})")
+        raise ModelFileError(
+            f"{target}: unsupported model format version {version!r} (expected {FORMAT_VERSION})"
+        )
     if not isinstance(manifest.get("checksums"), dict):
         raise ModelFileError(f"{target}: {MANIFEST} lists no member checksums")
     return manifest
@@ -167,4 +169,6 @@ def _read_member(
     try:
         return torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ModelFileError(f"{target}: member {name} holds something other than tensors ({error})") from error
+        raise ModelFileError(
+            f"{target}: member {name} holds something other than tensors ({error})"
+        ) from error

@@ -1,5 +1,6 @@
 """Model files: atomic, verified, and never executing code on load."""
 
+import hashlib
 import io
 import json
 import os
@@ -41,7 +42,7 @@ def test_tampered_member_is_refused(saved):
     buffer = io.BytesIO()
     torch.save({"weight": torch.zeros(2, 3)}, buffer)
     rewrite(path, "policy.pt", buffer.getvalue())
-    with pytest.raises(ModelFileError, match="policy.pt does not match its checksum"):
+    with pytest.raises(ModelFileError, match=r"policy\.pt does not match its checksum"):
         load_model_file(path)
 
 
@@ -56,11 +57,9 @@ def test_pickled_code_is_never_executed(saved):
     rewrite(path, "policy.pt", payload)
     with zipfile.ZipFile(path) as archive:
         manifest = json.loads(archive.read("diffgym.json"))
-    import hashlib
-
     manifest["checksums"]["policy.pt"] = hashlib.sha256(payload).hexdigest()  # a forger fixes the checksum
     rewrite(path, "diffgym.json", json.dumps(manifest).encode())
-    with pytest.raises(ModelFileError, match="policy.pt holds something other than tensors"):
+    with pytest.raises(ModelFileError, match=r"policy\.pt holds something other than tensors"):
         load_model_file(path)
 
 
@@ -80,7 +79,7 @@ def test_missing_manifest_and_missing_file(tmp_path):
     bare = tmp_path / "bare.zip"
     with zipfile.ZipFile(bare, "w") as archive:
         archive.writestr("policy.pt", b"")
-    with pytest.raises(ModelFileError, match="has no diffgym.json"):
+    with pytest.raises(ModelFileError, match=r"has no diffgym\.json"):
         load_model_file(bare)
     with pytest.raises(FileNotFoundError, match="no model file"):
         load_model_file(tmp_path / "absent")

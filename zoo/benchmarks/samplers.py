@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -50,17 +51,19 @@ def measure(batch_sizes: tuple[int, ...] = (1, 256), repeats: int = 5) -> list[d
     rows = []
     for model_name, (denoiser, shape_of, cond_dim) in _models().items():
         denoiser.eval()
-        diffusion = GaussianDiffusion(denoiser, NoiseSchedule.make("linear", NUM_TIMESTEPS), clip_range=(-1, 1))
+        diffusion = GaussianDiffusion(
+            denoiser, NoiseSchedule.make("linear", NUM_TIMESTEPS), clip_range=(-1, 1)
+        )
         for batch in batch_sizes:
             x = torch.randn(shape_of(batch))
             cond: Tensor | None = torch.randn(batch, cond_dim) if cond_dim else None
             t = torch.full((batch,), NUM_TIMESTEPS // 2, dtype=torch.long)
             with torch.no_grad():
-                forward = _median_seconds(lambda x=x, t=t, cond=cond: denoiser(x, t, cond), repeats * 4)
+                forward = _median_seconds(partial(denoiser, x, t, cond), repeats * 4)
             for sampler in SAMPLERS:
                 steps = sampler.steps(NUM_TIMESTEPS)
                 seconds = _median_seconds(
-                    lambda s=sampler, b=batch, c=cond, sh=shape_of: diffusion.sample(sh(b), c, sampler=s), repeats
+                    partial(diffusion.sample, shape_of(batch), cond, sampler=sampler), repeats
                 )
                 rows.append(
                     {

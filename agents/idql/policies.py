@@ -1,0 +1,128 @@
+"""IDQL's networks: a diffusion behaviour policy and its EMA, twin critics, their targets and V(s)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from stable_baselines3.common.type_aliases import Schedule
+from torch import Tensor
+
+from diffgym.denoisers import ResidualMLPDenoiser, make_ema
+from diffgym.diffusion import GaussianDiffusion
+from diffgym.networks import EnsembleMLP, StateActionCritic
+from diffgym.policies import CandidateSelectionPolicy
+from diffgym.samplers import make_sampler
+from diffgym.schedules import NoiseSchedule
+
+SELECTIONS = ("argmax", "expectile")
+
+
+def expectile_log_weights(q: Tensor, v: Tensor, expectile: float, min_gap: float = 1e-6) -> Tensor:
+    """Log of IDQL's importance weights for an expectile critic (its Eq. for ``w_2``):
+    ``w(s, a) = |τ - 1(Q(s, a) < V(s))| / |Q(s, a) - V(s)|``. Shapes: q, v (B,) -> (B,).
+
+    ``min_gap`` bounds ``|Q - V|`` away from 0, where the weight is infinite.
+    """
+    advantage = q - v
+    side = torch.where(advantage < 0, 1.0 - expectile, expectile)
+    return side.log() - advantage.abs().clamp_min(min_gap).log()
+
+
+class IDQLPolicy(CandidateSelectionPolicy):
+    """The actor is a diffusion model of the behaviour policy ``a ~ μ(a | s)`` (an LN-ResNet
+    denoiser); acting samples ``num_candidates`` actions from its EMA and keeps one by the IQL
+    critic (see :class:`~diffgym.policies.CandidateSelectionPolicy`):
+
+    - ``selection="argmax"``: the candidate with the largest ``min(Q'_1, Q'_2)`` (the official
+      code's ``eval_actions``, used for every reported evaluation); ``deterministic=False``
+      draws fresh noise and samples ``softmax(min Q')``, the base class's rule.
+    - ``selection="expectile"``: the paper's implicit actor ``π(a | s) ∝ μ(a | s) w(s, a)``,
+      importance-resampled from the candidates with :func:`expectile_log_weights` as scores, so
+      the stochastic choice is categorical with probabilities ``w / Σ w`` and the deterministic
+      one the candidate of largest ``w``. The official ``sample_implicit_policy`` uses
+      ``|τ - 1(Q < V)|`` without the ``1 / |Q - V|`` factor.
+
+    ``expectile`` (τ) is the algorithm's; :class:`~diffgym.agents.idql.IDQL` sets it here.
+
+    Network arguments (``policy_kwargs``), with the defaults of the official code
+    (``philippe-eecs/IDQL``: ``DDPMIQLLearner`` and ``launcher/examples/train_ddpm_iql_offline.py``):
+        num_candidates: actions sampled per state when acting (``N=64``; the launcher also
+            evaluates 16–256).
+        selection: ``"argmax"`` or ``"expectile"`` (see above).
+        num_timesteps: diffusion steps T (5).
+        beta_schedule: noise schedule (``"vp"``).
+        sampler: sampler config, e.g. ``"ddpm"`` or ``{"name": "ddim", "num_steps": 5}`` (DDPM).
+        actor_hidden: residual width of the LN-ResNet denoiser (256).
+        actor_blocks: its residual blocks (3).
+        actor_dropout: dropout in each block while training (0.1).
+        critic_hidden: width of the 2 hidden layers of each Q and of V (256, as IQL).
+        value_layer_norm: LayerNorm in V (off: the paper-era ``ddpm_iql`` learner; its later
+            ``ddpm_iql_simple`` normalises V's input once, which our per-layer LayerNorm is not).
+        ema_decay: decay of the EMA actor that acting samples from (0.999: ``actor_tau=0.001``).
+    """
+
+    expectile: float = 0.7
+
+    def _build(
+        self,
+        lr_schedule: Schedule,
+        selection: str = "argmax",
+        num_timesteps: int = 5,
+        beta_schedule: str = "vp",
+        sampler: str | dict[str, Any] = "ddpm",
+        actor_hidden: int = 256,
+        actor_blocks: int = 3,
+        actor_dropout: float = 0.1,
+        critic_hidden: int = 256,
+        value_layer_norm: bool = False,
+        ema_decay: float = 0.999,
+    ) -> None:
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        self.selection = selection
+        denoiser = ResidualMLPDenoiser(
+            x_dim=self.action_dim,
+            cond_dim=self.obs_dim,
+            hidden_dim=actor_hidden,
+            num_blocks=actor_blocks,
+            dropout=actor_dropout,
+        )
+        schedule = NoiseSchedule.make(beta_schedule, num_timesteps)
+        self.actor = GaussianDiffusion(denoiser, schedule, prediction="epsilon", clip_range=(-1.0, 1.0))
+        self.ema_actor = make_ema(self.actor, ema_decay)
+        self.sampler = make_sampler(sampler)
+        mlp = dict(hidden_dim=critic_hidden, num_hidden=2)
+        self.critic = StateActionCritic(self.obs_dim, self.action_dim, members=2, **mlp)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.value_net = EnsembleMLP(self.obs_dim, 1, members=1, layer_norm=value_layer_norm, **mlp)
+        lr = lr_schedule(1)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr)
+        self.value_optimizer = torch.optim.Adam(self.value_net.parameters(), lr=lr)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor": self.actor_optimizer, "critic": self.critic_optimizer, "value": self.value_optimizer}
+
+    def train(self, mode: bool = True) -> IDQLPolicy:
+        """Set the training mode; the EMA actor only samples, so it stays in eval (no dropout)."""
+        super().train(mode)
+        self.ema_actor.eval()
+        return self
+
+    def value(self, features: Tensor) -> Tensor:
+        """V(s): (B, obs_dim) -> (B,)."""
+        return self.value_net(features).view(-1)
+
+    def sample_actions(self, features: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Behaviour-policy samples from the EMA actor: (B, obs_dim) -> (B, action_dim) in [-1, 1]."""
+        ema: GaussianDiffusion = self.ema_actor.module  # type: ignore[assignment]
+        return ema.sample((features.shape[0], self.action_dim), features, sampler=self.sampler, generator=generator)
+
+    def score_actions(self, features: Tensor, actions: Tensor) -> Tensor:
+        """``min(Q'_1, Q'_2)`` (argmax) or ``log w`` (expectile): (B, obs_dim), (B, action_dim) -> (B,)."""
+        q = self.critic_target(features, actions).min(dim=0).values
+        if self.selection == "argmax":
+            return q
+        return expectile_log_weights(q, self.value(features), self.expectile)

@@ -1,0 +1,134 @@
+"""What every diffgym agent promises, checked the same way for each (add new agents to AGENTS)."""
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import make
+from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from diffgym import DiffusionQL
+from diffgym.data import DatasetSpaceMismatchError
+
+TINY = dict(batch_size=32, check_every=10, seed=0)
+AGENTS = {
+    "DiffusionQL": (
+        DiffusionQL,
+        dict(TINY, ema_start=5, policy_kwargs=dict(actor_hidden=32, critic_hidden=32, num_candidates=8)),
+    ),
+}
+
+
+@pytest.fixture(params=list(AGENTS), scope="module")
+def agent(request):
+    return AGENTS[request.param]
+
+
+@pytest.fixture(scope="module")
+def trained(agent, pendulum_dataset):
+    cls, kwargs = agent
+    model = cls("MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, **kwargs)
+    return model.learn(30)
+
+
+def test_predict_shapes_single_and_vectorised(trained):
+    env = make("Pendulum-v1")
+    obs, _ = env.reset(seed=0)
+    action, state = trained.predict(obs)
+    assert action.shape == (1,) and state is None
+    vec_env = make_vec_env("Pendulum-v1", n_envs=3, seed=0)
+    actions, _ = trained.predict(vec_env.reset())
+    assert actions.shape == (3, 1)
+
+
+def test_wrong_observation_shape_is_a_clear_error(trained):
+    with pytest.raises(ValueError, match=r"Unexpected observation shape \(5,\)"):
+        trained.predict(np.zeros(5, dtype=np.float32))
+
+
+def test_deterministic_predict_reproduces_and_actions_stay_in_bounds(trained):
+    observations = make_vec_env("Pendulum-v1", n_envs=16, seed=1).reset() * 3  # also off-data states
+    first, _ = trained.predict(observations, deterministic=True)
+    again, _ = trained.predict(observations, deterministic=True)
+    np.testing.assert_array_equal(first, again)
+    sampled, _ = trained.predict(observations, deterministic=False)
+    for actions in (first, sampled):
+        assert np.all(actions >= -2.0) and np.all(actions <= 2.0)
+
+
+def test_save_load_predicts_the_same_and_resumes(trained, agent, tmp_path, pendulum_dataset):
+    cls, _ = agent
+    observations = make_vec_env("Pendulum-v1", n_envs=8, seed=2).reset()
+    before, _ = trained.predict(observations, deterministic=True)
+    trained.save(tmp_path / "model")
+    loaded = cls.load(tmp_path / "model", env=make("Pendulum-v1"))
+    after, _ = loaded.predict(observations, deterministic=True)
+    np.testing.assert_array_equal(before, after)
+
+    loaded.set_dataset(pendulum_dataset)
+    weights = [p.detach().clone() for p in loaded.policy.parameters()]
+    loaded.learn(10, reset_num_timesteps=False)
+    assert loaded.num_timesteps == trained.num_timesteps + 10
+    assert any(not torch.equal(w, p) for w, p in zip(weights, loaded.policy.parameters(), strict=True))
+
+
+def test_saved_state_includes_optimizers_and_rng(trained, agent, tmp_path, pendulum_dataset):
+    """Two copies loaded from one file train identically: nothing that matters was left out."""
+    cls, _ = agent
+    trained.save(tmp_path / "model")
+    copies = [
+        cls.load(tmp_path / "model", env=make("Pendulum-v1"), dataset=pendulum_dataset) for _ in range(2)
+    ]
+    for copy in copies:
+        copy.learn(5, reset_num_timesteps=False)
+    for a, b in zip(
+        copies[0].policy.state_dict().values(), copies[1].policy.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_callbacks_fire_during_offline_learning(agent, pendulum_dataset, tmp_path):
+    cls, kwargs = agent
+    model = cls("MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, **kwargs)
+    evaluation = EvalCallback(
+        make("Pendulum-v1", max_episode_steps=20),
+        eval_freq=10,
+        n_eval_episodes=1,
+        log_path=str(tmp_path),
+        verbose=0,
+    )
+    checkpoints = CheckpointCallback(save_freq=10, save_path=str(tmp_path), name_prefix="ckpt")
+    model.learn(20, callback=[evaluation, checkpoints], progress_bar=True)
+    assert evaluation.evaluations_timesteps == [10, 20]  # every 10 gradient steps
+    assert sorted(p.name for p in tmp_path.glob("ckpt_*.zip")) == ["ckpt_10_steps.zip", "ckpt_20_steps.zip"]
+    cls.load(tmp_path / "ckpt_20_steps.zip")
+
+
+def test_evaluate_policy_runs(trained):
+    env = make("Pendulum-v1", max_episode_steps=20)
+    mean, std = evaluate_policy(trained, env, n_eval_episodes=2)
+    assert np.isfinite(mean) and np.isfinite(std)
+
+
+def test_dataset_with_wrong_spaces_is_refused_before_training(agent, mountain_car_dataset):
+    cls, kwargs = agent
+    with pytest.raises(DatasetSpaceMismatchError, match="observation"):
+        cls("MlpPolicy", make("Pendulum-v1"), dataset=mountain_car_dataset, **kwargs)
+
+
+def test_online_fine_tuning_adds_env_experience(agent, pendulum_dataset):
+    cls, kwargs = agent
+    model = cls("MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, **kwargs).learn(10)
+    model.learn(40, online=True)
+    assert model.replay_buffer.size() == 600 + 40  # the dataset, then the new steps
+    assert model.num_timesteps == 40
+
+
+def test_a_diverging_critic_stops_training_with_the_step(agent, pendulum_dataset):
+    cls, kwargs = agent
+    model = cls(
+        "MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, **{**kwargs, "reward_scale": 1e30}
+    )
+    with pytest.raises(RuntimeError, match=r"training diverged: .* at gradient step \d+"):
+        model.learn(50)
