@@ -100,38 +100,46 @@ class OfflineBatches:
 
 
 class TrainingMonitor:
-    """Collects per-step statistics without syncing; checks and averages them every few steps."""
+    """Collects per-step statistics without syncing; checks and averages them every few steps.
+
+    A statistic may be missing from some steps (e.g. a delayed actor update).
+    """
 
     def __init__(self, check_every: int, explode_above: float) -> None:
         self.check_every = check_every
         self.explode_above = explode_above
-        self._names: list[str] = []
-        self._rows: list[Tensor] = []
-        self._first_step = 0
+        self._values: dict[str, list[Tensor]] = {}
+        self._steps: dict[str, list[int]] = {}
+        self._pending = 0
         self.means: dict[str, float] = {}
 
     def record(self, stats: dict[str, Tensor], step: int) -> None:
-        if not self._rows:
-            self._names, self._first_step = list(stats), step
-        self._rows.append(torch.stack([value.detach().float().reshape(()) for value in stats.values()]))
-        if len(self._rows) >= self.check_every:
+        for name, value in stats.items():
+            self._values.setdefault(name, []).append(value.detach().float().reshape(()))
+            self._steps.setdefault(name, []).append(step)
+        self._pending += 1
+        if self._pending >= self.check_every:
             self.flush()
 
     def flush(self) -> None:
         """One device sync: raise on divergence, then keep the means for the logger."""
-        if not self._rows:
+        if not self._pending:
             return
-        table = torch.stack(self._rows).cpu().numpy()  # (steps, stats)
-        self._rows = []
-        bad = ~np.isfinite(table) | (np.abs(table) > self.explode_above)
-        if bad.any():
-            row, column = np.argwhere(bad)[0]
-            raise TrainingDivergedError(
-                f"training diverged: {self._names[column]} = {table[row, column]:.4g} at gradient step "
-                f"{self._first_step + row} (limit |value| <= {self.explode_above:.3g}). Lower the learning "
-                "rate, clip gradients harder or scale the rewards down."
-            )
-        self.means = dict(zip(self._names, table.mean(axis=0).tolist(), strict=True))
+        names = list(self._values)
+        flat = torch.cat([torch.stack(self._values[name]) for name in names]).cpu().numpy()
+        columns = np.split(flat, np.cumsum([len(self._values[name]) for name in names])[:-1])
+        steps = [self._steps[name] for name in names]
+        self._values, self._steps, self._pending = {}, {}, 0
+        for name, values, at in zip(names, columns, steps, strict=True):
+            bad = ~np.isfinite(values) | (np.abs(values) > self.explode_above)
+            if bad.any():
+                first = int(np.argmax(bad))
+                raise TrainingDivergedError(
+                    f"training diverged: {name} = {values[first]:.4g} at gradient step {at[first]} "
+                    f"(limit |value| <= {self.explode_above:.3g}). Lower the learning rate, clip "
+                    "gradients harder or scale the rewards down."
+                )
+        self.means = {name: float(values.mean()) for name, values in zip(names, columns, strict=True)}
 
 
 class _GradientStepProgressBar(ProgressBarCallback):
@@ -346,7 +354,8 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
     def _gradient_step(self, batch: ReplayBufferSamples) -> None:
         self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
         self._update_learning_rate(list(self.policy.optimizers().values()))
-        self.policy.set_training_mode(True)
+        if not self.policy.training:  # predict() (e.g. an EvalCallback) switched to eval mode
+            self.policy.set_training_mode(True)
         stats = self.train_step(self._prepare_batch(batch))
         self._n_updates += 1
         self._monitor.record(stats, self._n_updates)

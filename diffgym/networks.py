@@ -11,6 +11,7 @@ torch.Size([2, 7, 1])
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,7 @@ class EnsembleMLP(nn.Module):
         hidden_dim: width of each hidden layer (256 in Diffusion-QL and IQL).
         num_hidden: number of hidden layers (3 in Diffusion-QL, 2 in IQL).
         layer_norm: LayerNorm after each hidden linear layer (IDQL's critics; stabilises Q).
+        activation: hidden activation (Mish in Diffusion-QL; ReLU in TD3+BC and IQL).
 
     Shapes: input (B, in_dim) shared by all members, or (E, B, in_dim) per member;
     output (E, B, out_dim).
@@ -54,6 +56,7 @@ class EnsembleMLP(nn.Module):
         hidden_dim: int = 256,
         num_hidden: int = 3,
         layer_norm: bool = False,
+        activation: type[nn.Module] = nn.Mish,
     ) -> None:
         super().__init__()
         self.members = members
@@ -63,7 +66,7 @@ class EnsembleMLP(nn.Module):
             layers.append(EnsembleLinear(width, hidden_dim, members))
             if layer_norm:
                 layers.append(nn.LayerNorm(hidden_dim))
-            layers.append(nn.Mish())
+            layers.append(activation())
             width = hidden_dim
         layers.append(EnsembleLinear(width, out_dim, members))
         self.net = nn.Sequential(*layers)
@@ -77,9 +80,9 @@ class EnsembleMLP(nn.Module):
 class StateActionCritic(nn.Module):
     """Q-ensemble over (state, action): ``forward(obs (B, S), action (B, A)) -> (E, B)``."""
 
-    def __init__(self, obs_dim: int, action_dim: int, members: int = 2, **mlp_kwargs: int | bool) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, members: int = 2, **mlp_kwargs: Any) -> None:
         super().__init__()
-        self.ensemble = EnsembleMLP(obs_dim + action_dim, 1, members, **mlp_kwargs)  # type: ignore[arg-type]
+        self.ensemble = EnsembleMLP(obs_dim + action_dim, 1, members, **mlp_kwargs)
 
     def forward(self, obs: Tensor, action: Tensor) -> Tensor:
         return self.ensemble(torch.cat([obs, action], dim=-1)).squeeze(-1)

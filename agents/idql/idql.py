@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -25,7 +28,9 @@ def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
     return (weight * diff**2).mean()
 
 
-def iql_reward_scale(observations: Tensor, next_observations: Tensor, rewards: Tensor, dones: Tensor) -> float:
+def iql_reward_scale(
+    observations: Tensor, next_observations: Tensor, rewards: Tensor, dones: Tensor
+) -> float:
     """IQL's reward scale ``1000 / (max - min episode return)`` over a dataset's episodes.
 
     Episodes end where IQL's ``split_into_trajectories`` ends them: at a terminal, or where the
@@ -48,6 +53,19 @@ def iql_reward_scale(observations: Tensor, next_observations: Tensor, rewards: T
             "episode(s) of equal return. Pass a number instead."
         )
     return IQL_RETURN_RANGE / spread
+
+
+@contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block with torch's global RNG for ``device`` (CPU or CUDA) seeded, then restore it."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        else:
+            torch.random.default_generator.manual_seed(seed)
+        yield
 
 
 class IDQL(DiffusionAlgorithm):
@@ -80,9 +98,10 @@ class IDQL(DiffusionAlgorithm):
     - One batch of ``batch_size`` (256) for actor and critics. The official critic sees 256 rows
       and the actor 512 (final launcher) or 1024 (earlier one, whose "two actor steps per critic
       step" split the batch into itself and an empty half).
-    - Critics use Mish (``EnsembleMLP``) where IQL uses ReLU; torch's default initialisation
-      where jaxrl5 uses Xavier-uniform; the actor loss averages over action dimensions
-      where the official one sums them (a constant factor, absorbed by Adam).
+    - torch's default initialisation where jaxrl5 uses Xavier-uniform; the actor loss averages
+      over action dimensions where the official one sums them (a constant factor, absorbed by
+      Adam); Adam where the actor's official optimiser is AdamW (weight decay 0 in the paper-era
+      learner, optax's default 1e-4 in the later ``ddpm_iql_simple``).
     - The sampler clips the x0 estimate to [-1, 1] at each step with the posterior variance
       ``beta~_t`` (Diffusion-QL's sampler); the official one clips ``x_t`` and adds
       ``sqrt(beta_t)`` noise.
@@ -90,6 +109,9 @@ class IDQL(DiffusionAlgorithm):
       random initial weights, so short runs act with a trained model (the official 3M steps
       make the difference vanish).
     - ``reward_scale="iql"`` is computed once, on the first dataset, and saved as a number.
+    - Online fine-tuning trains actor and critics on uniform replay batches of dataset and new
+      experience (the official variant (2); its variant (1) freezes the actor, and both draw
+      half of each batch from each source).
     - Offline ``total_timesteps`` counts gradient steps (see :class:`DiffusionAlgorithm`).
 
     Args (besides :class:`~diffgym.algorithm.DiffusionAlgorithm`'s):
@@ -117,7 +139,9 @@ class IDQL(DiffusionAlgorithm):
         lr_decay: bool = True,
         **kwargs: Any,
     ) -> None:
-        if not (isinstance(reward_scale, (int, float)) or reward_scale == "iql"):
+        if isinstance(reward_scale, numbers.Real):
+            reward_scale = float(reward_scale)
+        elif reward_scale != "iql":
             raise ValueError(f"reward_scale must be a number or 'iql', got {reward_scale!r}")
         self.expectile = expectile
         self.ema_start = ema_start
@@ -165,7 +189,7 @@ class IDQL(DiffusionAlgorithm):
         policy.value_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         policy.value_optimizer.step()
-        return {"value_loss": loss, "v_mean": v.mean()}
+        return {"value_loss": loss.detach(), "v_mean": v.detach().mean()}
 
     def _update_critic(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         policy = self.policy
@@ -177,15 +201,17 @@ class IDQL(DiffusionAlgorithm):
         policy.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         policy.critic_optimizer.step()
-        return {"critic_loss": loss, "q_mean": q.mean()}
+        return {"critic_loss": loss.detach(), "q_mean": q.detach().mean()}
 
     def _update_actor(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         policy = self.policy
-        loss = policy.actor.loss(batch.actions, batch.observations, generator=self.generator)
+        # nn.Dropout draws from the global RNG: seed it by (seed, step) so saved models resume exactly
+        with seeded_global_rng(((self.seed or 0) << 32) + self._n_updates, self.device):
+            loss = policy.actor.loss(batch.actions, batch.observations, generator=self.generator)
         policy.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         policy.actor_optimizer.step()
-        return {"actor_loss": loss}
+        return {"actor_loss": loss.detach()}
 
     def _update_targets(self) -> None:
         policy = self.policy

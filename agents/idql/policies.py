@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from stable_baselines3.common.type_aliases import Schedule
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffgym.denoisers import ResidualMLPDenoiser, make_ema
 from diffgym.diffusion import GaussianDiffusion
@@ -57,7 +57,7 @@ class IDQLPolicy(CandidateSelectionPolicy):
         actor_hidden: residual width of the LN-ResNet denoiser (256).
         actor_blocks: its residual blocks (3).
         actor_dropout: dropout in each block while training (0.1).
-        critic_hidden: width of the 2 hidden layers of each Q and of V (256, as IQL).
+        critic_hidden: width of the 2 hidden ReLU layers of each Q and of V (256, as IQL).
         value_layer_norm: LayerNorm in V (off: the paper-era ``ddpm_iql`` learner; its later
             ``ddpm_iql_simple`` normalises V's input once, which our per-layer LayerNorm is not).
         ema_decay: decay of the EMA actor that acting samples from (0.999: ``actor_tau=0.001``).
@@ -93,7 +93,7 @@ class IDQLPolicy(CandidateSelectionPolicy):
         self.actor = GaussianDiffusion(denoiser, schedule, prediction="epsilon", clip_range=(-1.0, 1.0))
         self.ema_actor = make_ema(self.actor, ema_decay)
         self.sampler = make_sampler(sampler)
-        mlp = dict(hidden_dim=critic_hidden, num_hidden=2)
+        mlp: dict[str, Any] = dict(hidden_dim=critic_hidden, num_hidden=2, activation=nn.ReLU)  # IQL's
         self.critic = StateActionCritic(self.obs_dim, self.action_dim, members=2, **mlp)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.value_net = EnsembleMLP(self.obs_dim, 1, members=1, layer_norm=value_layer_norm, **mlp)
@@ -118,7 +118,9 @@ class IDQLPolicy(CandidateSelectionPolicy):
     def sample_actions(self, features: Tensor, generator: torch.Generator | None) -> Tensor:
         """Behaviour-policy samples from the EMA actor: (B, obs_dim) -> (B, action_dim) in [-1, 1]."""
         ema: GaussianDiffusion = self.ema_actor.module  # type: ignore[assignment]
-        return ema.sample((features.shape[0], self.action_dim), features, sampler=self.sampler, generator=generator)
+        return ema.sample(
+            (features.shape[0], self.action_dim), features, sampler=self.sampler, generator=generator
+        )
 
     def score_actions(self, features: Tensor, actions: Tensor) -> Tensor:
         """``min(Q'_1, Q'_2)`` (argmax) or ``log w`` (expectile): (B, obs_dim), (B, action_dim) -> (B,)."""

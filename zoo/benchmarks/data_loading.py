@@ -3,7 +3,7 @@
 ``run()`` writes a D4RL-layout file of ``n_transitions`` random hopper-like rows (11 observation and
 3 action dimensions, episodes of 1000 steps), imports it into a temporary Minari store, then measures
 each operation in a fresh Python process: wall time and peak resident memory above the process's
-own after-import baseline (``resource.getrusage(RUSAGE_SELF).ru_maxrss``).
+own after-import baseline (resident memory polled every millisecond).
 
 Measured, each against references from the same run:
 
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,8 +84,32 @@ def _child(env: dict[str, str], task: str, *args: Any) -> dict[str, Any]:
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _rss_mb() -> float:
+    """Current resident memory of this process (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _PeakRSS(threading.Thread):
+    """Polls the resident memory every millisecond while a task runs and keeps the maximum.
+
+    ``ru_maxrss`` cannot serve: it is the process's all-time peak, which importing torch may
+    already have set above anything the task reaches.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = _rss_mb()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.001):
+            self.peak = max(self.peak, _rss_mb())
+
+    def stop(self) -> float:
+        self._done.set()
+        self.join()
+        return max(self.peak, _rss_mb())
 
 
 def _measure(task: str, args: list[Any]) -> dict[str, Any]:
@@ -93,11 +117,13 @@ def _measure(task: str, args: list[Any]) -> dict[str, Any]:
     import diffgym.data  # noqa: F401  (in the baseline, as in any user process)
 
     function: Callable[..., dict[str, Any]] = globals()[f"_task_{task}"]
-    baseline = _max_rss_mb()
+    baseline = _rss_mb()
+    monitor = _PeakRSS()
+    monitor.start()
     start = time.perf_counter()
     extra = function(*args)
     seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 3), "peak_rss_mb": round(_max_rss_mb() - baseline, 1), **extra}
+    return {"seconds": round(seconds, 3), "peak_rss_mb": round(monitor.stop() - baseline, 1), **extra}
 
 
 def _task_build(root: str, n_transitions: int, seed: int) -> dict[str, Any]:

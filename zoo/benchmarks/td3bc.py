@@ -1,0 +1,129 @@
+"""TD3+BC (Fujimoto & Gu, NeurIPS 2021): the deterministic-actor offline baseline of our benchmarks.
+
+Built on the same SB3 base as the diffusion agents, so it trains on the same batches, normalises
+observations the same way and is evaluated by the same code. Its "candidate selection" is a
+single deterministic action (``num_candidates=1``). Benchmark-only: it lives in the zoo, not
+among the agents.
+
+Paper defaults: actor and twin critics 256-256 ReLU, lr 3e-4, batch 256, γ 0.99, τ 0.005,
+target policy noise 0.2 clipped at 0.5, actor (and targets) updated every 2 critic steps,
+α = 2.5 in ``λ = α / mean|Q|``, states standardised.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
+from torch import Tensor, nn
+
+from diffgym.algorithm import DiffusionAlgorithm
+from diffgym.data import DatasetLike
+from diffgym.networks import StateActionCritic, soft_update
+from diffgym.policies import CandidateSelectionPolicy
+
+
+class TD3BCPolicy(CandidateSelectionPolicy):
+    """Deterministic tanh actor + twin critics; acting returns the actor's action."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "num_candidates": 1})
+
+    def _build(self, lr_schedule: Schedule, hidden_dim: int = 256) -> None:
+        self.actor = nn.Sequential(
+            nn.Linear(self.obs_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, self.action_dim),
+            nn.Tanh(),
+        )
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        critic_kwargs = dict(hidden_dim=hidden_dim, num_hidden=2, activation=nn.ReLU)
+        self.critic = StateActionCritic(self.obs_dim, self.action_dim, members=2, **critic_kwargs)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr_schedule(1))
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr_schedule(1))
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
+
+    def sample_actions(self, features: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self.actor(features)
+
+    def score_actions(self, features: Tensor, actions: Tensor) -> Tensor:
+        return torch.zeros(features.shape[0], device=features.device)
+
+
+class TD3BC(DiffusionAlgorithm):
+    """TD3+BC: TD3's critic with a behaviour-cloning term in the actor loss.
+
+    Args (besides :class:`~diffgym.algorithm.DiffusionAlgorithm`'s):
+        alpha: α in ``λ = α / mean|Q1(s, π(s))|`` weighting the Q term against BC (2.5).
+        policy_noise: std of the target policy smoothing noise, in [-1, 1] action units (0.2).
+        noise_clip: clip of that noise (0.5).
+        policy_delay: critic steps per actor and target update (2).
+    """
+
+    policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": TD3BCPolicy, "MultiInputPolicy": TD3BCPolicy}
+    policy: TD3BCPolicy
+    saved_hyperparameters = (
+        *DiffusionAlgorithm.saved_hyperparameters,
+        "alpha",
+        "policy_noise",
+        "noise_clip",
+        "policy_delay",
+    )
+
+    def __init__(
+        self,
+        policy: str | type[TD3BCPolicy],
+        env: GymEnv | str | None,
+        dataset: DatasetLike | None = None,
+        alpha: float = 2.5,
+        policy_noise: float = 0.2,
+        noise_clip: float = 0.5,
+        policy_delay: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        self.alpha = alpha
+        self.policy_noise = policy_noise
+        self.noise_clip = noise_clip
+        self.policy_delay = policy_delay
+        super().__init__(policy, env, dataset, **kwargs)
+
+    def train_step(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
+        policy = self.policy
+        with torch.no_grad():
+            noise = torch.randn(batch.actions.shape, generator=self.generator, device=self.generator.device)
+            noise = (
+                (self.policy_noise * noise).clamp(-self.noise_clip, self.noise_clip).to(batch.actions.device)
+            )
+            next_actions = (policy.actor_target(batch.next_observations) + noise).clamp(-1, 1)
+            next_q = policy.critic_target(batch.next_observations, next_actions).min(dim=0).values
+            target = batch.rewards.squeeze(1) + self.gamma * (1 - batch.dones.squeeze(1)) * next_q
+        q = policy.critic(batch.observations, batch.actions)
+        critic_loss = ((q - target) ** 2).mean(dim=1).sum()
+        policy.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        policy.critic_optimizer.step()
+        stats = {"critic_loss": critic_loss, "q_mean": q.mean()}
+        if self._n_updates % self.policy_delay == 0:
+            stats |= self._update_actor(batch)
+        return stats
+
+    def _update_actor(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
+        policy = self.policy
+        actions = policy.actor(batch.observations)
+        q = policy.critic(batch.observations, actions)[0]
+        bc_loss = F.mse_loss(actions, batch.actions)
+        loss = -(self.alpha / q.abs().mean().detach()) * q.mean() + bc_loss
+        policy.actor_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        policy.actor_optimizer.step()
+        soft_update(policy.critic_target, policy.critic, self.tau)
+        soft_update(policy.actor_target, policy.actor, self.tau)
+        return {"actor_loss": loss, "bc_loss": bc_loss}
