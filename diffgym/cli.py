@@ -89,6 +89,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     make.add_argument("--seed", type=int, default=0, help="seed of the first reset and of random actions")
     make.add_argument("--deterministic", action="store_true", help="deterministic SB3 actions")
+    make.add_argument("--overwrite", action="store_true", help="replace a local dataset with the same id")
     make.set_defaults(func=data_make)
 
     imp = commands.add_parser(
@@ -125,10 +126,14 @@ def _load_policy(spec: str) -> Any:
 
 def data_make(args: argparse.Namespace) -> int:
     """``diffgym data make``."""
+    import minari
+
     from diffgym.data import collect_dataset
 
     if args.steps is None and args.episodes is None:
         raise ValueError("give --steps, --episodes or both")
+    if args.overwrite and args.dataset_id in minari.list_local_datasets():
+        minari.delete_dataset(args.dataset_id)
     dataset = collect_dataset(
         args.env,
         _load_policy(args.policy),

@@ -607,3 +607,12 @@ def make_ema(model: nn.Module, decay: float) -> AveragedModel:
     ema.update_parameters(model)
     ema.requires_grad_(False)
     return ema
+
+
+def update_ema(ema: AveragedModel, model: nn.Module, step: int, start: int, every: int = 1) -> None:
+    """One EMA step of a training loop: copy ``model`` while ``step < start``, then average every
+    ``every`` steps (Diffusion-QL: start 1000, every 5; IDQL: every step)."""
+    if step < start:
+        torch._foreach_copy_(list(ema.module.parameters()), list(model.parameters()))
+    elif step % every == 0:
+        ema.update_parameters(model)

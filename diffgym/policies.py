@@ -14,6 +14,7 @@ space's order) and normalised by ``obs_normalizer``, whose statistics travel in 
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from typing import Any
 
@@ -21,9 +22,15 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
+from diffgym.denoisers import make_ema
+from diffgym.diffusion import GaussianDiffusion
+from diffgym.networks import StateActionCritic
 from diffgym.normalizers import GaussianNormalizer
+from diffgym.samplers import Sampler, make_sampler
+from diffgym.schedules import NoiseSchedule
 
 
 class CandidateSelectionPolicy(BasePolicy):
@@ -34,8 +41,8 @@ class CandidateSelectionPolicy(BasePolicy):
 
     Args:
         observation_space, action_space, lr_schedule: as for every SB3 policy.
-        num_candidates: actions sampled per observation when acting (Diffusion-QL: 50; IDQL: 32
-            on locomotion).
+        num_candidates: actions sampled per observation when acting (Diffusion-QL: 50; IDQL's
+            official code: 64).
         deterministic_seed: seed of the fixed noise used by ``deterministic=True``.
         normalize_observations: standardise observations with the dataset's mean and std.
     """
@@ -114,3 +121,50 @@ class CandidateSelectionPolicy(BasePolicy):
 
     def forward(self, observation: PyTorchObs, deterministic: bool = False) -> Tensor:
         return self._predict(observation, deterministic)
+
+
+class DiffusionActorPolicy(CandidateSelectionPolicy):
+    """A candidate-selection policy whose actor is a diffusion model over actions in [-1, 1],
+    with an EMA copy and twin critics with targets (what Diffusion-QL and IDQL share)."""
+
+    actor: GaussianDiffusion
+    ema_actor: AveragedModel
+    sampler: Sampler
+    critic: StateActionCritic
+    critic_target: StateActionCritic
+
+    def _build_actor(
+        self,
+        denoiser: nn.Module,
+        num_timesteps: int,
+        beta_schedule: str,
+        sampler: str | dict[str, Any],
+        ema_decay: float,
+    ) -> None:
+        """ε-prediction diffusion of actions given the state, x0 clipped to [-1, 1], and its EMA."""
+        schedule = NoiseSchedule.make(beta_schedule, num_timesteps)
+        self.actor = GaussianDiffusion(denoiser, schedule, prediction="epsilon", clip_range=(-1.0, 1.0))
+        self.ema_actor = make_ema(self.actor, ema_decay)
+        self.sampler = make_sampler(sampler)
+
+    def _build_twin_critic(self, **mlp_kwargs: Any) -> None:
+        """Two Q networks in one ensemble, and a frozen target copy."""
+        self.critic = StateActionCritic(self.obs_dim, self.action_dim, members=2, **mlp_kwargs)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+
+    def sample_from(
+        self,
+        model: GaussianDiffusion,
+        features: Tensor,
+        generator: torch.Generator | None,
+        differentiable: bool = False,
+    ) -> Tensor:
+        """One action per row from ``model`` (the actor or ``ema_actor.module``): (B, obs_dim) -> (B, A)."""
+        shape = (features.shape[0], self.action_dim)
+        return model.sample(
+            shape, features, sampler=self.sampler, generator=generator, differentiable=differentiable
+        )
+
+    @property
+    def ema_model(self) -> GaussianDiffusion:
+        return self.ema_actor.module  # type: ignore[return-value]

@@ -12,6 +12,7 @@ from torch.nn.utils import clip_grad_norm_
 from diffgym.agents.dql.policies import DiffusionQLPolicy
 from diffgym.algorithm import DiffusionAlgorithm
 from diffgym.data import DatasetLike
+from diffgym.denoisers import update_ema
 from diffgym.networks import soft_update
 
 
@@ -143,10 +144,7 @@ class DiffusionQL(DiffusionAlgorithm):
 
     def _update_targets(self) -> None:
         policy = self.policy
-        if self._n_updates < self.ema_start:
-            torch._foreach_copy_(list(policy.ema_actor.module.parameters()), list(policy.actor.parameters()))
-        elif self._n_updates % self.ema_every == 0:
-            policy.ema_actor.update_parameters(policy.actor)
+        update_ema(policy.ema_actor, policy.actor, self._n_updates, self.ema_start, self.ema_every)
         soft_update(policy.critic_target, policy.critic, self.tau)
 
     def _clip(self, parameters: Any) -> Tensor:

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor
 
-from diffgym.denoisers import MLPDenoiser, make_ema
-from diffgym.diffusion import GaussianDiffusion
-from diffgym.networks import StateActionCritic
-from diffgym.policies import CandidateSelectionPolicy
-from diffgym.samplers import make_sampler
-from diffgym.schedules import NoiseSchedule
+from diffgym.denoisers import MLPDenoiser
+from diffgym.policies import DiffusionActorPolicy
 
 
-class DiffusionQLPolicy(CandidateSelectionPolicy):
+class DiffusionQLPolicy(DiffusionActorPolicy):
     """The actor is a conditional diffusion model ``a ~ p(a | s)``; acting samples 50 candidates
     from it and keeps one by the target critics' ``min(Q1, Q2)`` (Diffusion-QL's
-    ``sample_action``; see :class:`~diffgym.policies.CandidateSelectionPolicy`).
+    ``sample_action``; see :class:`~diffgym.policies.DiffusionActorPolicy`).
 
     Network arguments (``policy_kwargs``), with the paper's defaults:
         num_timesteps: diffusion steps T (5).
@@ -42,12 +37,8 @@ class DiffusionQLPolicy(CandidateSelectionPolicy):
         ema_decay: float = 0.995,
     ) -> None:
         denoiser = MLPDenoiser(x_dim=self.action_dim, cond_dim=self.obs_dim, hidden_dim=actor_hidden)
-        schedule = NoiseSchedule.make(beta_schedule, num_timesteps)
-        self.actor = GaussianDiffusion(denoiser, schedule, prediction="epsilon", clip_range=(-1.0, 1.0))
-        self.ema_actor = make_ema(self.actor, ema_decay)
-        self.sampler = make_sampler(sampler)
-        self.critic = StateActionCritic(self.obs_dim, self.action_dim, members=2, hidden_dim=critic_hidden)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self._build_actor(denoiser, num_timesteps, beta_schedule, sampler, ema_decay)
+        self._build_twin_critic(hidden_dim=critic_hidden)  # 3 hidden Mish layers, as the paper
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr_schedule(1))
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr_schedule(1))
 
@@ -57,17 +48,11 @@ class DiffusionQLPolicy(CandidateSelectionPolicy):
     def sample_actions(
         self, features: Tensor, generator: torch.Generator | None, differentiable: bool = False
     ) -> Tensor:
-        shape = (features.shape[0], self.action_dim)
-        return self.actor.sample(
-            shape, features, sampler=self.sampler, generator=generator, differentiable=differentiable
-        )
+        return self.sample_from(self.actor, features, generator, differentiable)
 
     def sample_target_actions(self, features: Tensor, generator: torch.Generator | None) -> Tensor:
         """Next actions for the critic's target, from the EMA actor: (B, obs_dim) -> (B, action_dim)."""
-        ema: GaussianDiffusion = self.ema_actor.module  # type: ignore[assignment]
-        return ema.sample(
-            (features.shape[0], self.action_dim), features, sampler=self.sampler, generator=generator
-        )
+        return self.sample_from(self.ema_model, features, generator)
 
     def score_actions(self, features: Tensor, actions: Tensor) -> Tensor:
         return self.critic_target(features, actions).min(dim=0).values

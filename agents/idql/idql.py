@@ -14,6 +14,7 @@ from torch import Tensor
 from diffgym.agents.idql.policies import IDQLPolicy
 from diffgym.algorithm import DiffusionAlgorithm
 from diffgym.data import DatasetLike
+from diffgym.denoisers import update_ema
 from diffgym.networks import soft_update
 
 IQL_RETURN_RANGE = 1000.0  # IQL rescales rewards so that dataset returns span this range
@@ -215,8 +216,5 @@ class IDQL(DiffusionAlgorithm):
 
     def _update_targets(self) -> None:
         policy = self.policy
-        if self._n_updates < self.ema_start:
-            torch._foreach_copy_(list(policy.ema_actor.module.parameters()), list(policy.actor.parameters()))
-        else:
-            policy.ema_actor.update_parameters(policy.actor)
+        update_ema(policy.ema_actor, policy.actor, self._n_updates, self.ema_start)
         soft_update(policy.critic_target, policy.critic, self.tau)

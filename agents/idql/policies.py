@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
-from diffgym.denoisers import ResidualMLPDenoiser, make_ema
-from diffgym.diffusion import GaussianDiffusion
-from diffgym.networks import EnsembleMLP, StateActionCritic
-from diffgym.policies import CandidateSelectionPolicy
-from diffgym.samplers import make_sampler
-from diffgym.schedules import NoiseSchedule
+from diffgym.denoisers import ResidualMLPDenoiser
+from diffgym.networks import EnsembleMLP
+from diffgym.policies import DiffusionActorPolicy
 
 SELECTIONS = ("argmax", "expectile")
 
@@ -30,10 +26,10 @@ def expectile_log_weights(q: Tensor, v: Tensor, expectile: float, min_gap: float
     return side.log() - advantage.abs().clamp_min(min_gap).log()
 
 
-class IDQLPolicy(CandidateSelectionPolicy):
+class IDQLPolicy(DiffusionActorPolicy):
     """The actor is a diffusion model of the behaviour policy ``a ~ μ(a | s)`` (an LN-ResNet
     denoiser); acting samples ``num_candidates`` actions from its EMA and keeps one by the IQL
-    critic (see :class:`~diffgym.policies.CandidateSelectionPolicy`):
+    critic (see :class:`~diffgym.policies.DiffusionActorPolicy`):
 
     - ``selection="argmax"``: the candidate with the largest ``min(Q'_1, Q'_2)`` (the official
       code's ``eval_actions``, used for every reported evaluation); ``deterministic=False``
@@ -89,13 +85,9 @@ class IDQLPolicy(CandidateSelectionPolicy):
             num_blocks=actor_blocks,
             dropout=actor_dropout,
         )
-        schedule = NoiseSchedule.make(beta_schedule, num_timesteps)
-        self.actor = GaussianDiffusion(denoiser, schedule, prediction="epsilon", clip_range=(-1.0, 1.0))
-        self.ema_actor = make_ema(self.actor, ema_decay)
-        self.sampler = make_sampler(sampler)
+        self._build_actor(denoiser, num_timesteps, beta_schedule, sampler, ema_decay)
         mlp: dict[str, Any] = dict(hidden_dim=critic_hidden, num_hidden=2, activation=nn.ReLU)  # IQL's
-        self.critic = StateActionCritic(self.obs_dim, self.action_dim, members=2, **mlp)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self._build_twin_critic(**mlp)
         self.value_net = EnsembleMLP(self.obs_dim, 1, members=1, layer_norm=value_layer_norm, **mlp)
         lr = lr_schedule(1)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr)
@@ -117,10 +109,7 @@ class IDQLPolicy(CandidateSelectionPolicy):
 
     def sample_actions(self, features: Tensor, generator: torch.Generator | None) -> Tensor:
         """Behaviour-policy samples from the EMA actor: (B, obs_dim) -> (B, action_dim) in [-1, 1]."""
-        ema: GaussianDiffusion = self.ema_actor.module  # type: ignore[assignment]
-        return ema.sample(
-            (features.shape[0], self.action_dim), features, sampler=self.sampler, generator=generator
-        )
+        return self.sample_from(self.ema_model, features, generator)
 
     def score_actions(self, features: Tensor, actions: Tensor) -> Tensor:
         """``min(Q'_1, Q'_2)`` (argmax) or ``log w`` (expectile): (B, obs_dim), (B, action_dim) -> (B,)."""
