@@ -65,13 +65,18 @@ def dataset_info(path: Path) -> dict[str, Any]:
 
 
 class _TimedEval(EvalCallback):
-    """SB3's EvalCallback that also records how long its evaluations took."""
+    """SB3's EvalCallback that also keeps each evaluation's mean return and its own run time."""
 
-    seconds = 0.0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seconds = 0.0
+        self.mean_returns: list[float] = []
 
     def _on_step(self) -> bool:
         started = time.perf_counter()
         result = super()._on_step()
+        if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+            self.mean_returns.append(float(self.last_mean_reward))
         self.seconds += time.perf_counter() - started
         return result
 
@@ -95,13 +100,11 @@ def run_one(agent: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     eval_env = Monitor(gym.make(info["env_id"]))
     eval_env.reset(seed=10_000 + seed)
     returns, _ = evaluate_policy(
-        model, eval_env, n_eval_episodes=args.final_episodes, deterministic=True, return_episode_returns=True
+        model, eval_env, n_eval_episodes=args.final_episodes, deterministic=True, return_episode_rewards=True
     )
     reference = get_reference(dataset.split("-")[0])
     normalise = lambda value: 100 * (value - reference.random) / (reference.expert - reference.random)  # noqa: E731
-    periodic = (
-        [float(np.mean(r)) for r in evaluation.evaluations_results] if evaluation.evaluations_results else []
-    )
+    periodic = evaluation.mean_returns
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
     model.save(MODELS_DIR / f"d4rl_{agent}_{dataset}_s{seed}")
     return {
