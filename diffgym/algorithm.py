@@ -406,10 +406,10 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         self.replay_buffer = buffer_class(
             rows, self.observation_space, self.action_space, device=self.device, n_envs=self.n_envs
         )
-        if offline is not None and isinstance(self.replay_buffer, ReplayBuffer):
+        if offline is not None:
             self._copy_dataset_into(self.replay_buffer, offline)
 
-    def _copy_dataset_into(self, buffer: ReplayBuffer, offline: OfflineBatches) -> None:
+    def _copy_dataset_into(self, buffer: ReplayBuffer | DictReplayBuffer, offline: OfflineBatches) -> None:
         """Write the dataset row-major across the buffer's env slots (already-scaled actions)."""
         usable = offline.size - offline.size % self.n_envs
         rows = usable // self.n_envs
@@ -417,8 +417,22 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         def layout(tensor: Tensor, shape: tuple[int, ...]) -> np.ndarray:
             return tensor[:usable].cpu().numpy().reshape(rows, self.n_envs, *shape)
 
-        buffer.observations[:rows] = layout(offline.observations, buffer.obs_shape)
-        buffer.next_observations[:rows] = layout(offline.next_observations, buffer.obs_shape)
+        def store(target: np.ndarray | dict[str, np.ndarray], flat: Tensor) -> None:
+            if not isinstance(target, dict):
+                target[:rows] = layout(flat, target.shape[2:])
+                return
+            start = 0  # Dict observations were flattened key by key, in the space's order
+            for key, space in self.observation_space.spaces.items():  # type: ignore[attr-defined]
+                if not isinstance(space, spaces.Box):
+                    raise NotImplementedError(
+                        f"online fine-tuning with a non-Box Dict entry {key!r}: {space}"
+                    )
+                size = spaces.flatdim(space)
+                target[key][:rows] = layout(flat[:, start : start + size], space.shape)
+                start += size
+
+        store(buffer.observations, offline.observations)
+        store(buffer.next_observations, offline.next_observations)
         buffer.actions[:rows] = layout(offline.actions, (buffer.action_dim,))
         buffer.rewards[:rows] = layout(offline.rewards, ())
         buffer.dones[:rows] = layout(offline.dones, ())
@@ -485,8 +499,9 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             )
         arguments = {**manifest["hyperparameters"], "policy_kwargs": manifest["policy_kwargs"], **kwargs}
         try:
+            policy = "MultiInputPolicy" if isinstance(observation_space, spaces.Dict) else "MlpPolicy"
             model = cls(
-                "MlpPolicy", env, device=device, seed=manifest["seed"], _init_setup_model=False, **arguments
+                policy, env, device=device, seed=manifest["seed"], _init_setup_model=False, **arguments
             )
         except TypeError as error:
             raise ModelFileError(f"{path}: hyperparameters do not fit {cls.__name__} ({error})") from error

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import torch
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples
 from torch import Tensor
+from torch.nn.utils import get_total_norm
 
 from diffgym.agents.idql.policies import IDQLPolicy
 from diffgym.algorithm import DiffusionAlgorithm
@@ -201,8 +202,9 @@ class IDQL(DiffusionAlgorithm):
         loss = ((q - target) ** 2).mean()
         policy.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        norm = _gradient_norm(policy.critic)
         policy.critic_optimizer.step()
-        return {"critic_loss": loss.detach(), "q_mean": q.detach().mean()}
+        return {"critic_loss": loss.detach(), "q_mean": q.detach().mean(), "critic_grad_norm": norm}
 
     def _update_actor(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         policy = self.policy
@@ -211,10 +213,16 @@ class IDQL(DiffusionAlgorithm):
             loss = policy.actor.loss(batch.actions, batch.observations, generator=self.generator)
         policy.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        norm = _gradient_norm(policy.actor)
         policy.actor_optimizer.step()
-        return {"actor_loss": loss.detach()}
+        return {"actor_loss": loss.detach(), "actor_grad_norm": norm}
 
     def _update_targets(self) -> None:
         policy = self.policy
         update_ema(policy.ema_actor, policy.actor, self._n_updates, self.ema_start)
         soft_update(policy.critic_target, policy.critic, self.tau)
+
+
+def _gradient_norm(module: torch.nn.Module) -> Tensor:
+    """The global L2 norm of ``module``'s gradients, for the logger (IDQL does not clip)."""
+    return get_total_norm([p.grad for p in module.parameters() if p.grad is not None])

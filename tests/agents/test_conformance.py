@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from gymnasium import make
+from gymnasium import ObservationWrapper, make, spaces
 from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from diffgym import IDQL, DiffusionQL
-from diffgym.data import DatasetSpaceMismatchError
+from diffgym.data import DatasetSpaceMismatchError, collect_dataset, load_transitions
 
 TINY = dict(batch_size=32, check_every=10, seed=0)
 AGENTS = {
@@ -106,6 +106,17 @@ def test_callbacks_fire_during_offline_learning(agent, pendulum_dataset, tmp_pat
     cls.load(tmp_path / "ckpt_20_steps.zip")
 
 
+def test_logger_writes_losses_to_tensorboard(agent, pendulum_dataset, tmp_path):
+    cls, kwargs = agent
+    model = cls(
+        "MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, tensorboard_log=str(tmp_path), **kwargs
+    )
+    model.learn(20, log_interval=10)
+    (run,) = tmp_path.iterdir()
+    assert list(run.glob("events.out.tfevents.*"))
+    assert {"critic_loss", "actor_loss", "critic_grad_norm"} <= set(model._monitor.means)
+
+
 def test_evaluate_policy_runs(trained):
     env = make("Pendulum-v1", max_episode_steps=20)
     mean, std = evaluate_policy(trained, env, n_eval_episodes=2)
@@ -133,3 +144,41 @@ def test_a_diverging_critic_stops_training_with_the_step(agent, pendulum_dataset
     )
     with pytest.raises(RuntimeError, match=r"training diverged: .* at gradient step \d+"):
         model.learn(50)
+
+
+class DictPendulum(ObservationWrapper):
+    """Pendulum with a Dict observation, as goal-conditioned envs (PointMaze) have."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.observation_space = spaces.Dict(
+            {
+                "angle": spaces.Box(-1.0, 1.0, (2,), np.float32),
+                "velocity": spaces.Box(-8.0, 8.0, (1,), np.float32),
+            }
+        )
+
+    def observation(self, observation):
+        return {"angle": observation[:2], "velocity": observation[2:]}
+
+
+def test_dict_observations_work_end_to_end(agent, minari_store, tmp_path):
+    cls, kwargs = agent
+    env = DictPendulum(make("Pendulum-v1"))
+    dataset = collect_dataset(env, None, f"test/dictpendulum/{cls.__name__.lower()}-v0", n_steps=300, seed=0)
+    model = cls("MultiInputPolicy", env, dataset=dataset, **kwargs).learn(10)
+    obs, _ = env.reset(seed=0)
+    action, _ = model.predict(obs, deterministic=True)
+    assert action.shape == (1,)
+    model.save(tmp_path / "dict_model")
+    again, _ = cls.load(tmp_path / "dict_model", env=env).predict(obs, deterministic=True)
+    np.testing.assert_array_equal(action, again)
+    model.learn(20, online=True)
+    assert model.replay_buffer.size() == 300 + 20
+    np.testing.assert_allclose(  # the dataset went into the buffer key by key
+        model.replay_buffer.observations["velocity"][:299, 0], dataset_velocities(dataset)[:299], rtol=1e-6
+    )
+
+
+def dataset_velocities(dataset):
+    return load_transitions(dataset).observations["velocity"]
