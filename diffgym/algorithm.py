@@ -313,6 +313,10 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             online: fine-tune in the environment, with the dataset in the replay buffer.
         """
         name = tb_log_name or type(self).__name__
+        if self.env is None:
+            raise ValueError(
+                f"{type(self).__name__} has no environment: pass env=... to load() (or call set_env) before learn()"
+            )
         if online:
             self._learning_offline = False
             self._prepare_replay_buffer(total_timesteps)

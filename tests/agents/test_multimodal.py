@@ -19,7 +19,14 @@ AGENTS = {
             eta=0.0, learning_rate=3e-3, batch_size=128, policy_kwargs=dict(actor_hidden=64, critic_hidden=16)
         ),
     ),
-    "IDQL": (IDQL, dict(batch_size=128, policy_kwargs=dict())),
+    "IDQL": (
+        IDQL,
+        dict(
+            learning_rate=3e-3,
+            batch_size=128,
+            policy_kwargs=dict(actor_hidden=64, actor_dropout=0.0, critic_hidden=16),
+        ),
+    ),
 }
 
 
