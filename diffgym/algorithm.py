@@ -287,7 +287,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         self._offline = OfflineBatches(transitions, self.policy, self.device)
         if first_dataset:
             self.policy.fit_normalizer(self._offline.observations)
-        self.dataset = dataset if isinstance(dataset, str) else getattr(dataset, "spec", None) and dataset
+        self.dataset = minari_dataset.id  # saved with the model, so a resumed run can name its data
 
     # ------------------------------------------------------------------ learning
 
@@ -323,6 +323,8 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             return super().learn(
                 total_timesteps, callback, log_interval, name, reset_num_timesteps, progress_bar
             )
+        if self._offline is None and self.dataset is not None:  # a loaded model names its dataset
+            self.set_dataset(self.dataset)
         if self._offline is None:
             raise ValueError(
                 f"{type(self).__name__} has no dataset to learn from: pass dataset=... when creating it, "
@@ -459,7 +461,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             "num_timesteps": self.num_timesteps,
             "n_updates": self._n_updates,
             "seed": self.seed,
-            "dataset": self.dataset if isinstance(self.dataset, str) else None,
+            "dataset": self.dataset if isinstance(self.dataset, str) else None,  # the Minari id
         }
         members = {
             "policy": self.policy.state_dict(),
@@ -498,9 +500,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         observation_space = space_from_json(manifest["observation_space"])
         action_space = space_from_json(manifest["action_space"])
         if env is not None:
-            check_for_correct_spaces(
-                env if hasattr(env, "num_envs") else _single_env(env), observation_space, action_space
-            )
+            check_for_correct_spaces(env, observation_space, action_space)  # type: ignore[arg-type]
         arguments = {**manifest["hyperparameters"], "policy_kwargs": manifest["policy_kwargs"], **kwargs}
         try:
             policy = "MultiInputPolicy" if isinstance(observation_space, spaces.Dict) else "MlpPolicy"
@@ -519,13 +519,9 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             model.policy.sampling_generator.set_state(members["generators"]["sampling"])  # type: ignore[union-attr]
         except (KeyError, RuntimeError, ValueError) as error:
             raise ModelFileError(f"{path}: saved state does not fit {cls.__name__} ({error})") from error
+        model.dataset = manifest.get("dataset")  # loaded lazily, if learning continues offline
         model.num_timesteps = manifest["num_timesteps"]
         model._n_updates = manifest["n_updates"]
         if dataset is not None:
             model.set_dataset(dataset)
         return model
-
-
-def _single_env(env: Any) -> Any:
-    """``check_for_correct_spaces`` takes anything with the two space attributes."""
-    return env

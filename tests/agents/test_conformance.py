@@ -67,7 +67,7 @@ def test_save_load_predicts_the_same_and_resumes(trained, agent, tmp_path, pendu
     after, _ = loaded.predict(observations, deterministic=True)
     np.testing.assert_array_equal(before, after)
 
-    loaded.set_dataset(pendulum_dataset)
+    assert loaded.dataset == pendulum_dataset.id  # the file names its data; learn() reloads it
     weights = [p.detach().clone() for p in loaded.policy.parameters()]
     loaded.learn(10, reset_num_timesteps=False)
     assert loaded.num_timesteps == trained.num_timesteps + 10
