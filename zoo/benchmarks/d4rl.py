@@ -130,19 +130,44 @@ def run_one(agent: str, dataset: str, seed: int, args: argparse.Namespace) -> di
 
 
 def predict_latency(model: Any, env: gym.Env) -> dict[str, float]:
-    """Median ``predict`` time at batch 1, and the same ÷ one bare denoiser forward (batch 1)."""
+    """Median ``predict`` time at batch 1, against one bare denoiser forward.
+
+    Two references: one forward at batch 1, and the chain's own floor, ``steps`` forwards at
+    batch ``num_candidates`` (acting samples all candidates in one batch).
+    """
     obs, _ = env.reset(seed=0)
     predict_ms = _median_ms(lambda: model.predict(obs, deterministic=True))
     result = {"predict_ms": predict_ms}
-    actor = getattr(model.policy, "actor", None)
+    policy = model.policy
+    actor = getattr(policy, "actor", None)
     if isinstance(actor, GaussianDiffusion):
-        x = torch.zeros(1, model.policy.action_dim)
-        t = torch.zeros(1, dtype=torch.long)
-        cond = torch.zeros(1, model.policy.obs_dim)
-        with torch.no_grad():
-            forward_ms = _median_ms(lambda: actor.denoiser(x, t, cond))
-        result |= {"denoiser_forward_ms": forward_ms, "predict_over_forward": predict_ms / forward_ms}
+        steps = policy.sampler.steps(actor.num_timesteps)
+        forward = {batch: _forward_ms(actor, policy, batch) for batch in (1, policy.num_candidates)}
+        result |= {
+            "denoiser_forward_ms": forward[1],
+            "predict_over_forward": predict_ms / forward[1],
+            "chain_floor_ms": steps * forward[policy.num_candidates],
+            "predict_over_chain_floor": predict_ms / (steps * forward[policy.num_candidates]),
+        }
     return result
+
+
+def _forward_ms(actor: GaussianDiffusion, policy: Any, batch: int) -> float:
+    x = torch.zeros(batch, policy.action_dim)
+    t = torch.zeros(batch, dtype=torch.long)
+    cond = torch.zeros(batch, policy.obs_dim)
+    with torch.no_grad():
+        return _median_ms(lambda: actor.denoiser(x, t, cond))
+
+
+def remeasure_latency() -> None:
+    """Measure every saved run's ``predict`` latency again (run on an otherwise idle machine)."""
+    for path in sorted(RUNS_DIR.glob("*.json")):
+        record = json.loads(path.read_text())
+        model = AGENTS[record["agent"]].load(MODELS_DIR / f"d4rl_{path.stem}")
+        record["latency"] = predict_latency(model, gym.make(record["env_id"]))
+        record["latency_measured"] = "re-measured alone on the machine, 1 torch thread"
+        path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _median_ms(call: Any, repeats: int = 50) -> float:
@@ -194,12 +219,14 @@ def _markdown(runs: list[dict[str, Any]]) -> str:
         mine = [r for r in runs if r["agent"] == agent]
         latency = [r["latency"] for r in mine]
         ratio = [x["predict_over_forward"] for x in latency if "predict_over_forward" in x]
+        floor = [x["predict_over_chain_floor"] for x in latency if "predict_over_chain_floor" in x]
         speed_rows.append(
             [
                 LABELS[agent],
                 f"{np.mean([r['gradient_steps_per_second'] for r in mine]):.1f}",
                 f"{np.mean([x['predict_ms'] for x in latency]):.2f}",
                 f"{np.mean(ratio):.1f}" if ratio else "-",
+                f"{np.mean(floor):.2f}" if floor else "-",
                 mine[0]["torch_threads"],
             ]
         )
@@ -227,8 +254,9 @@ def _markdown(runs: list[dict[str, Any]]) -> str:
             scores,
             "## Speed",
             "Gradient steps per second exclude evaluation time. Latency: median `predict` of one observation "
-            "(deterministic: all candidates sampled and scored) and its ratio to one bare forward of the "
-            "agent's denoiser at batch 1.",
+            "(deterministic: N candidates sampled in one batch through the chain, then scored), as a ratio to "
+            "one bare forward of the agent's denoiser at batch 1, and to the chain's floor (steps × one "
+            "forward at batch N): the rest is the critic and the sampler's arithmetic.",
             speed,
             f"Hardware: {hardware_line(first['hardware'])}. Each run used {first['torch_threads']} torch thread(s); "
             "two runs shared the machine's 2 cores at a time.",
@@ -248,8 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder of the D4RL-layout files")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--report", action="store_true", help="only merge existing runs into the report")
+    parser.add_argument(
+        "--latency", action="store_true", help="re-measure saved models' latency, then report"
+    )
     args = parser.parse_args(argv)
-    if not args.report:
+    if args.latency:
+        torch.set_num_threads(1)
+        remeasure_latency()
+    elif not args.report:
         torch.set_num_threads(args.threads)
         RUNS_DIR.mkdir(parents=True, exist_ok=True)
         for dataset in args.datasets:
