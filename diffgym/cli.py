@@ -30,6 +30,7 @@ ALGORITHMS = {
 BENCHMARKS = {
     "core": "diffgym.zoo.benchmarks.core:main",
     "d4rl": "diffgym.zoo.benchmarks.d4rl:main",
+    "train_speed": "diffgym.zoo.benchmarks.train_speed:main",
 }
 
 _SB3_ALGOS = ("a2c", "ddpg", "dqn", "ppo", "sac", "td3")
