@@ -227,6 +227,7 @@ def train_agent(args: argparse.Namespace) -> int:
     import gymnasium as gym
     import torch
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
 
     from diffgym.data import load_dataset
     from diffgym.scores import get_reference
@@ -251,8 +252,9 @@ def train_agent(args: argparse.Namespace) -> int:
     print(
         f"trained {cls.__name__}: {args.steps} gradient steps in {seconds:.0f} s ({args.steps / seconds:.1f}/s)"
     )
-    env.reset(seed=args.seed + 1000)
-    mean, std = evaluate_policy(model, env, n_eval_episodes=args.eval_episodes, deterministic=True)
+    eval_env = Monitor(gym.make(args.env))
+    eval_env.reset(seed=args.seed + 1000)
+    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
     print(
         f"evaluation over {args.eval_episodes} episodes: return {mean:.1f} ± {std:.1f} (dataset: {behaviour:.1f})"
     )
