@@ -10,7 +10,10 @@ def minari_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
 
 
-@pytest.mark.parametrize("argv", [[], ["data"], ["data", "make"], ["data", "import"], ["data", "info"]])
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["data"], ["data", "make"], ["data", "import"], ["data", "info"], ["train"], ["benchmark"]],
+)
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--help"])
@@ -56,3 +59,22 @@ def test_errors_are_reported_not_raised(capsys):
     assert main(["data", "info", "test/missing/data-v0"]) == 1
     assert "diffgym: error" in capsys.readouterr().err
     assert main(["data", "make", "--env", "Pendulum-v1", "--id", "test/x/y-v0"]) == 1
+
+
+def test_train_evaluates_and_saves(tmp_path, capsys):
+    make = ["data", "make", "--env", "Pendulum-v1", "--steps", "300", "--id", "test/pendulum/random-v0"]
+    assert main(make) == 0
+    small = '{"batch_size": 32, "policy_kwargs": {"num_candidates": 4, "actor_hidden": 32}}'
+    argv = ["train", "dql", "--env", "Pendulum-v1", "--dataset", "test/pendulum/random-v0", "--steps", "20"]
+    argv += ["--eval-episodes", "1", "--kwargs", small, "--save", str(tmp_path / "dql"), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trained DiffusionQL: 20 gradient steps" in out and "evaluation over 1 episodes" in out
+    assert (tmp_path / "dql.zip").exists()
+
+
+def test_data_make_overwrite(capsys):
+    make = ["data", "make", "--env", "Pendulum-v1", "--steps", "50", "--id", "test/pendulum/again-v0"]
+    assert main(make) == 0
+    assert main(make) == 1  # the id exists: a clear error, nothing replaced
+    assert main([*make, "--overwrite"]) == 0
