@@ -18,7 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from diffgym.guidance import ClassifierFreeGuidance, ClassifierGuidance, Inpainting
-from diffgym.samplers import DDPMSampler, Prediction, Sampler, StepCallback, gaussian_noise
+from diffgym.samplers import (
+    DDPMSampler,
+    Prediction,
+    Randomness,
+    Sampler,
+    StepCallback,
+    draw_noise,
+    gaussian_noise,
+)
 from diffgym.schedules import NoiseSchedule
 
 PredictionType = Literal["epsilon", "sample"]
@@ -140,7 +148,7 @@ class GaussianDiffusion(nn.Module):
         classifier_free: ClassifierFreeGuidance | None = None,
         classifier: ClassifierGuidance | None = None,
         inpainting: Inpainting | None = None,
-        generator: torch.Generator | None = None,
+        generator: Randomness = None,
         differentiable: bool = False,
         on_step: StepCallback | None = None,
     ) -> Tensor:
@@ -151,7 +159,8 @@ class GaussianDiffusion(nn.Module):
             cond: (B, C) conditioning, or None.
             sampler: DDPM (the default, all T steps), DDIM or DPM-Solver++.
             classifier_free, classifier, inpainting: guidance (see :mod:`diffgym.guidance`).
-            generator: source of all noise, for reproducible samples.
+            generator: source of all noise, for reproducible samples: a ``torch.Generator`` or a
+                noise function such as :class:`~diffgym.samplers.TiledNoise`.
             differentiable: keep the autograd graph through the chain (Diffusion-QL's policy
                 loss); otherwise sample under ``torch.no_grad``.
             on_step: called with ``(t, x)`` after each step (to record the denoising chain).
@@ -163,7 +172,7 @@ class GaussianDiffusion(nn.Module):
             if shape is None:
                 raise ValueError("give the sample shape or the starting noise x_T")
             parameter = next(self.denoiser.parameters())
-            x_T = gaussian_noise(tuple(shape), generator, parameter.device, parameter.dtype)
+            x_T = draw_noise(generator, tuple(shape), parameter.device, parameter.dtype)
         sampler = sampler or DDPMSampler()
         project = inpainting.apply if inpainting is not None else None
 

@@ -29,7 +29,7 @@ from diffgym.denoisers import make_ema
 from diffgym.diffusion import GaussianDiffusion
 from diffgym.networks import StateActionCritic
 from diffgym.normalizers import GaussianNormalizer
-from diffgym.samplers import Sampler, make_sampler
+from diffgym.samplers import Randomness, Sampler, TiledNoise, make_sampler
 from diffgym.schedules import NoiseSchedule
 
 
@@ -74,7 +74,7 @@ class CandidateSelectionPolicy(BasePolicy):
         """Create the networks and their optimizers."""
 
     @abstractmethod
-    def sample_actions(self, features: Tensor, generator: torch.Generator | None) -> Tensor:
+    def sample_actions(self, features: Tensor, generator: Randomness) -> Tensor:
         """Sample one action in [-1, 1] per row: features (B, obs_dim) -> (B, action_dim)."""
 
     @abstractmethod
@@ -104,13 +104,15 @@ class CandidateSelectionPolicy(BasePolicy):
         """Sample ``num_candidates`` actions per row and keep one: (B, obs_dim) -> (B, action_dim)."""
         batch, n = features.shape[0], self.num_candidates
         repeated = features.repeat_interleave(n, dim=0)
-        generator = self._fixed_noise() if deterministic else self.sampling_generator
-        candidates = self.sample_actions(repeated, generator)
-        scores = self.score_actions(repeated, candidates).view(batch, n)
         if deterministic:
-            choice = scores.argmax(dim=1)
+            candidates = self.sample_actions(repeated, TiledNoise(self._fixed_noise(), n))
+            choice = self.score_actions(repeated, candidates).view(batch, n).argmax(dim=1)
         else:
-            choice = torch.multinomial(torch.softmax(scores, dim=1), 1, generator=generator).squeeze(1)
+            candidates = self.sample_actions(repeated, self.sampling_generator)
+            scores = self.score_actions(repeated, candidates).view(batch, n)
+            choice = torch.multinomial(
+                torch.softmax(scores, dim=1), 1, generator=self.sampling_generator
+            ).squeeze(1)
         return candidates.view(batch, n, -1)[torch.arange(batch, device=features.device), choice]
 
     def _fixed_noise(self) -> torch.Generator:
@@ -156,7 +158,7 @@ class DiffusionActorPolicy(CandidateSelectionPolicy):
         self,
         model: GaussianDiffusion,
         features: Tensor,
-        generator: torch.Generator | None,
+        generator: Randomness,
         differentiable: bool = False,
     ) -> Tensor:
         """One action per row from ``model`` (the actor or ``ema_actor.module``): (B, obs_dim) -> (B, A)."""

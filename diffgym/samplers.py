@@ -40,6 +40,8 @@ class Prediction(NamedTuple):
 
 
 PredictFn = Callable[[Tensor, int], Prediction]
+NoiseFn = Callable[[tuple[int, ...], torch.device, torch.dtype], Tensor]  # (shape, device, dtype) -> N(0, I)
+Randomness = torch.Generator | NoiseFn | None  # where a sampler's noise comes from
 ProjectFn = Callable[[Tensor], Tensor]
 StepCallback = Callable[[int, Tensor], None]
 
@@ -51,6 +53,38 @@ def gaussian_noise(
     if generator is None:
         return torch.randn(shape, device=device, dtype=dtype)
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def draw_noise(
+    randomness: Randomness, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """Noise from a generator (or torch's global one), or from a :data:`NoiseFn`."""
+    if callable(randomness):
+        return randomness(shape, device, dtype)
+    return gaussian_noise(shape, randomness, device, dtype)
+
+
+class TiledNoise:
+    """Noise whose rows repeat every ``period`` rows: row r gets the draw of row ``r % period``.
+
+    Acting samples ``period`` candidates per observation in rows ``[obs0 × period, obs1 × period,
+    …]``; with tiled noise, candidate k of every observation sees the same noise, so an
+    observation's deterministic action does not depend on which others share its batch.
+
+    >>> noise = TiledNoise(torch.Generator().manual_seed(0), period=2)((6, 3), torch.device("cpu"), torch.float32)
+    >>> torch.equal(noise[0], noise[2]) and torch.equal(noise[1], noise[5]) and not torch.equal(noise[0], noise[1])
+    True
+    """
+
+    def __init__(self, generator: torch.Generator, period: int) -> None:
+        self.generator = generator
+        self.period = period
+
+    def __call__(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+        if shape[0] % self.period:
+            raise ValueError(f"{shape[0]} rows are not a whole number of periods of {self.period}")
+        block = gaussian_noise((self.period, *shape[1:]), self.generator, device, dtype)
+        return block.repeat(shape[0] // self.period, *(1,) * (len(shape) - 1))
 
 
 def timestep_sequence(num_timesteps: int, num_steps: int, spacing: str) -> list[int]:
@@ -86,7 +120,7 @@ class Sampler(Protocol):
         predict: PredictFn,
         schedule: NoiseSchedule,
         x: Tensor,
-        generator: torch.Generator | None = None,
+        generator: Randomness = None,
         project: ProjectFn | None = None,
         on_step: StepCallback | None = None,
     ) -> Tensor: ...
@@ -122,7 +156,7 @@ class DDPMSampler:
         predict: PredictFn,
         schedule: NoiseSchedule,
         x: Tensor,
-        generator: torch.Generator | None = None,
+        generator: Randomness = None,
         project: ProjectFn | None = None,
         on_step: StepCallback | None = None,
     ) -> Tensor:
@@ -134,7 +168,7 @@ class DDPMSampler:
             ) * x
             if t > 0:
                 std = math.sqrt(max(beta * (1 - ab_prev) / (1 - ab), 1e-20))
-                x = x + std * gaussian_noise(x.shape, generator, x.device, x.dtype)
+                x = x + std * draw_noise(generator, x.shape, x.device, x.dtype)
             x = _finish_step(x, t, project, on_step)
         return x
 
@@ -162,7 +196,7 @@ class DDIMSampler:
         predict: PredictFn,
         schedule: NoiseSchedule,
         x: Tensor,
-        generator: torch.Generator | None = None,
+        generator: Randomness = None,
         project: ProjectFn | None = None,
         on_step: StepCallback | None = None,
     ) -> Tensor:
@@ -173,7 +207,7 @@ class DDIMSampler:
             sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
             x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
             if self.eta > 0:
-                x = x + sigma * gaussian_noise(x.shape, generator, x.device, x.dtype)
+                x = x + sigma * draw_noise(generator, x.shape, x.device, x.dtype)
             x = _finish_step(x, t, project, on_step)
         return x
 
@@ -199,7 +233,7 @@ class DPMSolverSampler:
         predict: PredictFn,
         schedule: NoiseSchedule,
         x: Tensor,
-        generator: torch.Generator | None = None,
+        generator: Randomness = None,
         project: ProjectFn | None = None,
         on_step: StepCallback | None = None,
     ) -> Tensor:

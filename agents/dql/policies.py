@@ -10,6 +10,7 @@ from torch import Tensor
 
 from diffgym.denoisers import MLPDenoiser
 from diffgym.policies import DiffusionActorPolicy
+from diffgym.samplers import Randomness
 
 
 class DiffusionQLPolicy(DiffusionActorPolicy):
@@ -45,12 +46,10 @@ class DiffusionQLPolicy(DiffusionActorPolicy):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
 
-    def sample_actions(
-        self, features: Tensor, generator: torch.Generator | None, differentiable: bool = False
-    ) -> Tensor:
+    def sample_actions(self, features: Tensor, generator: Randomness, differentiable: bool = False) -> Tensor:
         return self.sample_from(self.actor, features, generator, differentiable)
 
-    def sample_target_actions(self, features: Tensor, generator: torch.Generator | None) -> Tensor:
+    def sample_target_actions(self, features: Tensor, generator: Randomness) -> Tensor:
         """Next actions for the critic's target, from the EMA actor: (B, obs_dim) -> (B, action_dim)."""
         return self.sample_from(self.ema_model, features, generator)
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from diffgym.denoisers import ResidualMLPDenoiser
 from diffgym.networks import EnsembleMLP
 from diffgym.policies import DiffusionActorPolicy
+from diffgym.samplers import Randomness
 
 SELECTIONS = ("argmax", "expectile")
 
@@ -107,7 +108,7 @@ class IDQLPolicy(DiffusionActorPolicy):
         """V(s): (B, obs_dim) -> (B,)."""
         return self.value_net(features).view(-1)
 
-    def sample_actions(self, features: Tensor, generator: torch.Generator | None) -> Tensor:
+    def sample_actions(self, features: Tensor, generator: Randomness) -> Tensor:
         """Behaviour-policy samples from the EMA actor: (B, obs_dim) -> (B, action_dim) in [-1, 1]."""
         return self.sample_from(self.ema_model, features, generator)
 

@@ -182,3 +182,11 @@ def test_dict_observations_work_end_to_end(agent, minari_store, tmp_path):
 
 def dataset_velocities(dataset):
     return load_transitions(dataset).observations["velocity"]
+
+
+def test_deterministic_action_does_not_depend_on_the_rest_of_the_batch(trained):
+    observations = make_vec_env("Pendulum-v1", n_envs=4, seed=3).reset()
+    batch, _ = trained.predict(observations, deterministic=True)
+    for i, observation in enumerate(observations):
+        alone, _ = trained.predict(observation, deterministic=True)
+        np.testing.assert_allclose(alone, batch[i], rtol=1e-5, atol=1e-6)

@@ -24,6 +24,7 @@ from diffgym.algorithm import DiffusionAlgorithm
 from diffgym.data import DatasetLike
 from diffgym.networks import StateActionCritic, soft_update
 from diffgym.policies import CandidateSelectionPolicy
+from diffgym.samplers import Randomness
 
 
 class TD3BCPolicy(CandidateSelectionPolicy):
@@ -51,7 +52,7 @@ class TD3BCPolicy(CandidateSelectionPolicy):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
 
-    def sample_actions(self, features: Tensor, generator: torch.Generator | None) -> Tensor:
+    def sample_actions(self, features: Tensor, generator: Randomness) -> Tensor:
         return self.actor(features)
 
     def score_actions(self, features: Tensor, actions: Tensor) -> Tensor:
