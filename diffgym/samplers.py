@@ -181,6 +181,10 @@ class DDIMSampler:
     ``use_clipped_model_output=True``: the noise estimate is re-derived from the clipped x0)
     when T is a multiple of ``num_steps``; otherwise this one steps to the next visited
     timestep, which is exact, where diffusers steps by ``T // num_steps``.
+
+    With ε-prediction, a schedule whose last step keeps almost no signal (cosine: ``alpha_bar``
+    ≈ 1e-6 at T-1) makes the first x0 estimate explode; give the model a ``clip_range`` (data
+    bounds) or use ``"leading"`` spacing. The same holds for DPM-Solver.
     """
 
     name: ClassVar[str] = "ddim"
