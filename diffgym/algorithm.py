@@ -51,6 +51,7 @@ from diffgym.data import (
     load_transitions,
 )
 from diffgym.policies import CandidateSelectionPolicy
+from diffgym.samplers import sampler_config
 from diffgym.serialization import (
     ModelFileError,
     load_model_file,
@@ -462,6 +463,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             "n_updates": self._n_updates,
             "seed": self.seed,
             "dataset": self.dataset if isinstance(self.dataset, str) else None,  # the Minari id
+            "sampler": sampler_config(self.policy.sampler) if hasattr(self.policy, "sampler") else None,
         }
         members = {
             "policy": self.policy.state_dict(),

@@ -10,6 +10,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from diffgym import IDQL, DiffusionQL
 from diffgym.data import DatasetSpaceMismatchError, collect_dataset, load_transitions
+from diffgym.serialization import ModelFileError, load_model_file
 
 TINY = dict(batch_size=32, check_every=10, seed=0)
 AGENTS = {
@@ -63,6 +64,8 @@ def test_save_load_predicts_the_same_and_resumes(trained, agent, tmp_path, pendu
     observations = make_vec_env("Pendulum-v1", n_envs=8, seed=2).reset()
     before, _ = trained.predict(observations, deterministic=True)
     trained.save(tmp_path / "model")
+    manifest, _ = load_model_file(tmp_path / "model")
+    assert manifest["sampler"]["name"] == trained.policy.sampler.name  # the file says how it samples
     loaded = cls.load(tmp_path / "model", env=make("Pendulum-v1"))
     after, _ = loaded.predict(observations, deterministic=True)
     np.testing.assert_array_equal(before, after)
@@ -190,3 +193,16 @@ def test_deterministic_action_does_not_depend_on_the_rest_of_the_batch(trained):
     for i, observation in enumerate(observations):
         alone, _ = trained.predict(observation, deterministic=True)
         np.testing.assert_allclose(alone, batch[i], rtol=1e-5, atol=1e-6)
+
+
+def test_a_corrupt_or_foreign_model_file_is_refused(trained, agent, tmp_path):
+    cls, _ = agent
+    trained.save(tmp_path / "model")
+    data = bytearray((tmp_path / "model.zip").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a member
+    (tmp_path / "corrupt.zip").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="corrupt"):
+        cls.load(tmp_path / "corrupt")
+    other = next(c for c, _ in AGENTS.values() if c is not cls)
+    with pytest.raises(ModelFileError, match=f"holds a '{cls.__name__}' model, not {other.__name__}"):
+        other.load(tmp_path / "model")
