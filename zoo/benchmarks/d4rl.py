@@ -235,8 +235,9 @@ def _markdown(runs: list[dict[str, Any]]) -> str:
             "agent",
             "gradient steps / s",
             "predict ms (batch 1)",
-            "predict ÷ one denoiser forward",
-            "torch threads",
+            "predict ÷ one denoiser forward (batch 1)",
+            "predict ÷ (steps × forward at batch N)",
+            "torch threads (training)",
         ],
         speed_rows,
     )
@@ -258,8 +259,13 @@ def _markdown(runs: list[dict[str, Any]]) -> str:
             "one bare forward of the agent's denoiser at batch 1, and to the chain's floor (steps × one "
             "forward at batch N): the rest is the critic and the sampler's arithmetic.",
             speed,
-            f"Hardware: {hardware_line(first['hardware'])}. Each run used {first['torch_threads']} torch thread(s); "
-            "two runs shared the machine's 2 cores at a time.",
+            f"Hardware: {hardware_line(first['hardware'])}. Each run trained with {first['torch_threads']} torch "
+            "thread(s) while two runs shared the machine's 2 cores"
+            + (
+                "; latencies were re-measured afterwards, alone on the machine, with 1 thread."
+                if all("latency_measured" in r for r in runs)
+                else "."
+            ),
         ]
     )
 
