@@ -27,6 +27,7 @@ Every gradient step's statistics stay on the device; they are read (one sync) ev
 from __future__ import annotations
 
 import math
+import os
 import time
 from abc import abstractmethod
 from typing import Any, ClassVar, TypeVar
@@ -411,7 +412,11 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             (stored + self.n_envs - 1) // self.n_envs + max(self.buffer_size, online_steps) // self.n_envs + 1
         )
         self.replay_buffer = buffer_class(
-            rows, self.observation_space, self.action_space, device=self.device, n_envs=self.n_envs
+            rows,
+            self.observation_space,  # type: ignore[arg-type]
+            self.action_space,
+            device=self.device,
+            n_envs=self.n_envs,
         )
         if offline is not None:
             self._copy_dataset_into(self.replay_buffer, offline)
@@ -447,7 +452,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
 
     # ------------------------------------------------------------------ files
 
-    def save(self, path: str, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]
+    def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]
         """Write one zip (see :mod:`diffgym.serialization`); an existing file is replaced atomically."""
         hyperparameters = {name: getattr(self, name) for name in self.saved_hyperparameters}
         if not isinstance(self.learning_rate, (int, float)):
@@ -463,7 +468,9 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             "n_updates": self._n_updates,
             "seed": self.seed,
             "dataset": self.dataset if isinstance(self.dataset, str) else None,  # the Minari id
-            "sampler": sampler_config(self.policy.sampler) if hasattr(self.policy, "sampler") else None,
+            "sampler": sampler_config(sampler)
+            if (sampler := getattr(self.policy, "sampler", None))
+            else None,
         }
         members = {
             "policy": self.policy.state_dict(),
@@ -478,7 +485,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
     @classmethod
     def load(  # type: ignore[override]
         cls: type[SelfAlgorithm],
-        path: str,
+        path: str | os.PathLike,
         env: GymEnv | None = None,
         device: torch.device | str = "auto",
         dataset: DatasetLike | None = None,

@@ -254,7 +254,10 @@ def train_agent(args: argparse.Namespace) -> int:
     )
     eval_env = Monitor(gym.make(args.env))
     eval_env.reset(seed=args.seed + 1000)
-    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
+    returns, _ = evaluate_policy(
+        model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True, return_episode_rewards=True
+    )
+    mean, std = float(np.mean(returns)), float(np.std(returns))
     print(
         f"evaluation over {args.eval_episodes} episodes: return {mean:.1f} ± {std:.1f} (dataset: {behaviour:.1f})"
     )

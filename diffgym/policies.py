@@ -70,7 +70,7 @@ class CandidateSelectionPolicy(BasePolicy):
         self._build(lr_schedule, **network_kwargs)
 
     @abstractmethod
-    def _build(self, lr_schedule: Schedule, **network_kwargs: Any) -> None:
+    def _build(self, lr_schedule: Schedule, *args: Any, **network_kwargs: Any) -> None:
         """Create the networks and their optimizers."""
 
     @abstractmethod

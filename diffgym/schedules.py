@@ -74,6 +74,10 @@ class NoiseSchedule(nn.Module):
         name: the schedule's name, recorded for saving (``"custom"`` for hand-made betas).
     """
 
+    alphas_cumprod: Tensor
+    sqrt_alphas_cumprod: Tensor
+    sqrt_one_minus_alphas_cumprod: Tensor
+
     def __init__(self, betas: np.ndarray | Tensor, name: str = "custom") -> None:
         super().__init__()
         betas64 = np.asarray(betas, dtype=np.float64)

@@ -30,6 +30,7 @@ from stable_baselines3.common.monitor import Monitor
 
 from diffgym.agents.dql import DiffusionQL
 from diffgym.agents.idql import IDQL
+from diffgym.algorithm import DiffusionAlgorithm
 from diffgym.diffusion import GaussianDiffusion
 from diffgym.scores import get_reference
 from diffgym.zoo.benchmarks.report import RESULTS_DIR, hardware, hardware_line, markdown_table, write_report
@@ -39,7 +40,7 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data
 RUNS_DIR = RESULTS_DIR / "d4rl"
 MODELS_DIR = Path(__file__).resolve().parents[1] / "runs"  # checkpoints; not committed
 DATASETS = ("hopper-medium", "hopper-medium-replay", "halfcheetah-medium", "halfcheetah-medium-replay")
-AGENTS: dict[str, type] = {"td3bc": TD3BC, "dql": DiffusionQL, "idql": IDQL}
+AGENTS: dict[str, type[DiffusionAlgorithm]] = {"td3bc": TD3BC, "dql": DiffusionQL, "idql": IDQL}
 LABELS = {"td3bc": "TD3+BC (baseline)", "dql": "Diffusion-QL", "idql": "IDQL"}
 
 # Diffusion-QL's per-task gradient-norm clip (its Table 5); other settings are the paper's defaults.
@@ -114,7 +115,7 @@ def run_one(agent: str, dataset: str, seed: int, args: argparse.Namespace) -> di
         "env_id": info["env_id"],
         "gradient_steps": args.steps,
         "hyperparameters": agent_kwargs(agent, dataset),
-        "final_returns": [float(r) for r in returns],
+        "final_returns": [float(r) for r in returns],  # type: ignore[union-attr]
         "last_score": normalise(float(np.mean(returns))),
         "periodic_scores": [normalise(r) for r in periodic],
         "periodic_steps": list(range(args.eval_every, args.steps + 1, args.eval_every))[: len(periodic)],
