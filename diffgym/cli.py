@@ -231,6 +231,7 @@ def train_agent(args: argparse.Namespace) -> int:
 
     from diffgym.data import load_dataset
     from diffgym.scores import get_reference
+    from diffgym.serialization import model_path
 
     torch.set_num_threads(args.threads)
     cls = _resolve(ALGORITHMS[args.algo])
@@ -267,9 +268,9 @@ def train_agent(args: argparse.Namespace) -> int:
         print(f"normalised score {score:.1f} (references: {reference.source})")
     except KeyError:
         pass
-    path = args.save or f"{args.algo}_{args.env}"
+    path = model_path(args.save or f"{args.algo}_{args.env}")
     model.save(path)
-    print(f"saved {path if path.endswith('.zip') else path + '.zip'}")
+    print(f"saved {path}")
     return 0
 
 
