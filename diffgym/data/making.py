@@ -25,13 +25,21 @@ from minari import MinariDataset
 from minari.data_collector import EpisodeBuffer
 from minari.storage import get_dataset_path
 
-from diffgym.data._tree import stack_tree
+from diffgym.data._tree import ArrayTree, stack_tree, tree_map
 
 __all__ = ["collect_dataset", "import_d4rl", "imported_dataset_id"]
 
 #: Part of the cache key of imported files: bump it when the import's result changes.
-_IMPORT_FORMAT = 1
+#: 2: goal-env files (PointMaze) are stored with the env's ``Dict`` observations instead of a ``Box``.
+_IMPORT_FORMAT = 2
+#: Bytes read at a time while hashing a file (1 MiB).
 _HASH_CHUNK = 1 << 20
+#: The keys of a goal-conditioned env's ``Dict`` observation (``gymnasium_robotics.core.GoalEnv``).
+_GOAL_KEYS = frozenset({"observation", "achieved_goal", "desired_goal"})
+#: The per-step array of a D4RL-layout file that holds the goal (maze2d, and the shared maze files).
+_GOAL_INFO = "infos/goal"
+#: Seed of the one reset that checks where a goal env puts ``achieved_goal`` in its observation.
+_CHECK_SEED = 0
 
 Policy = Callable[[Any], Any]
 
@@ -217,8 +225,19 @@ def import_d4rl(
       final entry repeats the last row.
     - **Env and spaces**: ``env_id`` (else the ``env_id`` in the file attribute ``metadata``, with its
       ``env_kwargs``) is made with ``gym.make``; when its spaces have the file's shapes they are used
-      (with the file's float dtype) and the env spec is stored. Otherwise, or when the env cannot be
-      made, observations get ``Box(-inf, inf)`` and actions ``Box(-1, 1)`` (D4RL's convention) when
+      (with the file's float dtype) and the env spec is stored.
+    - **Goal envs** (gymnasium-robotics ``GoalEnv``s such as ``PointMaze_UMaze-v3``, whose observation
+      is a ``Dict`` with ``observation``, ``achieved_goal`` and ``desired_goal``): when ``observations``
+      fits ``observation`` and ``infos/goal`` fits ``desired_goal``, observations are stored as that
+      ``Dict`` (each Box with the file's float dtype): ``observation`` = ``observations``,
+      ``desired_goal`` = ``infos/goal`` (a final observation takes its last transition's goal, as the
+      env reports the goal it rewarded) and ``achieved_goal`` = the first ``goal_dim`` entries of
+      ``observations``. That last part is an *assumption* (true for PointMaze, whose achieved goal is
+      the ball's x, y; false e.g. for FetchPush, whose achieved goal is the object's position); it is
+      checked twice: the ``achieved_goal`` space must have the goal's shape, and one env reset
+      (seed 0) must give ``achieved_goal == observation[:goal_dim]``.
+    - **Fallback**: when the env's spaces do not fit the arrays (a warning says so) or the env cannot
+      be made, observations get ``Box(-inf, inf)`` and actions ``Box(-1, 1)`` (D4RL's convention) when
       the data lies within it, else ``Box(min, max)`` of the data; the env id is then only kept in
       the metadata (``source_env_id``). Pass ``env_id`` / ``env_kwargs`` to take the spaces from an
       env the file does not name in a ``gym.make``-able way (Meta-World: ``env_id="Meta-World/MT1",
@@ -334,16 +353,60 @@ def _import_spaces(
     )
     if env is None:
         return (*from_arrays, False)
-    obs_space, action_space = _with_dtype(env.observation_space, obs), _with_dtype(env.action_space, actions)
+    obs_space: spaces.Space | None
+    if isinstance(env.observation_space, spaces.Dict):
+        obs_space, why = _goal_dict_space(env, arrays)
+    else:
+        obs_space, why = _with_dtype(env.observation_space, obs), ""
+    action_space = _with_dtype(env.action_space, actions)
     if obs_space is not None and action_space is not None:
         return obs_space, action_space, True
     warnings.warn(
         f"the file's arrays (observations {obs.shape[1:]}, actions {actions.shape[1:]}) do not fit "
-        f"{env.spec.id if env.spec else env}'s spaces ({env.observation_space}, {env.action_space}); "
+        f"{env.spec.id if env.spec else env}'s spaces ({env.observation_space}, {env.action_space}){why}; "
         "storing Box spaces from the arrays and keeping the env id in the metadata only",
         stacklevel=3,
     )
     return (*from_arrays, False)
+
+
+def _goal_dict_space(env: gym.Env, arrays: dict[str, np.ndarray]) -> tuple[spaces.Dict | None, str]:
+    """The goal env's ``Dict`` space with the file's dtypes, or None and why it does not fit.
+
+    See :func:`import_d4rl` (goal envs) for the conditions; the reason starts with ``": "``.
+    """
+    space = env.observation_space
+    assert isinstance(space, spaces.Dict)
+    obs, goal = arrays["observations"], arrays.get(_GOAL_INFO)
+    if set(space.spaces) != _GOAL_KEYS:
+        return None, f": a Dict observation imports only with the goal-env keys {sorted(_GOAL_KEYS)}"
+    if goal is None or goal.ndim != 2 or obs.ndim != 2 or goal.shape[1] > obs.shape[1]:
+        return None, f": a goal-env Dict needs (N, D) observations and an (N, G <= D) {_GOAL_INFO} array"
+    goal_dim = goal.shape[1]
+    parts = {
+        "observation": _with_dtype(space["observation"], obs),
+        "achieved_goal": _with_dtype(space["achieved_goal"], obs[:, :goal_dim]),
+        "desired_goal": _with_dtype(space["desired_goal"], goal),
+    }
+    boxes = {key: part for key, part in parts.items() if isinstance(part, spaces.Box)}
+    if len(boxes) < len(parts):
+        unfit = sorted(set(parts) - set(boxes))
+        return None, f": {unfit} do not fit observations[:, :{goal_dim}] / {_GOAL_INFO} as Boxes"
+    if not _achieved_goal_is_prefix(env, goal_dim):
+        return None, f": after a reset its achieved_goal is not observation[:{goal_dim}]"
+    return spaces.Dict({key: boxes[key] for key in space.spaces}), ""
+
+
+def _achieved_goal_is_prefix(env: gym.Env, goal_dim: int) -> bool:
+    """Whether one reset (seed :data:`_CHECK_SEED`) gives ``achieved_goal == observation[:goal_dim]``."""
+    try:
+        observation, _ = env.reset(seed=_CHECK_SEED)
+    except Exception as error:
+        warnings.warn(f"cannot reset the env to check its achieved_goal ({error})", stacklevel=5)
+        return False
+    return bool(
+        np.array_equal(observation["achieved_goal"], np.asarray(observation["observation"])[:goal_dim])
+    )
 
 
 def _action_box(actions: np.ndarray) -> spaces.Box:
@@ -380,12 +443,10 @@ def _split_episodes(
     if tail:
         ends = np.append(ends, n - 1)
     starts = np.concatenate([[0], ends[:-1] + 1])
-    obs = arrays["observations"].astype(obs_space.dtype, copy=False)
+    if "next_observations" in arrays:
+        _warn_inconsistent_next(arrays["observations"], arrays["next_observations"], ends)
+    obs, next_obs = _observation_trees(arrays, obs_space)
     actions = arrays["actions"].astype(action_space.dtype, copy=False)
-    next_obs = arrays.get("next_observations")
-    if next_obs is not None:
-        next_obs = next_obs.astype(obs_space.dtype, copy=False)
-        _warn_inconsistent_next(obs, next_obs, ends)
     infos = {key[len("infos/") :]: value for key, value in arrays.items() if key.startswith("infos/")}
     buffers: list[EpisodeBuffer] = []
     for start, end in zip(starts, ends + 1, strict=True):
@@ -400,11 +461,39 @@ def _split_episodes(
     return buffers
 
 
+def _observation_trees(
+    arrays: dict[str, np.ndarray], obs_space: spaces.Space
+) -> tuple[ArrayTree, ArrayTree | None]:
+    """Observations and next observations (None without ``next_observations``) as ``obs_space`` stores them.
+
+    Arrays ``(N, *obs_shape)`` for a Box space; for a goal-env ``Dict`` (see :func:`import_d4rl`) dicts of
+    ``(N, ...)`` arrays whose ``desired_goal`` is the row's goal in both (the env reports the goal it
+    rewarded the transition with, also after drawing a new one).
+    """
+
+    def stored(rows: np.ndarray) -> ArrayTree:
+        if isinstance(obs_space, spaces.Dict):
+            return _goal_observations(rows, arrays[_GOAL_INFO], obs_space)
+        return rows.astype(obs_space.dtype, copy=False)
+
+    next_obs = arrays.get("next_observations")
+    return stored(arrays["observations"]), None if next_obs is None else stored(next_obs)
+
+
+def _goal_observations(rows: np.ndarray, goal: np.ndarray, obs_space: spaces.Dict) -> dict[str, ArrayTree]:
+    """Goal-env observations ``key -> (N, ...)`` in ``obs_space``'s key order and dtypes.
+
+    ``rows``: (N, D) observations, ``goal``: (N, G) goals; ``achieved_goal`` is ``rows[:, :G]``.
+    """
+    parts = {"observation": rows, "achieved_goal": rows[:, : goal.shape[1]], "desired_goal": goal}
+    return {key: parts[key].astype(sub.dtype, copy=False) for key, sub in obs_space.spaces.items()}
+
+
 def _episode(
     arrays: dict[str, np.ndarray],
-    obs: np.ndarray,
+    obs: ArrayTree,
     actions: np.ndarray,
-    next_obs: np.ndarray | None,
+    next_obs: ArrayTree | None,
     infos: dict[str, np.ndarray],
     start: int,
     end: int,
@@ -415,9 +504,11 @@ def _episode(
         end -= 1  # the last row's next observation is unknown: drop that transition
         if end <= start:
             return None
-        observations = obs[start : end + 1]
+        observations = tree_map(lambda rows: rows[start : end + 1], obs)
     else:
-        observations = np.concatenate([obs[start:end], next_obs[end - 1 : end]])
+        observations = tree_map(
+            lambda rows, next_rows: np.concatenate([rows[start:end], next_rows[end - 1 : end]]), obs, next_obs
+        )
     truncations = arrays["timeouts"][start:end].copy()
     if next_obs is None:
         truncations[-1] = True

@@ -158,3 +158,116 @@ def test_d4rl_import_rejects_multi_agent_files(tmp_path):
     write_d4rl(tmp_path / "mpe.hdf5", agents=True)
     with pytest.raises(ValueError, match="multi-agent importer"):
         import_d4rl(tmp_path / "mpe.hdf5")
+
+
+MAZE_ROWS = 12  # rows of the synthetic maze file; episodes end at rows 4 and 11 (the tail)
+
+
+def write_maze(path, with_next=True, with_goal=True, env_id="PointMaze_UMaze-v3"):
+    """A D4RL-layout maze file as the shared ones: observations (x, y, vx, vy), goal in infos/goal.
+
+    The goal of the first episode (rows 0-4, ended by a timeout where the goal is reached) differs from
+    the second's, so a final observation that took the wrong row's goal would show.
+    """
+    rng = np.random.default_rng(1)
+    states = rng.uniform(-1, 1, size=(MAZE_ROWS + 1, 4)).astype(np.float32)
+    timeouts = np.zeros(MAZE_ROWS, bool)
+    timeouts[4] = True
+    goal = np.where(np.arange(MAZE_ROWS)[:, None] <= 4, [0.5, -1.0], [-1.5, 1.0]).astype(np.float32)
+    arrays = {
+        "observations": states[:-1],
+        "next_observations": states[1:],
+        "actions": rng.uniform(-1, 1, size=(MAZE_ROWS, 2)).astype(np.float32),
+        "rewards": timeouts.astype(np.float32),
+        "terminals": np.zeros(MAZE_ROWS, bool),
+        "timeouts": timeouts,
+        "infos/goal": goal,
+    }
+    if not with_next:
+        del arrays["next_observations"]
+    if not with_goal:
+        del arrays["infos/goal"]
+    meta = {"env_id": env_id, "env_kwargs": {"continuing_task": True, "reset_target": True}}
+    with h5py.File(path, "w") as file:
+        for key, value in arrays.items():
+            file.create_dataset(key, data=value)
+        file.attrs["metadata"] = json.dumps(meta)
+    return arrays
+
+
+@pytest.mark.parametrize("with_next", [True, False])
+def test_goal_env_file_imports_as_the_envs_dict(tmp_path, with_next):
+    from diffgym.data import check_spaces
+
+    arrays = write_maze(tmp_path / "maze.hdf5", with_next=with_next)
+    dataset = load_dataset(tmp_path / "maze.hdf5")
+    env = gym.make("PointMaze_UMaze-v3")
+    assert isinstance(dataset.observation_space, gym.spaces.Dict)
+    assert list(dataset.observation_space.spaces) == list(env.observation_space.spaces)
+    assert {space.dtype for space in dataset.observation_space.spaces.values()} == {np.dtype(np.float32)}
+    check_spaces(dataset.observation_space, env.observation_space, "observation")
+    check_spaces(dataset.action_space, env.action_space, "action")
+    assert dataset.env_spec.id == "PointMaze_UMaze-v3"
+    assert dataset.env_spec.kwargs["reset_target"] is True  # the file's env kwargs are kept
+
+    tr = load_transitions(dataset)
+    rows = np.arange(MAZE_ROWS) if with_next else np.delete(np.arange(MAZE_ROWS), [4, 11])
+    obs, goal = arrays["observations"], arrays["infos/goal"]
+    np.testing.assert_array_equal(tr.observations["observation"], obs[rows])
+    np.testing.assert_array_equal(tr.observations["achieved_goal"], obs[rows, :2])
+    np.testing.assert_array_equal(tr.observations["desired_goal"], goal[rows])
+    next_obs = arrays["next_observations"] if with_next else np.concatenate([obs[1:], obs[:1]])
+    np.testing.assert_array_equal(tr.next_observations["observation"], next_obs[rows])
+    np.testing.assert_array_equal(tr.next_observations["achieved_goal"], next_obs[rows, :2])
+    # the final observation of the first episode keeps that episode's goal, not the next one's
+    np.testing.assert_array_equal(tr.next_observations["desired_goal"], goal[rows])
+    assert dataset.storage.metadata["source_env_id"] == "PointMaze_UMaze-v3"
+
+
+def test_goal_env_file_without_goal_falls_back_to_a_box(tmp_path):
+    write_maze(tmp_path / "maze.hdf5", with_goal=False)
+    with pytest.warns(UserWarning, match="do not fit.*infos/goal"):
+        dataset = import_d4rl(tmp_path / "maze.hdf5")
+    assert dataset.observation_space == gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+    assert dataset.env_spec is None
+
+
+class GoalLast(gym.Env):
+    """A goal env whose achieved goal is not at the observation's front (as FetchPush's object position)."""
+
+    observation_space = gym.spaces.Dict(
+        {
+            key: gym.spaces.Box(-np.inf, np.inf, (n,))
+            for key, n in [("observation", 4), ("achieved_goal", 2), ("desired_goal", 2)]
+        }
+    )
+    action_space = gym.spaces.Box(-1, 1, (2,))
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        state = self.np_random.normal(size=4).astype(np.float32)
+        return {"observation": state, "achieved_goal": state[2:], "desired_goal": np.zeros(2, np.float32)}, {}
+
+
+def test_goal_env_whose_achieved_goal_is_not_the_prefix_falls_back(tmp_path, monkeypatch):
+    spec = gym.envs.registration.EnvSpec("test/GoalLast-v0", entry_point=GoalLast)
+    monkeypatch.setitem(gym.registry, spec.id, spec)  # registered for this test only
+    write_maze(tmp_path / "maze.hdf5", env_id=spec.id)
+    with pytest.warns(UserWarning, match=r"achieved_goal is not observation\[:2\]"):
+        dataset = import_d4rl(tmp_path / "maze.hdf5", env_kwargs={})
+    assert isinstance(dataset.observation_space, gym.spaces.Box)
+
+
+def test_stale_cache_of_an_older_import_format_is_not_reused(tmp_path, monkeypatch):
+    from diffgym.data import making
+
+    path = tmp_path / "maze.hdf5"
+    write_maze(path)
+    with monkeypatch.context() as patch:  # an import made by the previous format: a Box, under its id
+        patch.setattr(making, "_IMPORT_FORMAT", making._IMPORT_FORMAT - 1)
+        old_id = imported_dataset_id(path)
+        with pytest.warns(UserWarning, match="cannot make env"):
+            import_d4rl(path, dataset_id=old_id, env_id="no-such-env-v3")
+    dataset = load_dataset(path)
+    assert dataset.id != old_id
+    assert isinstance(dataset.observation_space, gym.spaces.Dict)
