@@ -1,8 +1,9 @@
 """Normalised scores: ``100 * (return - random) / (expert - random)``.
 
-References come from D4RL for the environments D4RL defined (MuJoCo locomotion, maze2d), from a
-Minari dataset's own ``ref_min_score`` / ``ref_max_score`` when a dataset is given, or from
-:func:`register_reference`. Every :class:`Reference` names its source.
+References come from D4RL for the environments D4RL defined (MuJoCo locomotion, maze2d), from the
+shared datasets' README for tasks defined there (the maze2d evaluation task on PointMaze v3, see
+:mod:`diffgym.mazes`), from a Minari dataset's own ``ref_min_score`` / ``ref_max_score`` when a dataset
+is given, or from :func:`register_reference`. Every :class:`Reference` names its source.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from minari import MinariDataset
 __all__ = ["Reference", "get_reference", "normalized_score", "register_reference"]
 
 _D4RL = "D4RL (d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE)"
+_MAZE_EVAL = (
+    "shared/datasets/README.md, maze2d eval task on PointMaze v3 (diffgym.mazes): noise-free waypoint "
+    "controller = 100, uniform random = 0; 50-episode means as in the maze files' metadata"
+)
 
 
 class Reference(NamedTuple):
@@ -34,6 +39,9 @@ _REFERENCES: dict[str, Reference] = {
     "maze2d-umaze": Reference(23.85, 161.86, _D4RL),
     "maze2d-medium": Reference(13.13, 277.39, _D4RL),
     "maze2d-large": Reference(6.7, 273.99, _D4RL),
+    # the same numbers as the maze files' metadata eval_random / eval_controller (README rounds them)
+    "maze2d-umaze-eval": Reference(8.74, 216.82, _MAZE_EVAL),
+    "maze2d-medium-eval": Reference(8.8, 427.44, _MAZE_EVAL),
 }
 
 
