@@ -28,6 +28,7 @@ __all__ = [
     "MAZE_TASKS",
     "MazeLike",
     "MazeName",
+    "MazeSource",
     "MazeTask",
     "cell_to_xy",
     "get_maze",
