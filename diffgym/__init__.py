@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _AGENTS = {
     "DiffusionQL": "diffgym.agents.dql",
     "IDQL": "diffgym.agents.idql",
+    "DiffuserPlanner": "diffgym.agents.diffuser",
 }
 
 __all__ = [*_AGENTS, "__version__"]

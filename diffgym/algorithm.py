@@ -35,6 +35,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 from gymnasium import spaces
+from minari import MinariDataset
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -51,7 +52,7 @@ from diffgym.data import (
     load_dataset,
     load_transitions,
 )
-from diffgym.policies import CandidateSelectionPolicy
+from diffgym.policies import CandidateSelectionPolicy, DiffusionBasePolicy
 from diffgym.samplers import sampler_config
 from diffgym.serialization import (
     ModelFileError,
@@ -175,7 +176,9 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         policy_kwargs, tensorboard_log, verbose, seed, device: as in SB3.
     """
 
-    policy: CandidateSelectionPolicy
+    policy: DiffusionBasePolicy
+    #: False for agents that learn from a dataset only (``learn(..., online=True)`` refuses)
+    supports_online: ClassVar[bool] = True
     #: constructor arguments saved in the model file (besides ``policy_kwargs``)
     saved_hyperparameters: ClassVar[tuple[str, ...]] = (
         "learning_rate",
@@ -194,7 +197,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
 
     def __init__(
         self,
-        policy: str | type[CandidateSelectionPolicy],
+        policy: str | type[DiffusionBasePolicy],
         env: GymEnv | str | None,
         dataset: DatasetLike | None = None,
         learning_rate: float = 3e-4,
@@ -243,7 +246,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         self.check_every = check_every
         self.explode_above = explode_above
         self.lr_decay = lr_decay
-        self._offline: OfflineBatches | None = None
+        self._offline: Any = None  # the dataset on the device: OfflineBatches, or a subclass's own
         self._learning_offline = False
         self._monitor = TrainingMonitor(check_every, explode_above)
         if _init_setup_model:
@@ -284,12 +287,20 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         minari_dataset = load_dataset(dataset, download=True)  # local ids and paths never download
         check_spaces(minari_dataset.observation_space, self.observation_space, "observation")
         check_spaces(minari_dataset.action_space, self.action_space, "action")
-        transitions = load_transitions(minari_dataset)
         first_dataset = self._offline is None and self.num_timesteps == 0
-        self._offline = OfflineBatches(transitions, self.policy, self.device)
+        self._offline = self._offline_data(minari_dataset)
         if first_dataset:
-            self.policy.fit_normalizer(self._offline.observations)
+            self._fit_normalizers()
         self.dataset = minari_dataset.id  # saved with the model, so a resumed run can name its data
+
+    def _offline_data(self, dataset: MinariDataset) -> Any:
+        """The dataset on the device, with ``sample(batch_size, generator)`` (transitions here)."""
+        assert isinstance(self.policy, CandidateSelectionPolicy)
+        return OfflineBatches(load_transitions(dataset), self.policy, self.device)
+
+    def _fit_normalizers(self) -> None:
+        """Fit the policy's normalisers to the first dataset (observations here)."""
+        self.policy.fit_normalizer(self._offline.observations)
 
     # ------------------------------------------------------------------ learning
 
@@ -320,6 +331,10 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
                 f"{type(self).__name__} has no environment: pass env=... to load() (or call set_env) before learn()"
             )
         if online:
+            if not self.supports_online:
+                raise NotImplementedError(
+                    f"{type(self).__name__} learns from a dataset only; online=True is not supported"
+                )
             self._learning_offline = False
             self._prepare_replay_buffer(total_timesteps)
             return super().learn(
@@ -359,7 +374,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             self.logger.record(f"train/{name}", value)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
 
-    def _gradient_step(self, batch: ReplayBufferSamples) -> None:
+    def _gradient_step(self, batch: Any) -> None:
         self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
         self._update_learning_rate(list(self.policy.optimizers().values()))
         if not self.policy.training:  # predict() (e.g. an EvalCallback) switched to eval mode
@@ -368,7 +383,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         self._n_updates += 1
         self._monitor.record(stats, self._n_updates)
 
-    def _prepare_batch(self, batch: ReplayBufferSamples) -> ReplayBufferSamples:
+    def _prepare_batch(self, batch: Any) -> Any:
         """Flattened, normalised observations and scaled rewards; actions are already in [-1, 1]."""
         return ReplayBufferSamples(
             self.policy.features(batch.observations),
@@ -379,7 +394,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         )
 
     @abstractmethod
-    def train_step(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
+    def train_step(self, batch: Any) -> dict[str, Tensor]:
         """One gradient step on a prepared batch; returns detached statistics (no ``.item()``)."""
 
     def _dump_offline_logs(self, started: float, start_step: int) -> None:

@@ -25,6 +25,7 @@ __all__ = ["add_benchmark_command", "add_data_commands", "add_train_command", "b
 ALGORITHMS = {
     "dql": "diffgym.agents.dql:DiffusionQL",
     "idql": "diffgym.agents.idql:IDQL",
+    "diffuser": "diffgym.agents.diffuser:DiffuserPlanner",
 }
 #: benchmark name -> "module:function" taking the parsed extra arguments
 BENCHMARKS = {

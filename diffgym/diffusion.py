@@ -145,6 +145,7 @@ class GaussianDiffusion(nn.Module):
         *,
         sampler: Sampler | None = None,
         x_T: Tensor | None = None,
+        start_step: int | None = None,
         classifier_free: ClassifierFreeGuidance | None = None,
         classifier: ClassifierGuidance | None = None,
         inpainting: Inpainting | None = None,
@@ -156,6 +157,8 @@ class GaussianDiffusion(nn.Module):
 
         Args:
             shape: (B, ...) of the samples; or give the starting noise ``x_T`` instead.
+            start_step: ``x_T`` is a sample noised only to this training step (e.g. with
+                ``schedule.q_sample``); the chain runs from there (warm starts). None: from T - 1.
             cond: (B, C) conditioning, or None.
             sampler: DDPM (the default, all T steps), DDIM or DPM-Solver++.
             classifier_free, classifier, inpainting: guidance (see :mod:`diffgym.guidance`).
@@ -181,4 +184,4 @@ class GaussianDiffusion(nn.Module):
 
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             x = project(x_T) if project is not None else x_T
-            return sampler.sample(predict, self.schedule, x, generator, project, on_step)
+            return sampler.sample(predict, self.schedule, x, generator, project, on_step, start_step)

@@ -88,6 +88,30 @@ class StateActionCritic(nn.Module):
         return self.ensemble(torch.cat([obs, action], dim=-1)).squeeze(-1)
 
 
+class InverseDynamics(nn.Module):
+    """Decision Diffuser's inverse-dynamics model ``a_t = f(s_t, s_{t+1})`` (Ajay et al. 2023):
+    ``forward(obs (..., S), next_obs (..., S)) -> (..., A)`` in [-1, 1] (tanh).
+
+    DD's network: Linear(2 S, 256) -> ReLU -> Linear(256, 256) -> ReLU -> Linear(256, A); the final
+    tanh here keeps actions in the scaled action range (DD clips them instead).
+
+    Args:
+        obs_dim: S.
+        action_dim: A.
+        hidden_dim: width of the two hidden layers (256: DD).
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2 * obs_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, action_dim), nn.Tanh(),
+        )  # fmt: skip
+
+    def forward(self, obs: Tensor, next_obs: Tensor) -> Tensor:
+        return self.net(torch.cat([obs, next_obs], dim=-1))
+
+
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging ``target ← (1 - tau) target + tau source``, fused over all parameters."""
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""The policy base shared by diffusion agents that act by sampling candidate actions.
+"""Policy bases: :class:`DiffusionBasePolicy` (what every diffgym policy shares) and
+:class:`CandidateSelectionPolicy` (agents that act by sampling candidate actions).
 
 Diffusion-QL and IDQL both act the same way: draw ``num_candidates`` actions from a diffusion
 model for each observation (one batched call), score them with a critic, and keep one.
@@ -33,18 +34,16 @@ from diffgym.samplers import Randomness, Sampler, TiledNoise, make_sampler
 from diffgym.schedules import NoiseSchedule
 
 
-class CandidateSelectionPolicy(BasePolicy):
-    """Acts by sampling candidate actions from a diffusion model and choosing by value.
-
-    Actions inside the networks live in [-1, 1] (``squash_output=True``: SB3 rescales them to the
-    action space's bounds in ``predict``).
+class DiffusionBasePolicy(BasePolicy):
+    """What every diffgym policy shares: flattened, normalised observations, a seeded sampling
+    generator, named optimizers, and actions in [-1, 1] inside the networks
+    (``squash_output=True``: SB3 rescales them to the action space's bounds in ``predict``).
 
     Args:
         observation_space, action_space, lr_schedule: as for every SB3 policy.
-        num_candidates: actions sampled per observation when acting (Diffusion-QL: 50; IDQL's
-            official code: 64).
         deterministic_seed: seed of the fixed noise used by ``deterministic=True``.
         normalize_observations: standardise observations with the dataset's mean and std.
+        network_kwargs: passed to the subclass's ``_build``.
     """
 
     def __init__(
@@ -52,7 +51,6 @@ class CandidateSelectionPolicy(BasePolicy):
         observation_space: spaces.Space,
         action_space: spaces.Box,
         lr_schedule: Schedule,
-        num_candidates: int = 50,
         deterministic_seed: int = 0,
         normalize_observations: bool = True,
         **network_kwargs: Any,
@@ -62,7 +60,6 @@ class CandidateSelectionPolicy(BasePolicy):
             raise TypeError(f"diffusion policies need a continuous (Box) action space, got {action_space}")
         self.obs_dim = spaces.flatdim(observation_space)
         self.action_dim = spaces.flatdim(action_space)
-        self.num_candidates = num_candidates
         self.deterministic_seed = deterministic_seed
         self.normalize_observations = normalize_observations
         self.obs_normalizer = GaussianNormalizer(self.obs_dim)
@@ -72,14 +69,6 @@ class CandidateSelectionPolicy(BasePolicy):
     @abstractmethod
     def _build(self, lr_schedule: Schedule, *args: Any, **network_kwargs: Any) -> None:
         """Create the networks and their optimizers."""
-
-    @abstractmethod
-    def sample_actions(self, features: Tensor, generator: Randomness) -> Tensor:
-        """Sample one action in [-1, 1] per row: features (B, obs_dim) -> (B, action_dim)."""
-
-    @abstractmethod
-    def score_actions(self, features: Tensor, actions: Tensor) -> Tensor:
-        """Value of each (observation, action) row: (B, obs_dim), (B, action_dim) -> (B,)."""
 
     @abstractmethod
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -100,6 +89,48 @@ class CandidateSelectionPolicy(BasePolicy):
             flat = observation.float().flatten(1)
         return self.obs_normalizer.normalize(flat)
 
+    def _fixed_noise(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.deterministic_seed)
+
+
+class CandidateSelectionPolicy(DiffusionBasePolicy):
+    """Acts by sampling candidate actions from a diffusion model and choosing by value.
+
+    Args:
+        observation_space, action_space, lr_schedule, deterministic_seed, normalize_observations:
+            see :class:`DiffusionBasePolicy`.
+        num_candidates: actions sampled per observation when acting (Diffusion-QL: 50; IDQL's
+            official code: 64).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        num_candidates: int = 50,
+        deterministic_seed: int = 0,
+        normalize_observations: bool = True,
+        **network_kwargs: Any,
+    ) -> None:
+        self.num_candidates = num_candidates
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            deterministic_seed=deterministic_seed,
+            normalize_observations=normalize_observations,
+            **network_kwargs,
+        )
+
+    @abstractmethod
+    def sample_actions(self, features: Tensor, generator: Randomness) -> Tensor:
+        """Sample one action in [-1, 1] per row: features (B, obs_dim) -> (B, action_dim)."""
+
+    @abstractmethod
+    def score_actions(self, features: Tensor, actions: Tensor) -> Tensor:
+        """Value of each (observation, action) row: (B, obs_dim), (B, action_dim) -> (B,)."""
+
     def select_actions(self, features: Tensor, deterministic: bool) -> Tensor:
         """Sample ``num_candidates`` actions per row and keep one: (B, obs_dim) -> (B, action_dim)."""
         batch, n = features.shape[0], self.num_candidates
@@ -114,9 +145,6 @@ class CandidateSelectionPolicy(BasePolicy):
                 torch.softmax(scores, dim=1), 1, generator=self.sampling_generator
             ).squeeze(1)
         return candidates.view(batch, n, -1)[torch.arange(batch, device=features.device), choice]
-
-    def _fixed_noise(self) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(self.deterministic_seed)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> Tensor:
         return self.select_actions(self.features(observation), deterministic)

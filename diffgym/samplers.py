@@ -123,11 +123,32 @@ class Sampler(Protocol):
         generator: Randomness = None,
         project: ProjectFn | None = None,
         on_step: StepCallback | None = None,
-    ) -> Tensor: ...
+        start: int | None = None,
+    ) -> Tensor:
+        """``start``: ``x`` is a sample noised to training step ``start`` (SDEdit-style partial
+        denoising, e.g. a planner's warm start); only the steps ``t <= start`` run. None: T - 1."""
+        ...
 
     def steps(self, num_timesteps: int) -> int:
         """How many denoiser calls one sample costs."""
         ...
+
+
+def _last_step(schedule: NoiseSchedule, start: int | None) -> int:
+    if start is None:
+        return schedule.num_timesteps - 1
+    if not 0 <= start < schedule.num_timesteps:
+        raise ValueError(f"start must be a training step in [0, {schedule.num_timesteps - 1}], got {start}")
+    return start
+
+
+def _from_start(sequence: list[int], start: int | None) -> list[int]:
+    """The visited steps below ``start`` (all when None), preceded by ``start`` itself."""
+    if start is None:
+        return sequence
+    if not 0 <= start <= sequence[0]:
+        raise ValueError(f"start must be a training step in [0, {sequence[0]}], got {start}")
+    return [start, *(t for t in sequence if t < start)]
 
 
 def _finish_step(x: Tensor, t: int, project: ProjectFn | None, on_step: StepCallback | None) -> Tensor:
@@ -159,8 +180,9 @@ class DDPMSampler:
         generator: Randomness = None,
         project: ProjectFn | None = None,
         on_step: StepCallback | None = None,
+        start: int | None = None,
     ) -> Tensor:
-        for t in reversed(range(schedule.num_timesteps)):
+        for t in reversed(range(_last_step(schedule, start) + 1)):
             x0 = predict(x, t).x0
             ab, ab_prev, beta = schedule.alpha_bar(t), schedule.alpha_bar(t - 1), schedule.betas_np[t]
             x = (math.sqrt(ab_prev) * beta / (1 - ab)) * x0 + (
@@ -203,8 +225,9 @@ class DDIMSampler:
         generator: Randomness = None,
         project: ProjectFn | None = None,
         on_step: StepCallback | None = None,
+        start: int | None = None,
     ) -> Tensor:
-        sequence = timestep_sequence(schedule.num_timesteps, self.num_steps, self.spacing)
+        sequence = _from_start(timestep_sequence(schedule.num_timesteps, self.num_steps, self.spacing), start)
         for t, t_prev in zip(sequence, [*sequence[1:], -1], strict=True):
             x0, eps = predict(x, t)
             ab, ab_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
@@ -240,8 +263,9 @@ class DPMSolverSampler:
         generator: Randomness = None,
         project: ProjectFn | None = None,
         on_step: StepCallback | None = None,
+        start: int | None = None,
     ) -> Tensor:
-        sequence = timestep_sequence(schedule.num_timesteps, self.num_steps, self.spacing)
+        sequence = _from_start(timestep_sequence(schedule.num_timesteps, self.num_steps, self.spacing), start)
         previous_x0: Tensor | None = None
         previous_h = 0.0
         for t, t_next in zip(sequence, [*sequence[1:], -1], strict=True):

@@ -11,7 +11,7 @@ from diffgym.data.loading import (
     validate_dataset,
 )
 from diffgym.data.making import collect_dataset, import_d4rl, imported_dataset_id
-from diffgym.data.segments import SegmentDataset, Segments, discounted_returns_to_go
+from diffgym.data.segments import SegmentDataset, SegmentRows, Segments, discounted_returns_to_go
 from diffgym.data.validation import (
     DatasetSpaceMismatchError,
     EpisodeLengthError,
@@ -26,6 +26,7 @@ __all__ = [
     "EpisodeLengthError",
     "NonFiniteDataError",
     "SegmentDataset",
+    "SegmentRows",
     "Segments",
     "Transitions",
     "check_spaces",

@@ -1,7 +1,8 @@
 """Fixed-length trajectory segments for planners (Diffuser, Decision Diffuser).
 
-Segments are not materialised: the episodes are kept concatenated, each followed by ``H - 1``
-padding rows when padding is on, and a segment is a window of ``H`` rows from a valid start.
+Segments are not materialised: the episodes are kept concatenated, each preceded by
+``pad_before`` rows and followed by ``H - 1`` padding rows when padding is on, and a segment is a
+window of ``H`` rows from a valid start.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from scipy.signal import lfilter
 from diffgym.data._tree import ArrayTree
 from diffgym.data.loading import DatasetLike, EpisodeArrays, flatten_observations, load_dataset, read_episodes
 
-__all__ = ["SegmentDataset", "Segments", "discounted_returns_to_go"]
+__all__ = ["SegmentDataset", "SegmentRows", "Segments", "discounted_returns_to_go"]
 
 _INFO_PREFIX = "infos/"
 
@@ -32,6 +33,18 @@ class Segments(NamedTuple):
     goals: np.ndarray | None  #: (N, goal_dim) float32, the goal at the segment start, or None
 
 
+class SegmentRows(NamedTuple):
+    """A :class:`SegmentDataset`'s storage: segment ``i`` is rows ``starts[i] : starts[i] + H``."""
+
+    observations: np.ndarray  #: (R, obs_dim) float32, padded rows
+    actions: np.ndarray  #: (R, act_dim)
+    rewards: np.ndarray  #: (R,) float32
+    mask: np.ndarray  #: (R,) bool, True on real steps
+    starts: np.ndarray  #: (N,) int64, first row of each segment
+    returns: np.ndarray  #: (N,) float32, return-to-go at each segment's start
+    goals: np.ndarray | None  #: (N, goal_dim) float32, or None
+
+
 class SegmentDataset:
     """Windows of ``horizon`` consecutive steps from a dataset's episodes.
 
@@ -43,6 +56,10 @@ class SegmentDataset:
     lets losses ignore them. Without padding only windows of ``horizon`` real steps are used, so
     episodes shorter than ``horizon`` contribute nothing.
 
+    ``pad_before`` (Diffusion Policy's ``pad_before = n_obs_steps - 1``) also starts windows up to
+    that many steps before each episode, on rows that repeat the episode's first observation and
+    first action (mask False), so a policy sees the history it gets at an episode's start.
+
     Args:
         dataset: anything :func:`~diffgym.data.load_dataset` accepts.
         horizon: ``H``, steps per segment.
@@ -52,6 +69,7 @@ class SegmentDataset:
             ``"observation"``); by default all keys are flattened (:func:`flatten_observations`).
         goal_key: ``"<key>"`` of a ``Dict`` observation (e.g. ``"desired_goal"``) or ``"infos/<key>"``
             (e.g. ``"infos/goal"``) giving each segment's goal at its first step; None for no goals.
+        pad_before: rows repeating each episode's first step before it (see above); 0 for none.
     """
 
     def __init__(
@@ -62,21 +80,25 @@ class SegmentDataset:
         use_padding: bool = True,
         obs_key: str | None = None,
         goal_key: str | None = None,
+        pad_before: int = 0,
     ) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be at least 1, not {horizon}")
+        if pad_before < 0:
+            raise ValueError(f"pad_before must be >= 0, not {pad_before}")
         dataset = load_dataset(dataset)
         info_keys = (goal_key[len(_INFO_PREFIX) :],) if goal_key and goal_key.startswith(_INFO_PREFIX) else ()
         episodes = read_episodes(dataset, info_keys=info_keys)
         self.horizon, self.discount, self.use_padding = horizon, discount, use_padding
         lengths = episodes.lengths
         pad = horizon - 1 if use_padding else 0
-        block_starts = np.concatenate([[0], np.cumsum(lengths + pad)[:-1]])
-        self._layout(episodes, dataset.observation_space, obs_key, block_starts, pad)
-        n_starts = lengths if use_padding else np.maximum(lengths - horizon + 1, 0)
-        offset_in_episode = _ranges(n_starts)
-        self._starts = np.repeat(block_starts, n_starts) + offset_in_episode
-        start_steps = np.repeat(episodes.step_offsets[:-1], n_starts) + offset_in_episode
+        block_starts = np.concatenate([[0], np.cumsum(pad_before + lengths + pad)[:-1]])
+        self._layout(episodes, dataset.observation_space, obs_key, pad_before, pad)
+        n_starts = pad_before + (lengths if use_padding else np.maximum(lengths - horizon + 1, 0))
+        offset_in_block = _ranges(n_starts)
+        self._starts = np.repeat(block_starts, n_starts) + offset_in_block
+        step_in_episode = np.maximum(offset_in_block - pad_before, 0)
+        start_steps = np.repeat(episodes.step_offsets[:-1], n_starts) + step_in_episode
         self._returns = discounted_returns_to_go(episodes.rewards, lengths, discount)[start_steps]
         self._goals = _goals(episodes, dataset.observation_space, goal_key, start_steps)
 
@@ -85,23 +107,26 @@ class SegmentDataset:
         episodes: EpisodeArrays,
         space: spaces.Space,
         obs_key: str | None,
-        block_starts: np.ndarray,
-        pad: int,
+        pad_before: int,
+        pad_after: int,
     ) -> None:
         """Build the padded row arrays: observations, actions, rewards and the real-step mask."""
         lengths = episodes.lengths
-        block_lengths = lengths + pad
-        step_in_block = _ranges(block_lengths)
-        self._mask = step_in_block < np.repeat(lengths, block_lengths)
-        source = np.repeat(episodes.observation_offsets[:-1], block_lengths) + np.minimum(
-            step_in_block, np.repeat(lengths, block_lengths)
-        )
-        self._observations = _observation_matrix(episodes.observations, space, obs_key)[source]
+        block_lengths = pad_before + lengths + pad_after
+        step = _ranges(block_lengths) - pad_before  # step in the episode; < 0 before, >= length after
+        episode_lengths = np.repeat(lengths, block_lengths)
+        self._mask = (step >= 0) & (step < episode_lengths)
+        clipped = np.clip(step, 0, episode_lengths)  # before: the first step; after: the final obs
+        observation_rows = np.repeat(episodes.observation_offsets[:-1], block_lengths) + clipped
+        self._observations = _observation_matrix(episodes.observations, space, obs_key)[observation_rows]
         actions = episodes.actions.reshape(len(episodes.actions), -1)
-        self._actions = np.zeros((len(self._mask), actions.shape[1]), dtype=actions.dtype)
-        self._actions[self._mask] = actions
-        self._rewards = np.zeros(len(self._mask), dtype=np.float32)
-        self._rewards[self._mask] = episodes.rewards
+        step_rows = np.repeat(episodes.step_offsets[:-1], block_lengths) + np.minimum(
+            clipped, episode_lengths - 1
+        )
+        self._actions = np.where((step < episode_lengths)[:, None], actions[step_rows], 0).astype(
+            actions.dtype
+        )
+        self._rewards = np.where(self._mask, episodes.rewards[step_rows], 0).astype(np.float32)
 
     def __len__(self) -> int:
         """Number of valid segment starts."""
@@ -122,6 +147,18 @@ class SegmentDataset:
     def sample(self, batch_size: int, rng: np.random.Generator) -> Segments:
         """``batch_size`` segments drawn uniformly with replacement."""
         return self[rng.integers(len(self), size=batch_size)]
+
+    def rows(self) -> SegmentRows:
+        """The padded row arrays and window starts, e.g. to move them to a device once."""
+        return SegmentRows(
+            self._observations,
+            self._actions,
+            self._rewards,
+            self._mask,
+            self._starts,
+            self._returns,
+            self._goals,
+        )
 
     @property
     def observations(self) -> np.ndarray:

@@ -1,5 +1,7 @@
 """What every diffgym agent promises, checked the same way for each (add new agents to AGENTS)."""
 
+from typing import Any, NamedTuple
+
 import numpy as np
 import pytest
 import torch
@@ -8,23 +10,58 @@ from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from diffgym import IDQL, DiffusionQL
+from diffgym import IDQL, DiffuserPlanner, DiffusionQL
 from diffgym.data import DatasetSpaceMismatchError, collect_dataset, load_transitions
 from diffgym.serialization import ModelFileError, load_model_file
 
+
+class Case(NamedTuple):
+    """An agent, tiny settings for it, the statistics it logs, and settings that make it diverge."""
+
+    cls: type
+    kwargs: dict[str, Any]
+    losses: set[str]
+    diverging: dict[str, Any]
+
+
 TINY = dict(batch_size=32, check_every=10, seed=0)
+CRITIC_LOSSES = {"critic_loss", "actor_loss", "critic_grad_norm"}
+TINY_UNET = dict(horizon=8, num_timesteps=10, dim=16, dim_mults=(1, 2), value_dim=16, value_dim_mults=(1, 2))
 AGENTS = {
-    "DiffusionQL": (
+    "DiffusionQL": Case(
         DiffusionQL,
         dict(TINY, ema_start=5, policy_kwargs=dict(actor_hidden=32, critic_hidden=32, num_candidates=8)),
+        CRITIC_LOSSES,
+        {"reward_scale": 1e30},
     ),
-    "IDQL": (IDQL, dict(TINY, policy_kwargs=dict(num_candidates=8))),
+    "IDQL": Case(
+        IDQL, dict(TINY, policy_kwargs=dict(num_candidates=8)), CRITIC_LOSSES, {"reward_scale": 1e30}
+    ),
+    "DiffuserPlanner": Case(
+        DiffuserPlanner,
+        dict(
+            TINY, ema_start=5, policy_kwargs=dict(TINY_UNET, n_plans=4, n_action_steps=2, warm_start_steps=5)
+        ),
+        {"diffusion_loss", "value_loss"},
+        {"learning_rate": 1e12},
+    ),
+    "DecisionDiffuser": Case(
+        DiffuserPlanner,
+        dict(TINY, mode="decision_diffuser", ema_start=5, policy_kwargs=TINY_UNET),
+        {"diffusion_loss", "inverse_loss"},
+        {"learning_rate": 1e12},
+    ),
 }
 
 
 @pytest.fixture(params=list(AGENTS), scope="module")
-def agent(request):
+def case(request):
     return AGENTS[request.param]
+
+
+@pytest.fixture(scope="module")
+def agent(case):
+    return case.cls, case.kwargs
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +72,16 @@ def trained(agent, pendulum_dataset):
 
 
 def test_predict_shapes_single_and_vectorised(trained):
+    """The state is None, or (planners) per-env arrays to pass back, as SB3's recurrent policies."""
     env = make("Pendulum-v1")
     obs, _ = env.reset(seed=0)
     action, state = trained.predict(obs)
-    assert action.shape == (1,) and state is None
+    assert action.shape == (1,)
+    assert state is None or all(len(part) == 1 for part in state)
     vec_env = make_vec_env("Pendulum-v1", n_envs=3, seed=0)
-    actions, _ = trained.predict(vec_env.reset())
+    actions, state = trained.predict(vec_env.reset())
     assert actions.shape == (3, 1)
+    assert state is None or all(len(part) == 3 for part in state)
 
 
 def test_wrong_observation_shape_is_a_clear_error(trained):
@@ -109,15 +149,15 @@ def test_callbacks_fire_during_offline_learning(agent, pendulum_dataset, tmp_pat
     cls.load(tmp_path / "ckpt_20_steps.zip")
 
 
-def test_logger_writes_losses_to_tensorboard(agent, pendulum_dataset, tmp_path):
-    cls, kwargs = agent
+def test_logger_writes_losses_to_tensorboard(case, pendulum_dataset, tmp_path):
+    cls, kwargs, losses, _ = case
     model = cls(
         "MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, tensorboard_log=str(tmp_path), **kwargs
     )
     model.learn(20, log_interval=10)
     (run,) = tmp_path.iterdir()
     assert list(run.glob("events.out.tfevents.*"))
-    assert {"critic_loss", "actor_loss", "critic_grad_norm"} <= set(model._monitor.means)
+    assert losses <= set(model._monitor.means)
 
 
 def test_evaluate_policy_runs(trained):
@@ -135,16 +175,18 @@ def test_dataset_with_wrong_spaces_is_refused_before_training(agent, mountain_ca
 def test_online_fine_tuning_adds_env_experience(agent, pendulum_dataset):
     cls, kwargs = agent
     model = cls("MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, **kwargs).learn(10)
+    if not cls.supports_online:
+        with pytest.raises(NotImplementedError, match="learns from a dataset only"):
+            model.learn(40, online=True)
+        return
     model.learn(40, online=True)
     assert model.replay_buffer.size() == 600 + 40  # the dataset, then the new steps
     assert model.num_timesteps == 40
 
 
-def test_a_diverging_critic_stops_training_with_the_step(agent, pendulum_dataset):
-    cls, kwargs = agent
-    model = cls(
-        "MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, **{**kwargs, "reward_scale": 1e30}
-    )
+def test_diverging_training_stops_with_the_step(case, pendulum_dataset):
+    cls, kwargs, _, diverging = case
+    model = cls("MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, **{**kwargs, **diverging})
     with pytest.raises(RuntimeError, match=r"training diverged: .* at gradient step \d+"):
         model.learn(50)
 
@@ -165,10 +207,12 @@ class DictPendulum(ObservationWrapper):
         return {"angle": observation[:2], "velocity": observation[2:]}
 
 
-def test_dict_observations_work_end_to_end(agent, minari_store, tmp_path):
+def test_dict_observations_work_end_to_end(agent, minari_store, tmp_path, request):
     cls, kwargs = agent
     env = DictPendulum(make("Pendulum-v1"))
-    dataset = collect_dataset(env, None, f"test/dictpendulum/{cls.__name__.lower()}-v0", n_steps=300, seed=0)
+    dataset = collect_dataset(
+        env, None, f"test/dictpendulum/{request.node.callspec.id.lower()}-v0", n_steps=300, seed=0
+    )
     model = cls("MultiInputPolicy", env, dataset=dataset, **kwargs).learn(10)
     obs, _ = env.reset(seed=0)
     action, _ = model.predict(obs, deterministic=True)
@@ -176,6 +220,8 @@ def test_dict_observations_work_end_to_end(agent, minari_store, tmp_path):
     model.save(tmp_path / "dict_model")
     again, _ = cls.load(tmp_path / "dict_model", env=env).predict(obs, deterministic=True)
     np.testing.assert_array_equal(action, again)
+    if not cls.supports_online:
+        return
     model.learn(20, online=True)
     assert model.replay_buffer.size() == 300 + 20
     np.testing.assert_allclose(  # the dataset went into the buffer key by key
@@ -203,6 +249,6 @@ def test_a_corrupt_or_foreign_model_file_is_refused(trained, agent, tmp_path):
     (tmp_path / "corrupt.zip").write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="corrupt"):
         cls.load(tmp_path / "corrupt")
-    other = next(c for c, _ in AGENTS.values() if c is not cls)
+    other = next(c.cls for c in AGENTS.values() if c.cls is not cls)
     with pytest.raises(ModelFileError, match=f"holds a '{cls.__name__}' model, not {other.__name__}"):
         other.load(tmp_path / "model")

@@ -60,3 +60,19 @@ def test_discounted_returns_to_go():
         expected += [sum(0.9**k * r for k, r in enumerate(chunk[t:])) for t in range(length)]
         start += length
     np.testing.assert_allclose(discounted_returns_to_go(rewards, lengths, 0.9), expected, rtol=1e-5)
+
+
+def test_pad_before_repeats_the_first_step(make_dataset, box_episode):
+    make_dataset([4, 3])
+    segments = SegmentDataset("test/tiny/data-v0", horizon=3, discount=1.0, pad_before=1)
+    assert len(segments) == 7 + 2  # one extra start before each episode
+    episode0 = box_episode(0, 4)
+    first = segments[np.array([0])]
+    np.testing.assert_array_equal(first.observations[0], [[0, 0, 0], [0, 0, 0], [0, 1, 0.5]])
+    np.testing.assert_array_equal(first.actions[0], episode0["actions"][[0, 0, 1]])
+    np.testing.assert_array_equal(first.mask[0], [False, True, True])
+    np.testing.assert_array_equal(first.rewards[0], [0, 0, 1])
+    np.testing.assert_allclose(first.returns, [0 + 1 + 2 + 3])  # the episode's return from step 0
+    last_of_episode0 = segments[np.array([4])]
+    np.testing.assert_array_equal(last_of_episode0.mask[0], [True, False, False])
+    np.testing.assert_array_equal(segments[np.array([5])].observations[0, :, 0], [1, 1, 1])

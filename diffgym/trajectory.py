@@ -1,0 +1,202 @@
+"""Trajectory-level agents: segment batches on the device, a receding-horizon policy and its algorithm.
+
+Planners (Diffuser, Decision Diffuser) and Diffusion Policy learn from windows of consecutive
+steps rather than single transitions, and act by producing a *plan* (a chunk of future actions)
+from a short observation history, then executing several of its actions before planning again.
+
+- :class:`SegmentBatches` keeps a dataset's padded segment rows on the training device and samples
+  windows with the algorithm's generator (no host round trip per step).
+- :class:`RecedingHorizonPolicy` implements SB3's ``predict(obs, state, episode_start)`` with the
+  recurrent-policy convention (as ``sb3_contrib.RecurrentPPO``): the returned ``state`` carries
+  each env's observation history, its current plan and the position in it, so
+  ``evaluate_policy`` and a hand-written loop that passes ``state`` back execute
+  ``n_action_steps`` actions per plan; ``episode_start`` (or ``state=None``) starts afresh.
+  A call without ``state`` plans from the current observation alone (its history repeats it)
+  and returns the plan's first action.
+- :class:`SequenceAlgorithm` is :class:`~diffgym.algorithm.DiffusionAlgorithm` fed with segments.
+  It learns offline only.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+import torch
+from minari import MinariDataset
+from stable_baselines3.common.type_aliases import PyTorchObs
+from torch import Tensor
+
+from diffgym.algorithm import DiffusionAlgorithm
+from diffgym.data import SegmentDataset
+from diffgym.policies import DiffusionBasePolicy
+from diffgym.samplers import Randomness, TiledNoise
+
+PlanState = tuple[np.ndarray, np.ndarray, np.ndarray]  # (history, plans, next step in plan), per env
+
+
+class SegmentSamples(NamedTuple):
+    """A batch of ``B`` segments of horizon ``H`` (actions scaled to [-1, 1])."""
+
+    observations: Tensor  #: (B, H, obs_dim), normalised by the algorithm before ``train_step``
+    actions: Tensor  #: (B, H, action_dim) in [-1, 1]
+    rewards: Tensor  #: (B, H), zero on padding
+    mask: Tensor  #: (B, H) bool, True on real steps
+    returns: Tensor  #: (B,) discounted return-to-go from the segment's first step
+    goals: Tensor | None  #: (B, goal_dim) or None
+
+
+class SegmentBatches:
+    """A :class:`~diffgym.data.SegmentDataset` on the device, sampled uniformly over segment starts."""
+
+    def __init__(self, segments: SegmentDataset, policy: DiffusionBasePolicy, device: torch.device) -> None:
+        rows = segments.rows()
+
+        def tensor(array: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
+            return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=device)
+
+        self.horizon = segments.horizon
+        self.observations = tensor(rows.observations)
+        self.actions = tensor(policy.scale_action(rows.actions))
+        self.rewards = tensor(rows.rewards)
+        self.mask = tensor(rows.mask, torch.bool)
+        self.starts = tensor(rows.starts, torch.long)
+        self.returns = tensor(rows.returns)
+        self.goals = None if rows.goals is None else tensor(rows.goals)
+        self.size = len(self.starts)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> SegmentSamples:
+        index = torch.randint(0, self.size, (batch_size,), generator=generator, device=generator.device)
+        index = index.to(self.starts.device)
+        rows = self.starts[index, None] + torch.arange(self.horizon, device=self.starts.device)
+        return SegmentSamples(
+            self.observations[rows],
+            self.actions[rows],
+            self.rewards[rows],
+            self.mask[rows],
+            self.returns[index],
+            None if self.goals is None else self.goals[index],
+        )
+
+    @property
+    def step_observations(self) -> Tensor:
+        """(N_steps, obs_dim) observations of the real steps, to fit normalisers."""
+        return self.observations[self.mask]
+
+
+class RecedingHorizonPolicy(DiffusionBasePolicy):
+    """Acts by planning ``n_action_steps`` actions from ``n_obs_steps`` observations, then executing them.
+
+    Subclasses set ``n_obs_steps``, ``n_action_steps``, ``segment_horizon`` (the training window)
+    and ``pad_before`` in ``_build`` and implement :meth:`plan` and :meth:`plan_actions`. A plan is
+    whatever tensor the subclass keeps between decisions (Diffuser keeps the whole normalised
+    trajectory, to warm-start the next plan from it).
+    """
+
+    n_obs_steps: int  # observations the plan is conditioned on (the current one and those before it)
+    n_action_steps: int  # actions executed from each plan before planning again
+    segment_horizon: int  # steps per training window
+    pad_before: int = 0  # training windows may start this many steps before an episode
+
+    @abstractmethod
+    def plan(self, history: Tensor, previous: Tensor | None, deterministic: bool) -> Tensor:
+        """New plans: ``history`` (b, n_obs_steps, obs_dim) normalised -> (b, *plan_shape).
+
+        ``previous`` holds the same rows' last plans when they are continuing (for warm starts),
+        else None. Draw noise from :meth:`plan_noise`.
+        """
+
+    @abstractmethod
+    def plan_actions(self, plans: Tensor) -> Tensor:
+        """The actions to execute from each plan, in order: (b, *plan_shape) -> (b, n_action_steps, A)."""
+
+    def fit_to_segments(self, data: SegmentBatches) -> None:
+        """Fit normalisers to the first dataset (observations; subclasses add their own)."""
+        self.fit_normalizer(data.step_observations)
+
+    def plan_noise(self, deterministic: bool, period: int = 1) -> Randomness:
+        """Where a plan's noise comes from: fresh draws, or (deterministic) the same fixed noise for
+        every row, so that a row's plan does not depend on the rest of its batch. ``period`` is the
+        number of rows sampled per observation (several candidate plans)."""
+        return TiledNoise(self._fixed_noise(), period) if deterministic else self.sampling_generator
+
+    # ------------------------------------------------------------------ SB3 predict with a plan state
+
+    def predict(  # type: ignore[override]
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: PlanState | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, PlanState]:
+        """SB3's ``predict``; ``state`` carries histories and plans between calls (see the module doc)."""
+        self._pending: tuple[PlanState | None, np.ndarray | None] = (state, episode_start)
+        actions, _ = super().predict(observation, None, None, deterministic)
+        return actions, self._next_state
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> Tensor:
+        state, episode_start = getattr(self, "_pending", (None, None))
+        self._pending = (None, None)
+        features = self.features(observation)  # (n, obs_dim)
+        history, plans, step, fresh = self._advance(features, state, episode_start)
+        replan = fresh | (step >= self.n_action_steps)
+        for rows, previous in ((replan & fresh, None), (replan & ~fresh, plans)):
+            index = torch.nonzero(rows).squeeze(1)
+            if len(index):
+                new = self.plan(history[index], None if previous is None else previous[index], deterministic)
+                plans = new if plans is None else plans.index_copy(0, index, new.to(plans.dtype))
+                step = step.index_fill(0, index, 0)
+        assert plans is not None
+        actions = self.plan_actions(plans)[torch.arange(len(step), device=step.device), step]
+        self._next_state = (history.cpu().numpy(), plans.cpu().numpy(), (step + 1).cpu().numpy())
+        return actions
+
+    def _advance(
+        self, features: Tensor, state: PlanState | None, episode_start: np.ndarray | None
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """Histories with the new observation, the last plans, steps in them, and which rows start afresh."""
+        n, device = features.shape[0], features.device
+        restarted = features.new_ones(n, dtype=torch.bool)
+        if state is None:
+            history = features[:, None].expand(n, self.n_obs_steps, -1)
+            return history.contiguous(), None, torch.zeros(n, dtype=torch.long, device=device), restarted
+        history_np, plans_np, step_np = state
+        if len(history_np) != n:
+            raise ValueError(f"the state holds {len(history_np)} envs but {n} observations were given")
+        if episode_start is not None:
+            restarted = torch.as_tensor(np.asarray(episode_start, dtype=bool).reshape(n), device=device)
+        else:
+            restarted = torch.zeros(n, dtype=torch.bool, device=device)
+        previous = torch.as_tensor(history_np, device=device, dtype=features.dtype)
+        history = torch.cat([previous[:, 1:], features[:, None]], dim=1)
+        history = torch.where(restarted[:, None, None], features[:, None], history)
+        plans = torch.as_tensor(plans_np, device=device)
+        step = torch.as_tensor(step_np, device=device, dtype=torch.long)
+        return history, plans, step, restarted
+
+
+class SequenceAlgorithm(DiffusionAlgorithm):
+    """:class:`~diffgym.algorithm.DiffusionAlgorithm` trained on segments of ``policy.segment_horizon``
+    steps (discounted returns-to-go with ``gamma``); offline only (``learn(online=True)`` refuses)."""
+
+    policy: RecedingHorizonPolicy
+    supports_online: ClassVar[bool] = False
+
+    def _offline_data(self, dataset: MinariDataset) -> SegmentBatches:
+        segments = SegmentDataset(
+            dataset,
+            horizon=self.policy.segment_horizon,
+            discount=self.gamma,
+            pad_before=self.policy.pad_before,
+        )
+        if len(segments) == 0:
+            raise ValueError(f"{dataset.id} has no segment of {self.policy.segment_horizon} steps")
+        return SegmentBatches(segments, self.policy, self.device)
+
+    def _fit_normalizers(self) -> None:
+        self.policy.fit_to_segments(self._offline)
+
+    def _prepare_batch(self, batch: SegmentSamples) -> SegmentSamples:
+        """Normalise observations (returns are normalised by the policy's own statistics)."""
+        return batch._replace(observations=self.policy.obs_normalizer.normalize(batch.observations))
