@@ -1,1 +1,20 @@
 """Gymnasium / PettingZoo wrappers and SB3 replay buffers (installed as ``diffgym.wrappers``)."""
+
+from diffgym.wrappers.action_chunk import ActionChunkWrapper, make_chunked_env
+from diffgym.wrappers.replay_buffer import DiffusionReplayBuffer
+from diffgym.wrappers.synther import (
+    SynthERConfig,
+    SyntheticTransitions,
+    TransitionDiffusion,
+    synthesize_dataset,
+)
+
+__all__ = [
+    "ActionChunkWrapper",
+    "DiffusionReplayBuffer",
+    "SynthERConfig",
+    "SyntheticTransitions",
+    "TransitionDiffusion",
+    "make_chunked_env",
+    "synthesize_dataset",
+]
