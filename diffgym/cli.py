@@ -31,6 +31,7 @@ ALGORITHMS = {
 BENCHMARKS = {
     "core": "diffgym.zoo.benchmarks.core:main",
     "d4rl": "diffgym.zoo.benchmarks.d4rl:main",
+    "synther": "diffgym.zoo.benchmarks.synther:main",
     "train_speed": "diffgym.zoo.benchmarks.train_speed:main",
 }
 

@@ -328,7 +328,11 @@ def synthesize_dataset(
     100k transitions are practical, SynthER's 5M are not.
 
     The new dataset keeps the source's spaces, its env spec when the env can be recovered, and
-    its reference returns; its metadata names the source (``synthetic_source``) and the config.
+    its reference returns; its metadata names the source (``synthetic_source``), the config
+    (``synthesis_config``), and the fit's loss and the time each stage took (``synthesis``).
+
+    Agents that scale rewards by the spread of *episode* returns (IDQL's ``reward_scale="iql"``)
+    see one-step episodes here: pass the scale computed on the source dataset instead.
 
     Args:
         dataset: anything :func:`~diffgym.data.load_dataset` accepts, with Box observation and
@@ -349,9 +353,23 @@ def synthesize_dataset(
             raise TypeError(f"synthesize_dataset needs a Box {name} space; dataset {source.id} has {space}")
     assert isinstance(obs_space, spaces.Box) and isinstance(action_space, spaces.Box)
     model = fit_on_dataset(source, SynthERConfig.make(config), seed, device)
-    generator = torch.Generator().manual_seed(seed + 1)
-    synthetic = model.generate(n_transitions, generator)
-    return _store(source, new_dataset_id, synthetic, model.config, description)
+    started = time.perf_counter()
+    synthetic = model.generate(n_transitions, torch.Generator().manual_seed(seed + 1))
+    generated = time.perf_counter()
+    created = _store(source, new_dataset_id, synthetic, model.config, description)
+    created.storage.update_metadata(
+        {
+            "synthesis": {
+                "seed": seed,
+                "source_transitions": source.total_steps,
+                "fit_loss": model.last_fit["loss"],
+                "fit_seconds": model.last_fit["seconds"],
+                "generate_seconds": generated - started,
+                "store_seconds": time.perf_counter() - generated,
+            }
+        }
+    )
+    return created
 
 
 def fit_on_dataset(
