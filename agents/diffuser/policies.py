@@ -13,7 +13,7 @@ from torch.optim.swa_utils import AveragedModel
 from diffgym.denoisers import TemporalUnet, TemporalValueNet, make_ema
 from diffgym.diffusion import GaussianDiffusion, PredictionType
 from diffgym.guidance import ClassifierFreeGuidance, ClassifierGuidance, Inpainting
-from diffgym.networks import InverseDynamics
+from diffgym.networks import InverseDynamics, make_adam
 from diffgym.normalizers import GaussianNormalizer
 from diffgym.samplers import Randomness, Sampler, draw_noise, make_sampler
 from diffgym.schedules import NoiseSchedule
@@ -88,6 +88,8 @@ class DiffuserPolicy(RecedingHorizonPolicy):
     model: GaussianDiffusion
     ema: AveragedModel
     sampler: Sampler
+    loss_weights: Tensor  # (H, x_dim) per-entry diffusion loss weights
+    return_range: Tensor  # (2,) lowest and highest segment return of the dataset
 
     def _build(
         self,
@@ -156,13 +158,13 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         model_parameters = list(self.model.parameters())
         if self.inverse is not None:
             model_parameters += list(self.inverse.parameters())
-        self.model_optimizer = torch.optim.Adam(model_parameters, lr=lr_schedule(1))
+        self.model_optimizer = make_adam(model_parameters, lr=lr_schedule(1))
         self.value_optimizer = (
-            torch.optim.Adam(self.value.parameters(), lr=lr_schedule(1)) if self.value is not None else None
+            make_adam(self.value.parameters(), lr=lr_schedule(1)) if self.value is not None else None
         )
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        named = {"model": self.model_optimizer}
+        named: dict[str, torch.optim.Optimizer] = {"model": self.model_optimizer}
         if self.value_optimizer is not None:
             named["value"] = self.value_optimizer
         return named

@@ -9,6 +9,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor
 
 from diffgym.denoisers import MLPDenoiser
+from diffgym.networks import make_adam
 from diffgym.policies import DiffusionActorPolicy
 from diffgym.samplers import Randomness
 
@@ -40,8 +41,8 @@ class DiffusionQLPolicy(DiffusionActorPolicy):
         denoiser = MLPDenoiser(x_dim=self.action_dim, cond_dim=self.obs_dim, hidden_dim=actor_hidden)
         self._build_actor(denoiser, num_timesteps, beta_schedule, sampler, ema_decay)
         self._build_twin_critic(hidden_dim=critic_hidden)  # 3 hidden Mish layers, as the paper
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr_schedule(1))
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr_schedule(1))
+        self.actor_optimizer = make_adam(self.actor.parameters(), lr=lr_schedule(1))
+        self.critic_optimizer = make_adam(self.critic.parameters(), lr=lr_schedule(1))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_optimizer, "critic": self.critic_optimizer}

@@ -9,7 +9,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
 from diffgym.denoisers import ResidualMLPDenoiser
-from diffgym.networks import EnsembleMLP
+from diffgym.networks import EnsembleMLP, make_adam
 from diffgym.policies import DiffusionActorPolicy
 from diffgym.samplers import Randomness
 
@@ -91,9 +91,9 @@ class IDQLPolicy(DiffusionActorPolicy):
         self._build_twin_critic(**mlp)
         self.value_net = EnsembleMLP(self.obs_dim, 1, members=1, layer_norm=value_layer_norm, **mlp)
         lr = lr_schedule(1)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr)
-        self.value_optimizer = torch.optim.Adam(self.value_net.parameters(), lr=lr)
+        self.actor_optimizer = make_adam(self.actor.parameters(), lr=lr)
+        self.critic_optimizer = make_adam(self.critic.parameters(), lr=lr)
+        self.value_optimizer = make_adam(self.value_net.parameters(), lr=lr)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_optimizer, "critic": self.critic_optimizer, "value": self.value_optimizer}

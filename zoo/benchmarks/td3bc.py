@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from diffgym.algorithm import DiffusionAlgorithm
 from diffgym.data import DatasetLike
-from diffgym.networks import StateActionCritic, soft_update
+from diffgym.networks import StateActionCritic, make_adam, soft_update
 from diffgym.policies import CandidateSelectionPolicy
 from diffgym.samplers import Randomness
 
@@ -46,8 +46,8 @@ class TD3BCPolicy(CandidateSelectionPolicy):
         critic_kwargs = dict(hidden_dim=hidden_dim, num_hidden=2, activation=nn.ReLU)
         self.critic = StateActionCritic(self.obs_dim, self.action_dim, members=2, **critic_kwargs)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr_schedule(1))
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr_schedule(1))
+        self.actor_optimizer = make_adam(self.actor.parameters(), lr=lr_schedule(1))
+        self.critic_optimizer = make_adam(self.critic.parameters(), lr=lr_schedule(1))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
