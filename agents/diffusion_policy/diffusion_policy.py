@@ -1,0 +1,134 @@
+"""DiffusionPolicy: imitation by denoising action chunks conditioned on an observation history."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from stable_baselines3.common.type_aliases import GymEnv
+from torch import Tensor
+
+from diffgym.agents.diffusion_policy.policies import DiffusionPolicyNet
+from diffgym.data import DatasetLike
+from diffgym.trajectory import SegmentSamples, SequenceAlgorithm
+
+
+def repeat_last_action(actions: Tensor, mask: Tensor) -> Tensor:
+    """Replace the actions after a window's last real step by that step's action (DP's edge padding).
+
+    Padding before an episode already repeats its first action and is kept. Shapes: actions
+    (B, H, A), mask (B, H) bool (True on real steps) -> (B, H, A).
+
+    >>> actions = torch.tensor([[[1.0], [2.0], [0.0], [0.0]]])
+    >>> repeat_last_action(actions, torch.tensor([[True, True, False, False]])).flatten().tolist()
+    [1.0, 2.0, 2.0, 2.0]
+    """
+    steps = torch.arange(actions.shape[1], device=actions.device).expand_as(mask)
+    last_real = torch.where(mask, steps, -1).cummax(dim=1).values
+    source = torch.where(last_real >= 0, last_real, steps)
+    return actions.gather(1, source.unsqueeze(-1).expand_as(actions))
+
+
+class DiffusionPolicy(SequenceAlgorithm):
+    """Diffusion Policy (Chi, Feng, Du, Xu, Cousineau, Burchfiel & Song, "Diffusion Policy:
+    Visuomotor Policy Learning via Action Diffusion", RSS 2023), CNN variant on low-dimensional
+    observations, as an SB3 algorithm that imitates a dataset's demonstrations.
+
+    Each gradient step takes ``batch_size`` windows of ``horizon`` steps, each starting
+    ``n_obs_steps - 1`` steps before the first action it teaches to execute (windows may start
+    before an episode, on rows repeating its first step). A 1-D U-Net with FiLM conditioning
+    (:class:`~diffgym.denoisers.TemporalUnet`, ``film=True``) learns to predict the noise added to
+    the window's ``horizon`` actions, conditioned on its first ``n_obs_steps`` observations (DP's
+    ``obs_as_global_cond``); DDPM loss over the whole chunk, ε-prediction, cosine schedule, x0
+    clipped to [-1, 1] when sampling. AdamW with a linear warm-up and a cosine decay of the
+    learning rate; an EMA of the model (DP's warm-up decay, every step) is what acts.
+
+    Acting (:class:`~diffgym.agents.diffusion_policy.DiffusionPolicyNet`): sample a chunk from the
+    last ``n_obs_steps`` observations, execute its ``n_action_steps`` actions from the current step
+    on, then sample again; ``predict`` follows SB3's recurrent-policy convention (pass the returned
+    state back, as ``evaluate_policy`` does, so that it returns the chunk's actions in order).
+    ``temporal_ensemble_coeff`` switches to ACT's temporal ensembling.
+
+    Paper defaults (``train_diffusion_unet_lowdim_workspace.yaml``): T_o = 2, T_p = 16, T_a = 8;
+    100 DDPM training steps, ``squaredcos_cap_v2``, ε-prediction, clipped samples; 100 DDPM
+    inference steps (DDIM with 16 on the real robots); U-Net ``down_dims=(256, 512, 1024)``,
+    kernel 5, 8 groups, FiLM; AdamW lr 1e-4, betas (0.95, 0.999), weight decay 1e-6; cosine
+    schedule with 500 warm-up steps; batch 256; EMA power 0.75, max 0.9999; min-max normalisation
+    of observations and actions to [-1, 1].
+
+    Deliberate differences:
+
+    - Sized for CPU: U-Net widths 64·(1, 2, 4) (DP: 256·(1, 2, 4)) and DDIM with 10 steps (see
+      :class:`DiffusionPolicyNet`).
+    - The U-Net embeds the global condition with an MLP concatenated to the time embedding (DP
+      concatenates the raw condition; see :class:`~diffgym.denoisers.TemporalUnet`).
+    - Observations are standardised, their std floored at 0.01 (DP: min-max to [-1, 1]); actions
+      are scaled to [-1, 1] by the action space's bounds (DP: by the data's range).
+    - Padding after an episode's end repeats its last action, as DP's, with the loss on every step;
+      but windows may start at every step of an episode (DP's stop ``n_action_steps - 1`` steps
+      after its end), so once per episode the current observation is the final one and every
+      action is padding.
+    - The cosine decay spans each ``learn`` call, warm-up included (DP: the steps after warm-up).
+    - Offline only: ``learn(online=True)`` raises; ``total_timesteps`` counts gradient steps.
+
+    Args (besides :class:`~diffgym.algorithm.DiffusionAlgorithm`'s):
+        learning_rate: AdamW's peak learning rate (DP: 1e-4).
+        batch_size: windows per gradient step (DP: 256).
+        lr_warmup_steps: gradient steps of linear learning-rate warm-up (DP: 500); 0 for none.
+        lr_decay: cosine decay of the learning rate to 0 over each ``learn`` call (DP: cosine).
+    """
+
+    policy_aliases: ClassVar[dict[str, type]] = {
+        "MlpPolicy": DiffusionPolicyNet,
+        "MultiInputPolicy": DiffusionPolicyNet,
+    }
+    policy: DiffusionPolicyNet
+    saved_hyperparameters = (*SequenceAlgorithm.saved_hyperparameters, "lr_warmup_steps")
+
+    def __init__(
+        self,
+        policy: str | type[DiffusionPolicyNet],
+        env: GymEnv | str | None,
+        dataset: DatasetLike | None = None,
+        learning_rate: float = 1e-4,
+        batch_size: int = 256,
+        lr_warmup_steps: int = 500,
+        lr_decay: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.lr_warmup_steps = lr_warmup_steps
+        super().__init__(
+            policy,
+            env,
+            dataset,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            lr_decay=lr_decay,
+            **kwargs,
+        )
+
+    def _setup_lr_schedule(self) -> None:
+        """The base schedule (constant, or cosine with ``lr_decay``) times a linear warm-up."""
+        super()._setup_lr_schedule()
+        if self.lr_warmup_steps > 0:
+            schedule = self.lr_schedule
+            self.lr_schedule = lambda progress: schedule(progress) * self._warmup_factor()
+
+    def _warmup_factor(self) -> float:
+        """``(updates so far + 1) / lr_warmup_steps``, up to 1 (Python ints: no device sync)."""
+        return min(1.0, (getattr(self, "_n_updates", 0) + 1) / self.lr_warmup_steps)
+
+    def train_step(self, batch: SegmentSamples) -> dict[str, Tensor]:
+        policy = self.policy
+        actions = repeat_last_action(batch.actions, batch.mask)
+        loss = policy.model.loss(actions, policy.condition(batch.observations), generator=self.generator)
+        policy.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        policy.optimizer.step()
+        policy.update_ema(self._n_updates)
+        return {"diffusion_loss": loss}
+
+    def _prepare_batch(self, batch: SegmentSamples) -> SegmentSamples:
+        """Normalise only the observations the condition uses (the first ``n_obs_steps``)."""
+        history = batch.observations[:, : self.policy.n_obs_steps]
+        return batch._replace(observations=self.policy.obs_normalizer.normalize(history))
