@@ -6,6 +6,7 @@ Both build :class:`minari.data_collector.EpisodeBuffer` objects straight from nu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -325,17 +326,19 @@ def _read_info(arrays: dict[str, np.ndarray], name: str, obj: h5py.HLObject, n: 
 
 
 def _try_make(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env | None:
-    """``gym.make`` the env, registering gymnasium-robotics' envs if needed; None when impossible."""
+    """``gym.make`` the env, registering Meta-World's or gymnasium-robotics' envs if needed; None when impossible."""
     try:
         return gym.make(env_id, **env_kwargs)
-    except gym.error.NameNotFound:
-        pass  # maybe one of gymnasium-robotics' envs, registered on import
+    except gym.error.UnregisteredEnv:  # NameNotFound, or NamespaceNotFound for "Meta-World/MT1"
+        pass  # maybe one of Meta-World's or gymnasium-robotics' envs, registered on import
     except Exception as error:
         warnings.warn(f"cannot make env {env_id!r} ({error}); spaces come from the arrays", stacklevel=3)
         return None
     try:
-        import gymnasium_robotics  # noqa: F401
+        import metaworld  # noqa: F401
 
+        with contextlib.suppress(ImportError):  # optional (the maze extra)
+            import gymnasium_robotics  # noqa: F401
         return gym.make(env_id, **env_kwargs)
     except Exception as error:
         warnings.warn(f"cannot make env {env_id!r} ({error}); spaces come from the arrays", stacklevel=3)
