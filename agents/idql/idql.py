@@ -13,48 +13,10 @@ from torch import Tensor
 from torch.nn.utils import get_total_norm
 
 from diffgym.agents.idql.policies import IDQLPolicy
-from diffgym.algorithm import DiffusionAlgorithm
+from diffgym.algorithm import DiffusionAlgorithm, expectile_loss, iql_reward_scale
 from diffgym.data import DatasetLike
 from diffgym.denoisers import update_ema
 from diffgym.networks import soft_update
-
-IQL_RETURN_RANGE = 1000.0  # IQL rescales rewards so that dataset returns span this range
-
-
-def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
-    """IQL's asymmetric squared loss ``|τ - 1(diff < 0)| · diff²``, averaged: diff (B,) -> scalar.
-
-    Minimised over a constant ``v`` with ``diff = q - v``, it gives the τ-expectile of ``q``.
-    """
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return (weight * diff**2).mean()
-
-
-def iql_reward_scale(
-    observations: Tensor, next_observations: Tensor, rewards: Tensor, dones: Tensor
-) -> float:
-    """IQL's reward scale ``1000 / (max - min episode return)`` over a dataset's episodes.
-
-    Episodes end where IQL's ``split_into_trajectories`` ends them: at a terminal, or where the
-    next row's observation is not this row's next observation. Shapes: observations (N, obs_dim),
-    next_observations (N, obs_dim), rewards (N, 1) or (N,), dones (N, 1) or (N,).
-
-    Raises:
-        ValueError: all episodes have the same return (nothing to scale by).
-    """
-    ends = dones.reshape(-1).bool().clone()
-    ends[:-1] |= (observations[1:] - next_observations[:-1]).norm(dim=1) > 1e-6
-    ends[-1] = True
-    episode = torch.cumsum(ends.long(), 0) - ends.long()  # (N,) episode index of each row
-    returns = torch.zeros(int(ends.sum()), dtype=torch.float64, device=rewards.device)
-    returns.index_add_(0, episode, rewards.reshape(-1).double())
-    spread = float(returns.max() - returns.min())
-    if spread <= 0:
-        raise ValueError(
-            f"reward_scale='iql' needs episodes with different returns; the dataset has {len(returns)} "
-            "episode(s) of equal return. Pass a number instead."
-        )
-    return IQL_RETURN_RANGE / spread
 
 
 @contextmanager
