@@ -15,7 +15,7 @@ from diffgym.diffusion import GaussianDiffusion, PredictionType
 from diffgym.guidance import ClassifierFreeGuidance, ClassifierGuidance, Inpainting
 from diffgym.networks import InverseDynamics, make_adam
 from diffgym.normalizers import GaussianNormalizer
-from diffgym.samplers import Randomness, Sampler, draw_noise, make_sampler
+from diffgym.samplers import Randomness, Sampler, StepCallback, draw_noise, make_sampler
 from diffgym.schedules import NoiseSchedule
 from diffgym.trajectory import RecedingHorizonPolicy, SegmentBatches
 
@@ -210,11 +210,29 @@ class DiffuserPolicy(RecedingHorizonPolicy):
 
     def plan(self, history: Tensor, previous: Tensor | None, deterministic: bool) -> Tensor:
         """(b, 1, obs_dim) normalised observations -> (b, H, x_dim) the chosen plans."""
-        features = history[:, -1]
-        b, n = features.shape[0], self.n_plans
+        noise = self.plan_noise(deterministic, period=self.n_plans)
+        return self._best(self.sample_plans(history[:, -1], self.n_plans, noise, previous))
+
+    def sample_plans(
+        self,
+        features: Tensor,
+        n: int,
+        noise: Randomness,
+        previous: Tensor | None = None,
+        on_step: StepCallback | None = None,
+    ) -> Tensor:
+        """``n`` plans per observation, guided and inpainted: (b, obs_dim) normalised -> (b, n, H, x_dim).
+
+        Args:
+            features: normalised flat observations.
+            n: plans per observation.
+            noise: a generator or noise function (:meth:`plan_noise`).
+            previous: (b, H, x_dim) plans to warm-start from (with ``warm_start_steps > 0``).
+            on_step: called with ``(t, x)`` after each denoising step (to picture the chain).
+        """
+        b = features.shape[0]
         rows = features.repeat_interleave(n, dim=0)
         shape = (b * n, self.segment_horizon, self.x_dim)
-        noise = self.plan_noise(deterministic, period=n)
         goal = self._goal_state(rows) if self.goal_slice is not None else None
         inpainting = self.conditioning(
             torch.zeros(shape, device=rows.device), rows[:, self.state_slice], goal
@@ -222,20 +240,26 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         x_start, start_step = None, None
         if previous is not None and self.warm_start_steps > 0:
             x_start, start_step = self._warm_start(previous.repeat_interleave(n, dim=0), noise)
+        decision_diffuser = self.mode == "decision_diffuser"
         plans = self.ema_model.sample(
             shape,
-            rows.new_full((b * n, 1), self.target_return) if self.mode == "decision_diffuser" else None,
+            rows.new_full((b * n, 1), self.target_return) if decision_diffuser else None,
             sampler=self.sampler,
             x_T=x_start,
             start_step=start_step,
-            classifier_free=ClassifierFreeGuidance(self.cfg_weight)
-            if self.mode == "decision_diffuser"
-            else None,
+            classifier_free=ClassifierFreeGuidance(self.cfg_weight) if decision_diffuser else None,
             classifier=self._guidance(),
             inpainting=inpainting,
             generator=noise,
+            on_step=on_step,
         )
-        return self._best(plans.view(b, n, *shape[1:]))
+        return plans.view(b, n, *shape[1:])
+
+    def raw_states(self, plans: Tensor) -> Tensor:
+        """The planned states in the observation's units: (..., H, x_dim) -> (..., H, state_dim)."""
+        states = self.states_of(plans)
+        mean, std = self.obs_normalizer.mean[self.state_slice], self.obs_normalizer.std[self.state_slice]
+        return states * std + mean
 
     def plan_actions(self, plans: Tensor) -> Tensor:
         """(b, H, x_dim) -> (b, n_action_steps, A) in [-1, 1]."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,14 @@ from diffgym.agents.idql import IDQL
 from diffgym.algorithm import DiffusionAlgorithm
 from diffgym.diffusion import GaussianDiffusion
 from diffgym.scores import get_reference
-from diffgym.zoo.benchmarks.report import RESULTS_DIR, hardware, hardware_line, markdown_table, write_report
+from diffgym.zoo.benchmarks.report import (
+    RESULTS_DIR,
+    hardware,
+    hardware_line,
+    markdown_table,
+    median_ms,
+    write_report,
+)
 from diffgym.zoo.benchmarks.td3bc import TD3BC
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
@@ -137,7 +143,7 @@ def predict_latency(model: Any, env: gym.Env) -> dict[str, float]:
     batch ``num_candidates`` (acting samples all candidates in one batch).
     """
     obs, _ = env.reset(seed=0)
-    predict_ms = _median_ms(lambda: model.predict(obs, deterministic=True))
+    predict_ms = median_ms(lambda: model.predict(obs, deterministic=True))
     result = {"predict_ms": predict_ms}
     policy = model.policy
     actor = getattr(policy, "actor", None)
@@ -158,7 +164,7 @@ def _forward_ms(actor: GaussianDiffusion, policy: Any, batch: int) -> float:
     t = torch.zeros(batch, dtype=torch.long)
     cond = torch.zeros(batch, policy.obs_dim)
     with torch.no_grad():
-        return _median_ms(lambda: actor.denoiser(x, t, cond))
+        return median_ms(lambda: actor.denoiser(x, t, cond))
 
 
 def remeasure_latency() -> None:
@@ -169,16 +175,6 @@ def remeasure_latency() -> None:
         record["latency"] = predict_latency(model, gym.make(record["env_id"]))
         record["latency_measured"] = "re-measured alone on the machine, 1 torch thread"
         path.write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _median_ms(call: Any, repeats: int = 50) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times)
 
 
 def report() -> Path:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,17 @@ def hardware_line(info: dict[str, Any]) -> str:
         f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, {gpu}; "
         f"torch {info['torch']} ({info['torch_threads']} threads), Python {info['python']}"
     )
+
+
+def median_ms(call: Callable[[], Any], repeats: int = 50) -> float:
+    """Median wall time of ``call()`` in milliseconds, after one warm-up call."""
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return 1e3 * statistics.median(times)
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
