@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 from diffgym.denoisers import make_ema
 from diffgym.diffusion import GaussianDiffusion
 from diffgym.networks import StateActionCritic
-from diffgym.normalizers import GaussianNormalizer
+from diffgym.normalizers import GaussianNormalizer, MinMaxNormalizer
 from diffgym.samplers import Randomness, Sampler, TiledNoise, make_sampler
 from diffgym.schedules import NoiseSchedule
 
@@ -62,7 +62,7 @@ class DiffusionBasePolicy(BasePolicy):
         self.action_dim = spaces.flatdim(action_space)
         self.deterministic_seed = deterministic_seed
         self.normalize_observations = normalize_observations
-        self.obs_normalizer = GaussianNormalizer(self.obs_dim)
+        self.obs_normalizer: GaussianNormalizer | MinMaxNormalizer = GaussianNormalizer(self.obs_dim)
         self.sampling_generator: torch.Generator | None = None  # seeded by the algorithm
         self._build(lr_schedule, **network_kwargs)
 
@@ -77,7 +77,7 @@ class DiffusionBasePolicy(BasePolicy):
     def fit_normalizer(self, flat_observations: Tensor) -> None:
         """Set the observation statistics from the dataset: (N, obs_dim)."""
         if self.normalize_observations:
-            fitted = GaussianNormalizer.fit(flat_observations)
+            fitted = type(self.obs_normalizer).fit(flat_observations)
             self.obs_normalizer.load_state_dict(fitted.state_dict())
 
     def features(self, observation: PyTorchObs) -> Tensor:

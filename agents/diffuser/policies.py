@@ -14,7 +14,7 @@ from diffgym.denoisers import TemporalUnet, TemporalValueNet, make_ema
 from diffgym.diffusion import GaussianDiffusion, PredictionType
 from diffgym.guidance import ClassifierFreeGuidance, ClassifierGuidance, Inpainting
 from diffgym.networks import InverseDynamics, make_adam
-from diffgym.normalizers import GaussianNormalizer
+from diffgym.normalizers import GaussianNormalizer, MinMaxNormalizer
 from diffgym.samplers import Randomness, Sampler, StepCallback, draw_noise, make_sampler
 from diffgym.schedules import NoiseSchedule
 from diffgym.trajectory import RecedingHorizonPolicy, SegmentBatches
@@ -82,6 +82,9 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         target_return: the return the plans are conditioned on, as a fraction of the dataset's
             range of segment returns (0 = lowest, 1 = highest; DD conditions on 0.9 of its scale).
         inverse_hidden: inverse-dynamics width (DD: 256).
+        normalizer: ``"gaussian"`` (standardise observations: Diffuser's locomotion setting) or
+            ``"limits"`` (map the data's range to [-1, 1] and clip every x0 estimate to it: Diffuser's
+            maze2d ``LimitsNormalizer`` with ``clip_denoised=True``).
         deterministic_seed, normalize_observations: see :class:`~diffgym.policies.DiffusionBasePolicy`.
     """
 
@@ -116,6 +119,7 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         cond_drop_prob: float = 0.25,
         target_return: float = 0.9,
         inverse_hidden: int = 256,
+        normalizer: Literal["gaussian", "limits"] = "gaussian",
     ) -> None:
         if mode not in ("diffuser", "decision_diffuser"):
             raise ValueError(f"mode must be 'diffuser' or 'decision_diffuser', got {mode!r}")
@@ -141,7 +145,13 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         )
         schedule = NoiseSchedule.make("cosine", num_timesteps)  # both papers' schedule
         default_prediction: PredictionType = "sample" if planning_actions else "epsilon"
-        self.model = GaussianDiffusion(denoiser, schedule, prediction or default_prediction)
+        clip_range = None
+        if normalizer == "limits":
+            self.obs_normalizer = MinMaxNormalizer(self.obs_dim)
+            clip_range = (-1.0, 1.0)
+        elif normalizer != "gaussian":
+            raise ValueError(f"normalizer must be 'gaussian' or 'limits', got {normalizer!r}")
+        self.model = GaussianDiffusion(denoiser, schedule, prediction or default_prediction, clip_range)
         self.ema = make_ema(self.model, ema_decay)
         self.sampler = make_sampler(sampler)
         weights = torch.ones(horizon, self.x_dim)
@@ -258,8 +268,9 @@ class DiffuserPolicy(RecedingHorizonPolicy):
     def raw_states(self, plans: Tensor) -> Tensor:
         """The planned states in the observation's units: (..., H, x_dim) -> (..., H, state_dim)."""
         states = self.states_of(plans)
-        mean, std = self.obs_normalizer.mean[self.state_slice], self.obs_normalizer.std[self.state_slice]
-        return states * std + mean
+        full = states.new_zeros(*states.shape[:-1], self.obs_dim)
+        full[..., self.state_slice] = states
+        return self.obs_normalizer.unnormalize(full)[..., self.state_slice]
 
     def plan_actions(self, plans: Tensor) -> Tensor:
         """(b, H, x_dim) -> (b, n_action_steps, A) in [-1, 1]."""
