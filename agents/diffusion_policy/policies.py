@@ -21,7 +21,7 @@ from diffgym.trajectory import RecedingHorizonPolicy, SegmentBatches
 def warmup_ema_decay(step: int, power: float, max_decay: float) -> float:
     """Diffusion Policy's EMA decay after ``step`` averaging steps: ``1 - (1 + step)^-power``, capped at
     ``max_decay``; 0 (copy the model) at step 0. DP: ``power=0.75``, ``max_decay=0.9999``, so the
-    average spans the last ~6 steps at step 10, ~180 at 1000 and ~1800 at 10,000.
+    average spans the last ~6 steps at step 10, ~180 at 1000 and ~1000 at 10,000.
 
     >>> warmup_ema_decay(0, 0.75, 0.9999), round(warmup_ema_decay(1000, 0.75, 0.9999), 4)
     (0.0, 0.9944)
@@ -57,7 +57,7 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
         n_action_steps: T_a, actions executed per chunk (DP: 8), at most ``horizon - n_obs_steps + 1``.
         num_timesteps: diffusion steps in training (DP: 100).
         dim, dim_mults: U-Net widths ``dim * m`` (DP: ``down_dims=(256, 512, 1024)``, i.e. 256 and
-            (1, 2, 4); 64 here, 16x cheaper per step on CPU).
+            (1, 2, 4); 64 here: 1/16 of the convolutions' work, for CPU).
         kernel_size: U-Net convolution kernel (DP: 5).
         sampler: how chunks are sampled (DP: 100-step DDPM in simulation, DDIM with 16 steps on its
             real robots; here DDIM with 10 steps, for CPU latency).
