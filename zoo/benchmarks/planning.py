@@ -48,9 +48,10 @@ from diffgym.zoo.benchmarks.report import (
 
 RUNS_DIR = RESULTS_DIR / "planning"
 
-#: Diffuser's maze2d settings (its config/maze2d.py) sized for a CPU: U-Net multipliers (1, 2, 4)
-#: instead of (1, 4, 8) (3x cheaper per step), a 2.5x larger learning rate for the short budget,
-#: no value (the goal is inpainted), and the plan redrawn every 8 executed actions.
+#: Diffuser's maze2d settings (its config/maze2d.py: T 64, x0-prediction, limits normaliser with x0
+#: clipping, action weight 1, no value: the goal is inpainted) sized for a CPU: U-Net multipliers
+#: (1, 2, 4) instead of (1, 4, 8) (3x cheaper per step), a 2.5x larger learning rate for the short
+#: budget, DDIM 16 steps instead of DDPM 64, and the plan redrawn every 8 executed actions.
 MAZE_PLANNER: dict[str, Any] = dict(
     learning_rate=5e-4,
     ema_start=500,
@@ -63,6 +64,7 @@ MAZE_PLANNER: dict[str, Any] = dict(
         n_plans=1,  # one plan: no value to choose by
         guide_scale=0.0,
         action_weight=1.0,  # Diffuser maze2d
+        normalizer="limits",  # Diffuser maze2d: LimitsNormalizer, clip_denoised=True
         n_action_steps=8,
         sampler={"name": "ddim", "num_steps": 16},
     ),
