@@ -79,7 +79,7 @@ def test_episode_start_drops_the_plan_and_the_history():
 def test_without_state_every_call_plans_afresh():
     policy = make(n_action_steps=3)
     for _ in range(3):
-        action, state = policy.predict(np.array([0.0], np.float32))
+        _, state = policy.predict(np.array([0.0], np.float32))
     assert policy.calls == 3 and state[2].tolist() == [1]
 
 
