@@ -16,6 +16,7 @@ _AGENTS = {
     "DiffusionQL": "diffgym.agents.dql",
     "IDQL": "diffgym.agents.idql",
     "DiffuserPlanner": "diffgym.agents.diffuser",
+    "DiffusionPolicy": "diffgym.agents.diffusion_policy",
 }
 
 __all__ = [*_AGENTS, "__version__"]

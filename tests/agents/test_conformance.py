@@ -10,7 +10,7 @@ from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from diffgym import IDQL, DiffuserPlanner, DiffusionQL
+from diffgym import IDQL, DiffuserPlanner, DiffusionPolicy, DiffusionQL
 from diffgym.data import DatasetSpaceMismatchError, collect_dataset, load_transitions
 from diffgym.serialization import ModelFileError, load_model_file
 
@@ -26,6 +26,7 @@ class Case(NamedTuple):
 
 TINY = dict(batch_size=32, check_every=10, seed=0)
 CRITIC_LOSSES = {"critic_loss", "actor_loss", "critic_grad_norm"}
+TINY_CHUNKS = dict(horizon=8, n_action_steps=4, num_timesteps=10, dim=16, dim_mults=(1, 2))
 TINY_UNET = dict(horizon=8, num_timesteps=10, dim=16, dim_mults=(1, 2), value_dim=16, value_dim_mults=(1, 2))
 AGENTS = {
     "DiffusionQL": Case(
@@ -49,6 +50,20 @@ AGENTS = {
         DiffuserPlanner,
         dict(TINY, mode="decision_diffuser", ema_start=5, policy_kwargs=TINY_UNET),
         {"diffusion_loss", "inverse_loss"},
+        {"learning_rate": 1e12},
+    ),
+    "DiffusionPolicy": Case(
+        DiffusionPolicy,
+        dict(
+            TINY, lr_warmup_steps=5, policy_kwargs=dict(TINY_CHUNKS, sampler={"name": "ddim", "num_steps": 4})
+        ),
+        {"diffusion_loss"},
+        {"learning_rate": 1e12},
+    ),
+    "DiffusionPolicyEnsemble": Case(
+        DiffusionPolicy,
+        dict(TINY, policy_kwargs=dict(TINY_CHUNKS, sampler="ddpm", temporal_ensemble_coeff=0.01)),
+        {"diffusion_loss"},
         {"learning_rate": 1e12},
     ),
 }
