@@ -2,8 +2,9 @@
 
 References come from D4RL for the environments D4RL defined (MuJoCo locomotion, maze2d), from the
 shared datasets' README for tasks defined there (the maze2d evaluation task on PointMaze v3, see
-:mod:`diffgym.mazes`), from a Minari dataset's own ``ref_min_score`` / ``ref_max_score`` when a dataset
-is given, or from :func:`register_reference`. Every :class:`Reference` names its source.
+:mod:`diffgym.mazes`; MPE simple_spread's team return), from a Minari dataset's own ``ref_min_score`` /
+``ref_max_score`` when a dataset is given, or from :func:`register_reference`. Every
+:class:`Reference` names its source.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ _D4RL = "D4RL (d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE)"
 _MAZE_EVAL = (
     "shared/datasets/README.md, maze2d eval task on PointMaze v3 (diffgym.mazes): noise-free waypoint "
     "controller = 100, uniform random = 0; 50-episode means as in the maze files' metadata"
+)
+
+_MPE_SPREAD = (
+    "shared/datasets/README.md, mpe2 simple_spread_v3 parallel_env(N=3, local_ratio=0.5, max_cycles=25, "
+    "continuous_actions=True): uniform random = 0, Hungarian-assignment expert = 100 (200-episode means of "
+    "the team return)"
 )
 
 
@@ -42,6 +49,8 @@ _REFERENCES: dict[str, Reference] = {
     # the same numbers as the maze files' metadata eval_random / eval_controller (README rounds them)
     "maze2d-umaze-eval": Reference(8.74, 216.82, _MAZE_EVAL),
     "maze2d-medium-eval": Reference(8.8, 427.44, _MAZE_EVAL),
+    # team returns (sum over steps of the agents' mean reward) of the shared mpe-spread-* files' env
+    "mpe-spread": Reference(-24.69, -5.66, _MPE_SPREAD),
 }
 
 

@@ -1,6 +1,7 @@
 """Gymnasium / PettingZoo wrappers and SB3 replay buffers (installed as ``diffgym.wrappers``)."""
 
 from diffgym.wrappers.action_chunk import ActionChunkWrapper, make_chunked_env
+from diffgym.wrappers.multiagent import JointAgentEnv
 from diffgym.wrappers.replay_buffer import DiffusionReplayBuffer
 from diffgym.wrappers.synther import (
     SynthERConfig,
@@ -12,6 +13,7 @@ from diffgym.wrappers.synther import (
 __all__ = [
     "ActionChunkWrapper",
     "DiffusionReplayBuffer",
+    "JointAgentEnv",
     "SynthERConfig",
     "SyntheticTransitions",
     "TransitionDiffusion",

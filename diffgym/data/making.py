@@ -248,6 +248,8 @@ def import_d4rl(
       ``ref_min_score`` / ``ref_max_score``; ``eval_random`` / ``eval_controller`` mean returns (the
       shared maze files, whose README normalises with the controller = 100, random = 0); D4RL's
       ``d4rl_ref``. The choice is recorded in ``ref_score_source``.
+    - **Multi-agent files** (per-agent ``rewards`` (N, n > 1), or an ``agents`` list in the metadata) are
+      handed to :func:`diffgym.data.import_multiagent_d4rl` with the same arguments.
 
     Args:
         path: the ``.hdf5`` file.
@@ -257,12 +259,19 @@ def import_d4rl(
         description: Minari description; default names the file and env.
 
     Raises:
-        ValueError: a multi-agent file (arrays with an agent axis), or missing arrays.
+        ValueError: missing arrays, or a multi-agent file whose arrays lack a common agent axis.
     """
     path = Path(path)
     with h5py.File(path, "r") as file:
         file_meta = json.loads(file.attrs.get("metadata", "{}"))
-        arrays = _read_flat(file, path)
+        multi_agent = _has_agent_axis(file, file_meta)
+        arrays = {} if multi_agent else _read_flat(file, path)
+    if multi_agent:
+        from diffgym.data.multiagent import import_multiagent_d4rl  # it imports this module
+
+        return import_multiagent_d4rl(
+            path, dataset_id=dataset_id, env_id=env_id, env_kwargs=env_kwargs, description=description
+        )
     env_id = env_id or file_meta.get("env_id")
     env_kwargs = env_kwargs if env_kwargs is not None else file_meta.get("env_kwargs", {})
     env = _try_make(env_id, env_kwargs) if env_id else None
@@ -296,11 +305,6 @@ def _read_flat(file: h5py.File, path: Path) -> dict[str, np.ndarray]:
     missing = [key for key in ("observations", "actions", "rewards", "terminals") if key not in file]
     if missing:
         raise ValueError(f"{path} is not a D4RL-layout file: it lacks {missing}")
-    if file["rewards"].ndim > 1 and file["rewards"].shape[1] > 1:
-        raise ValueError(
-            f"{path} has per-agent arrays (observations {file['observations'].shape}, rewards "
-            f"{file['rewards'].shape}): multi-agent files need the multi-agent importer, not import_d4rl"
-        )
     n = len(file["rewards"])
     arrays = {key: file[key][()] for key in ("observations", "actions")}
     for key in ("rewards", "terminals", "timeouts"):  # (N,) or (N, 1); D4RL v0 files lack timeouts
@@ -317,6 +321,13 @@ def _read_flat(file: h5py.File, path: Path) -> dict[str, np.ndarray]:
         arrays["timeouts"].astype(bool),
     )
     return arrays
+
+
+def _has_agent_axis(file: h5py.File, meta: dict[str, Any]) -> bool:
+    """Whether a file holds per-agent arrays: ``rewards`` (N, n > 1), or the metadata lists ``agents``."""
+    rewards = file.get("rewards")
+    per_agent = rewards is not None and rewards.ndim > 1 and rewards.shape[1] > 1
+    return per_agent or bool(meta.get("agents"))
 
 
 def _read_info(arrays: dict[str, np.ndarray], name: str, obj: h5py.HLObject, n: int) -> None:

@@ -8,7 +8,7 @@ window of ``H`` rows from a valid start.
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 from gymnasium import spaces
@@ -17,9 +17,20 @@ from scipy.signal import lfilter
 from diffgym.data._tree import ArrayTree
 from diffgym.data.loading import DatasetLike, EpisodeArrays, flatten_observations, load_dataset, read_episodes
 
-__all__ = ["SegmentDataset", "SegmentRows", "Segments", "discounted_returns_to_go"]
+__all__ = [
+    "SegmentDataset",
+    "SegmentLayout",
+    "SegmentRows",
+    "SegmentWindows",
+    "Segments",
+    "discounted_returns_to_go",
+    "segment_layout",
+    "window_rows",
+]
 
 _INFO_PREFIX = "infos/"
+#: The batch type a segment dataset's ``__getitem__`` returns.
+BatchT = TypeVar("BatchT")
 
 
 class Segments(NamedTuple):
@@ -45,7 +56,48 @@ class SegmentRows(NamedTuple):
     goals: np.ndarray | None  #: (N, goal_dim) float32, or None
 
 
-class SegmentDataset:
+class SegmentWindows(Generic[BatchT]):
+    """What the segment datasets share: padded row arrays and windows of ``horizon`` rows from ``_starts``.
+
+    Subclasses fill ``horizon``, ``_starts`` (S,), ``_mask`` (R,), ``_observations`` (R, ...) and
+    ``_actions`` (R, ...) from a :class:`SegmentLayout` and build their batch in ``__getitem__``.
+    """
+
+    horizon: int
+    _starts: np.ndarray
+    _mask: np.ndarray
+    _observations: np.ndarray
+    _actions: np.ndarray
+
+    def __len__(self) -> int:
+        """Number of valid segment starts."""
+        return len(self._starts)
+
+    def __getitem__(self, indices: np.ndarray) -> BatchT:
+        """The segments at ``indices`` (ints in ``[0, len(self))``, shape ``(B,)``)."""
+        raise NotImplementedError
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> BatchT:
+        """``batch_size`` segments drawn uniformly with replacement."""
+        return self[rng.integers(len(self), size=batch_size)]
+
+    @property
+    def observations(self) -> np.ndarray:
+        """(N_steps, ...) the observations of all real steps, e.g. to fit a normaliser (``(N_steps, obs_dim)``
+        for :class:`SegmentDataset`)."""
+        return self._observations[self._mask]
+
+    @property
+    def actions(self) -> np.ndarray:
+        """(N_steps, ...) the actions of all real steps."""
+        return self._actions[self._mask]
+
+    def _window_rows(self, indices: np.ndarray) -> np.ndarray:
+        """(B, horizon) rows of the windows ``indices``."""
+        return window_rows(self._starts, indices, self.horizon)
+
+
+class SegmentDataset(SegmentWindows[Segments]):
     """Windows of ``horizon`` consecutive steps from a dataset's episodes.
 
     Padding (Diffuser's ``use_padding=True``): every step of an episode is a valid start, and a window
@@ -90,51 +142,19 @@ class SegmentDataset:
         info_keys = (goal_key[len(_INFO_PREFIX) :],) if goal_key and goal_key.startswith(_INFO_PREFIX) else ()
         episodes = read_episodes(dataset, info_keys=info_keys)
         self.horizon, self.discount, self.use_padding = horizon, discount, use_padding
-        lengths = episodes.lengths
-        pad = horizon - 1 if use_padding else 0
-        block_starts = np.concatenate([[0], np.cumsum(pad_before + lengths + pad)[:-1]])
-        self._layout(episodes, dataset.observation_space, obs_key, pad_before, pad)
-        n_starts = pad_before + (lengths if use_padding else np.maximum(lengths - horizon + 1, 0))
-        offset_in_block = _ranges(n_starts)
-        self._starts = np.repeat(block_starts, n_starts) + offset_in_block
-        step_in_episode = np.maximum(offset_in_block - pad_before, 0)
-        start_steps = np.repeat(episodes.step_offsets[:-1], n_starts) + step_in_episode
-        self._returns = discounted_returns_to_go(episodes.rewards, lengths, discount)[start_steps]
-        self._goals = _goals(episodes, dataset.observation_space, goal_key, start_steps)
-
-    def _layout(
-        self,
-        episodes: EpisodeArrays,
-        space: spaces.Space,
-        obs_key: str | None,
-        pad_before: int,
-        pad_after: int,
-    ) -> None:
-        """Build the padded row arrays: observations, actions, rewards and the real-step mask."""
-        lengths = episodes.lengths
-        block_lengths = pad_before + lengths + pad_after
-        step = _ranges(block_lengths) - pad_before  # step in the episode; < 0 before, >= length after
-        episode_lengths = np.repeat(lengths, block_lengths)
-        self._mask = (step >= 0) & (step < episode_lengths)
-        clipped = np.clip(step, 0, episode_lengths)  # before: the first step; after: the final obs
-        observation_rows = np.repeat(episodes.observation_offsets[:-1], block_lengths) + clipped
-        self._observations = _observation_matrix(episodes.observations, space, obs_key)[observation_rows]
-        actions = episodes.actions.reshape(len(episodes.actions), -1)
-        step_rows = np.repeat(episodes.step_offsets[:-1], block_lengths) + np.minimum(
-            clipped, episode_lengths - 1
-        )
-        self._actions = np.where((step < episode_lengths)[:, None], actions[step_rows], 0).astype(
-            actions.dtype
-        )
-        self._rewards = np.where(self._mask, episodes.rewards[step_rows], 0).astype(np.float32)
-
-    def __len__(self) -> int:
-        """Number of valid segment starts."""
-        return len(self._starts)
+        layout = segment_layout(episodes.lengths, horizon, use_padding, pad_before)
+        observations = _observation_matrix(episodes.observations, dataset.observation_space, obs_key)
+        self._observations = layout.observations(observations)
+        self._actions = layout.actions(episodes.actions.reshape(len(episodes.actions), -1))
+        self._rewards = layout.rewards(episodes.rewards)
+        self._mask, self._starts = layout.mask, layout.starts
+        returns = discounted_returns_to_go(episodes.rewards, episodes.lengths, discount)
+        self._returns = returns[layout.start_steps]
+        self._goals = _goals(episodes, dataset.observation_space, goal_key, layout.start_steps)
 
     def __getitem__(self, indices: np.ndarray) -> Segments:
         """The segments at ``indices`` (ints in ``[0, len(self))``, shape ``(N,)``)."""
-        rows = self._starts[np.asarray(indices)][:, None] + np.arange(self.horizon)
+        rows = self._window_rows(indices)
         return Segments(
             observations=self._observations[rows],
             actions=self._actions[rows],
@@ -143,10 +163,6 @@ class SegmentDataset:
             returns=self._returns[indices],
             goals=None if self._goals is None else self._goals[indices],
         )
-
-    def sample(self, batch_size: int, rng: np.random.Generator) -> Segments:
-        """``batch_size`` segments drawn uniformly with replacement."""
-        return self[rng.integers(len(self), size=batch_size)]
 
     def rows(self) -> SegmentRows:
         """The padded row arrays and window starts, e.g. to move them to a device once."""
@@ -160,15 +176,71 @@ class SegmentDataset:
             self._goals,
         )
 
-    @property
-    def observations(self) -> np.ndarray:
-        """(N_steps, obs_dim) the observations of all real steps, e.g. to fit a normaliser."""
-        return self._observations[self._mask]
 
-    @property
-    def actions(self) -> np.ndarray:
-        """(N_steps, act_dim) the actions of all real steps."""
-        return self._actions[self._mask]
+class SegmentLayout(NamedTuple):
+    """Where the padded rows of segment storage come from, for episodes of any per-step shape.
+
+    Each episode of ``T`` steps becomes a block of ``pad_before + T + pad_after`` rows (see
+    :class:`SegmentDataset` for what the padding rows hold); ``R`` rows in all, ``S`` window starts.
+    The methods gather any concatenated episode arrays, with or without an agent axis, into the rows.
+    """
+
+    observation_rows: np.ndarray  #: (R,) int64, row of the (N + E)-row observations (T + 1 per episode)
+    step_rows: np.ndarray  #: (R,) int64, row of the N-row step arrays, clipped into the row's episode
+    mask: np.ndarray  #: (R,) bool, True on real steps
+    acting: np.ndarray  #: (R,) bool, rows whose action is kept: real steps and the ``pad_before`` rows
+    starts: np.ndarray  #: (S,) int64, first row of each window
+    start_steps: np.ndarray  #: (S,) int64, step row (of the N) of each window's first real step
+
+    def observations(self, observations: np.ndarray) -> np.ndarray:
+        """``(N + E, *shape)`` -> ``(R, *shape)``: before an episode its first observation, after it the final one."""
+        return observations[self.observation_rows]
+
+    def actions(self, actions: np.ndarray) -> np.ndarray:
+        """``(N, *shape)`` -> ``(R, *shape)``: the first action before an episode, zeros after it."""
+        return _where_rows(self.acting, actions[self.step_rows])
+
+    def rewards(self, rewards: np.ndarray) -> np.ndarray:
+        """``(N, *shape)`` -> ``(R, *shape)`` float32, zero on every padding row."""
+        return _where_rows(self.mask, rewards[self.step_rows]).astype(np.float32)
+
+
+def segment_layout(lengths: np.ndarray, horizon: int, use_padding: bool, pad_before: int) -> SegmentLayout:
+    """The padded row layout of :class:`SegmentDataset` for episodes of ``lengths`` (E,) steps.
+
+    With ``use_padding`` every step starts a window and ``horizon - 1`` rows follow each episode;
+    without it only windows of ``horizon`` real steps start. ``pad_before`` rows precede each episode
+    and start windows too.
+    """
+    step_offsets = np.concatenate([[0], np.cumsum(lengths)])
+    observation_offsets = step_offsets + np.arange(len(lengths) + 1)
+    pad_after = horizon - 1 if use_padding else 0
+    block_lengths = pad_before + lengths + pad_after
+    step = _ranges(block_lengths) - pad_before  # step in the episode; < 0 before, >= length after
+    episode_lengths = np.repeat(lengths, block_lengths)
+    clipped = np.clip(step, 0, episode_lengths)  # before: the first step; after: the final obs
+    n_starts = pad_before + (lengths if use_padding else np.maximum(lengths - horizon + 1, 0))
+    offset_in_block = _ranges(n_starts)
+    block_starts = np.concatenate([[0], np.cumsum(block_lengths)[:-1]])
+    step_in_episode = np.maximum(offset_in_block - pad_before, 0)
+    return SegmentLayout(
+        observation_rows=np.repeat(observation_offsets[:-1], block_lengths) + clipped,
+        step_rows=np.repeat(step_offsets[:-1], block_lengths) + np.minimum(clipped, episode_lengths - 1),
+        mask=(step >= 0) & (step < episode_lengths),
+        acting=step < episode_lengths,
+        starts=np.repeat(block_starts, n_starts) + offset_in_block,
+        start_steps=np.repeat(step_offsets[:-1], n_starts) + step_in_episode,
+    )
+
+
+def window_rows(starts: np.ndarray, indices: np.ndarray, horizon: int) -> np.ndarray:
+    """(B, horizon) rows of the windows ``indices`` (B,) whose first rows are ``starts``."""
+    return starts[np.asarray(indices)][:, None] + np.arange(horizon)
+
+
+def _where_rows(keep: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (R, *shape) with the rows where ``keep`` (R,) is False set to zero, dtype kept."""
+    return np.where(keep.reshape(-1, *([1] * (values.ndim - 1))), values, 0).astype(values.dtype)
 
 
 def discounted_returns_to_go(rewards: np.ndarray, lengths: np.ndarray, discount: float) -> np.ndarray:
