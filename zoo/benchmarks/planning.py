@@ -138,11 +138,34 @@ def run_one(agent: str, task_name: str, seed: int, args: argparse.Namespace) -> 
     model.learn(steps, callback=checkpoints)
     train_seconds = time.perf_counter() - started
     model.save(MODELS_DIR / name)
+    timing = {"train_seconds": train_seconds, "gradient_steps_per_second": steps / train_seconds}
+    return evaluate(model, agent, task_name, seed, args.episodes) | timing
+
+
+def evaluate_checkpoint(agent: str, task_name: str, seed: int, episodes: int) -> dict[str, Any]:
+    """Evaluate the latest checkpoint of a run that was stopped before its budget (time limits)."""
+    saved = sorted(
+        MODELS_DIR.glob(f"planning_{agent}_{task_name}_s{seed}_*_steps.zip"),
+        key=lambda path: int(path.stem.split("_")[-2]),
+    )
+    if not saved:
+        raise FileNotFoundError(f"no checkpoint of {agent} on {task_name} (seed {seed}) in {MODELS_DIR}")
+    cls = IQL if agent == "iql" else DiffuserPlanner
+    model = cls.load(saved[-1], env=TASKS[task_name].make_env())
+    record = evaluate(model, agent, task_name, seed, episodes)
+    return record | {"checkpoint": saved[-1].name, "train_seconds": None, "gradient_steps_per_second": None}
+
+
+def evaluate(
+    model: DiffusionAlgorithm, agent: str, task_name: str, seed: int, episodes: int
+) -> dict[str, Any]:
+    """Returns of ``episodes`` deterministic episodes, the normalised score and the time per env step."""
+    task = TASKS[task_name]
     env = Monitor(task.make_env())
     env.reset(seed=10_000 + seed)
     started = time.perf_counter()
     returns, lengths = evaluate_policy(
-        model, env, n_eval_episodes=args.episodes, deterministic=True, return_episode_rewards=True
+        model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True
     )
     eval_seconds = time.perf_counter() - started
     reference = get_reference(task.reference)
@@ -151,13 +174,11 @@ def run_one(agent: str, task_name: str, seed: int, args: argparse.Namespace) -> 
         "agent": agent,
         "task": task_name,
         "seed": seed,
-        "gradient_steps": steps,
+        "gradient_steps": model.num_timesteps,
         "settings": json.loads(json.dumps(task.agents[agent], default=str)),
         "returns": [float(r) for r in returns],  # type: ignore[union-attr]
         "score": 100 * (mean_return - reference.random) / (reference.expert - reference.random),
         "reference": {"random": reference.random, "expert": reference.expert, "source": reference.source},
-        "train_seconds": train_seconds,
-        "gradient_steps_per_second": steps / train_seconds,
         "decision_ms": 1e3 * eval_seconds / max(float(np.sum(lengths)), 1.0),  # type: ignore[arg-type]
         "torch_threads": torch.get_num_threads(),
         "hardware": hardware(),
@@ -264,7 +285,7 @@ def _markdown(runs: list[dict[str, Any]], latency: list[dict[str, Any]]) -> str:
     for run in sorted(runs, key=lambda r: (list(TASKS).index(r["task"]), list(LABELS).index(r["agent"]))):
         rows.append(
             [run["task"], LABELS[run["agent"]], f"{run['score']:.1f}", f"{np.mean(run['returns']):.1f}",
-             f"{len(run['returns'])}", f"{run['gradient_steps']:,}", f"{run['gradient_steps_per_second']:.1f}",
+             f"{len(run['returns'])}", f"{run['gradient_steps']:,}", _rate(run['gradient_steps_per_second']),
              f"{run['decision_ms']:.1f}"]
         )  # fmt: skip
     parts = [
@@ -319,6 +340,10 @@ def _markdown(runs: list[dict[str, Any]], latency: list[dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _sampler_name(config: dict[str, Any]) -> str:
     return config["name"] + (f" {config['num_steps']}" if "num_steps" in config else "")
 
@@ -336,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", action="store_true", help="measure planning latency per sampler")
     parser.add_argument("--pictures", action="store_true", help="draw maze plans and a denoising animation")
     parser.add_argument("--report", action="store_true", help="merge the runs into the report")
+    parser.add_argument(
+        "--from-checkpoint", action="store_true", help="evaluate the latest checkpoints of stopped runs"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     RUNS_DIR.mkdir(parents=True, exist_ok=True)
@@ -344,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         for task in args.tasks:
             for agent in (a for a in args.agents if a in TASKS[task].agents):
                 for seed in args.seeds:
-                    record = run_one(agent, task, seed, args)
+                    if args.from_checkpoint:
+                        record = evaluate_checkpoint(agent, task, seed, args.episodes)
+                    else:
+                        record = run_one(agent, task, seed, args)
                     (RUNS_DIR / f"{agent}_{task}_s{seed}.json").write_text(
                         json.dumps(record, indent=2) + "\n"
                     )
