@@ -5,7 +5,8 @@ Minari dataset with it.
 A transition is the row ``x = [s, a, r, s', done]`` of ``D = 2 obs_dim + act_dim + 2`` numbers
 (observations flattened). Every column is standardised with the core's
 :class:`~diffgym.normalizers.GaussianNormalizer` except ``done``, which stays 0 / 1 as in SynthER
-(standardising a rare binary flag would turn its 1s into far outliers). Generated rows are
+(standardising a rare binary flag would turn its 1s into far outliers) — unless the data has no
+terminal at all: then it is a constant column and every generated ``done`` is 0. Generated rows are
 un-normalised, actions clipped to their bounds, observations to the observation space's finite
 bounds, and ``done`` thresholded at 0.5 (SynthER's ``terminal_threshold``).
 
@@ -151,6 +152,13 @@ def join_transitions(
     return torch.as_tensor(np.concatenate([np.asarray(p, np.float32).reshape(n, -1) for p in parts], 1))
 
 
+def _bound(values: np.ndarray | None, size: int, missing: float) -> Tensor:
+    """``(size,)`` float32 bounds; ``missing`` (±inf) when None."""
+    if values is None:
+        return torch.full((size,), missing)
+    return torch.as_tensor(np.asarray(values, np.float32)).reshape(size)
+
+
 class TransitionDiffusion(nn.Module):
     """Unconditional diffusion over transition rows ``[s, a, r, s', done]``: fit, then generate.
 
@@ -181,22 +189,10 @@ class TransitionDiffusion(nn.Module):
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.config = config or SynthERConfig()
         self.dim = 2 * obs_dim + act_dim + 2
-        self.register_buffer("action_low", torch.as_tensor(action_low, dtype=torch.float32).reshape(act_dim))
-        self.register_buffer(
-            "action_high", torch.as_tensor(action_high, dtype=torch.float32).reshape(act_dim)
-        )
-        low = (
-            torch.full((obs_dim,), -math.inf)
-            if obs_low is None
-            else torch.as_tensor(obs_low).reshape(obs_dim)
-        )
-        high = (
-            torch.full((obs_dim,), math.inf)
-            if obs_high is None
-            else torch.as_tensor(obs_high).reshape(obs_dim)
-        )
-        self.register_buffer("obs_low", low.to(torch.float32))
-        self.register_buffer("obs_high", high.to(torch.float32))
+        self.register_buffer("action_low", _bound(action_low, act_dim, -math.inf))
+        self.register_buffer("action_high", _bound(action_high, act_dim, math.inf))
+        self.register_buffer("obs_low", _bound(obs_low, obs_dim, -math.inf))
+        self.register_buffer("obs_high", _bound(obs_high, obs_dim, math.inf))
         self.normalizer = GaussianNormalizer(self.dim)
         self.denoiser = self._new_denoiser()
         self.ema_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False)
