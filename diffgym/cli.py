@@ -26,11 +26,14 @@ ALGORITHMS = {
     "dql": "diffgym.agents.dql:DiffusionQL",
     "idql": "diffgym.agents.idql:IDQL",
     "diffuser": "diffgym.agents.diffuser:DiffuserPlanner",
+    "diffusion_policy": "diffgym.agents.diffusion_policy:DiffusionPolicy",
 }
 #: benchmark name -> "module:function" taking the parsed extra arguments
 BENCHMARKS = {
     "core": "diffgym.zoo.benchmarks.core:main",
     "d4rl": "diffgym.zoo.benchmarks.d4rl:main",
+    "metaworld": "diffgym.zoo.benchmarks.metaworld:main",
+    "planning": "diffgym.zoo.benchmarks.planning:main",
     "synther": "diffgym.zoo.benchmarks.synther:main",
     "train_speed": "diffgym.zoo.benchmarks.train_speed:main",
 }
