@@ -27,6 +27,7 @@ Every gradient step's statistics stay on the device; they are read (one sync) ev
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from abc import abstractmethod
@@ -207,7 +208,9 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         tau: Polyak coefficient of the target networks.
         gamma: discount factor.
         train_freq, gradient_steps: online schedule, as in SB3.
-        reward_scale, reward_bias: rewards enter the losses as ``reward_scale * r + reward_bias``.
+        reward_scale, reward_bias: rewards enter the losses as ``reward_scale * r + reward_bias``;
+            ``reward_scale="iql"`` is IQL's ``1000 / (max - min episode return)``, computed on the
+            first dataset (:func:`iql_reward_scale`) and saved as that number.
         check_every: gradient steps between divergence checks and log averages (one sync each).
         explode_above: a training statistic beyond this magnitude counts as divergence.
         lr_decay: anneal every learning rate to 0 along a cosine over each ``learn`` call
@@ -247,7 +250,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         gamma: float = 0.99,
         train_freq: int | tuple[int, str] = 1,
         gradient_steps: int = 1,
-        reward_scale: float = 1.0,
+        reward_scale: float | str = 1.0,
         reward_bias: float = 0.0,
         check_every: int = 100,
         explode_above: float = 1e8,
@@ -280,7 +283,11 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             supported_action_spaces=(spaces.Box,),
         )
         self.dataset = dataset
-        self.reward_scale = reward_scale
+        if isinstance(reward_scale, numbers.Real):
+            reward_scale = float(reward_scale)
+        elif reward_scale != "iql":
+            raise ValueError(f"reward_scale must be a number or 'iql', got {reward_scale!r}")
+        self.reward_scale: float | str = reward_scale
         self.reward_bias = reward_bias
         self.check_every = check_every
         self.explode_above = explode_above
@@ -330,6 +337,11 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         self._offline = self._offline_data(minari_dataset)
         if first_dataset:
             self._fit_normalizers()
+        if self.reward_scale == "iql":
+            data = self._offline
+            self.reward_scale = iql_reward_scale(
+                data.observations, data.next_observations, data.rewards, data.dones
+            )
         self.dataset = minari_dataset.id  # saved with the model, so a resumed run can name its data
 
     def _offline_data(self, dataset: MinariDataset) -> Any:
@@ -342,6 +354,14 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         self.policy.fit_normalizer(self._offline.observations)
 
     # ------------------------------------------------------------------ learning
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
+        if self.reward_scale == "iql":
+            raise ValueError(
+                "reward_scale='iql' is computed from a dataset: pass dataset=... (or call set_dataset) "
+                "before learning, or give reward_scale as a number"
+            )
+        return super()._setup_learn(*args, **kwargs)
 
     def learn(  # type: ignore[override]
         self: SelfAlgorithm,
@@ -429,7 +449,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             batch.actions,
             self.policy.features(batch.next_observations),
             batch.dones,
-            self.reward_scale * batch.rewards + self.reward_bias,
+            self.reward_scale * batch.rewards + self.reward_bias,  # type: ignore[operator]
         )
 
     @abstractmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -13,7 +12,7 @@ from torch import Tensor
 from torch.nn.utils import get_total_norm
 
 from diffgym.agents.idql.policies import IDQLPolicy
-from diffgym.algorithm import DiffusionAlgorithm, expectile_loss, iql_reward_scale
+from diffgym.algorithm import DiffusionAlgorithm, expectile_loss
 from diffgym.data import DatasetLike
 from diffgym.denoisers import update_ema
 from diffgym.networks import soft_update
@@ -103,35 +102,13 @@ class IDQL(DiffusionAlgorithm):
         lr_decay: bool = True,
         **kwargs: Any,
     ) -> None:
-        if isinstance(reward_scale, numbers.Real):
-            reward_scale = float(reward_scale)
-        elif reward_scale != "iql":
-            raise ValueError(f"reward_scale must be a number or 'iql', got {reward_scale!r}")
         self.expectile = expectile
         self.ema_start = ema_start
-        super().__init__(policy, env, dataset, reward_scale=reward_scale, lr_decay=lr_decay, **kwargs)  # type: ignore[arg-type]
+        super().__init__(policy, env, dataset, reward_scale=reward_scale, lr_decay=lr_decay, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
         self.policy.expectile = self.expectile
-
-    def set_dataset(self, dataset: DatasetLike) -> None:
-        """As :meth:`DiffusionAlgorithm.set_dataset`; also resolves ``reward_scale="iql"``."""
-        super().set_dataset(dataset)
-        if self.reward_scale == "iql":
-            data = self._offline
-            assert data is not None
-            self.reward_scale = iql_reward_scale(
-                data.observations, data.next_observations, data.rewards, data.dones
-            )
-
-    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
-        if self.reward_scale == "iql":
-            raise ValueError(
-                "reward_scale='iql' is computed from a dataset: pass dataset=... (or call set_dataset) "
-                "before learning, or give reward_scale as a number"
-            )
-        return super()._setup_learn(*args, **kwargs)
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         """The schedule (and ``lr_decay``) drives the actor only, as in the official code."""

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from typing import Any, ClassVar
 
 import torch
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
 from torch import Tensor, nn
 
-from diffgym.algorithm import DiffusionAlgorithm, expectile_loss, iql_reward_scale
+from diffgym.algorithm import DiffusionAlgorithm, expectile_loss
 from diffgym.data import DatasetLike
 from diffgym.networks import EnsembleMLP, StateActionCritic, make_adam, soft_update
 from diffgym.policies import CandidateSelectionPolicy
@@ -139,27 +138,9 @@ class IQL(DiffusionAlgorithm):
         lr_decay: bool = True,
         **kwargs: Any,
     ) -> None:
-        if isinstance(reward_scale, numbers.Real):
-            reward_scale = float(reward_scale)
-        elif reward_scale != "iql":
-            raise ValueError(f"reward_scale must be a number or 'iql', got {reward_scale!r}")
         self.expectile = expectile
         self.beta = beta
-        super().__init__(policy, env, dataset, reward_scale=reward_scale, lr_decay=lr_decay, **kwargs)  # type: ignore[arg-type]
-
-    def set_dataset(self, dataset: DatasetLike) -> None:
-        """As :meth:`DiffusionAlgorithm.set_dataset`; also resolves ``reward_scale="iql"``."""
-        super().set_dataset(dataset)
-        if self.reward_scale == "iql":
-            data = self._offline
-            self.reward_scale = iql_reward_scale(
-                data.observations, data.next_observations, data.rewards, data.dones
-            )
-
-    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
-        if self.reward_scale == "iql":
-            raise ValueError("reward_scale='iql' needs a dataset: pass dataset=... or a number")
-        return super()._setup_learn(*args, **kwargs)
+        super().__init__(policy, env, dataset, reward_scale=reward_scale, lr_decay=lr_decay, **kwargs)
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         """The schedule (and ``lr_decay``) drives the actor only, as in the official code."""
