@@ -17,6 +17,7 @@ _AGENTS = {
     "IDQL": "diffgym.agents.idql",
     "DiffuserPlanner": "diffgym.agents.diffuser",
     "DiffusionPolicy": "diffgym.agents.diffusion_policy",
+    "MADiff": "diffgym.agents.madiff",
 }
 
 __all__ = [*_AGENTS, "__version__"]

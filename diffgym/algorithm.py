@@ -221,6 +221,8 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
     policy: DiffusionBasePolicy
     #: False for agents that learn from a dataset only (``learn(..., online=True)`` refuses)
     supports_online: ClassVar[bool] = True
+    #: action spaces the agent accepts (a team of agents has a ``Dict`` of per-agent spaces)
+    action_space_types: ClassVar[tuple[type[spaces.Space], ...]] = (spaces.Box,)
     #: constructor arguments saved in the model file (besides ``policy_kwargs``)
     saved_hyperparameters: ClassVar[tuple[str, ...]] = (
         "learning_rate",
@@ -280,7 +282,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             seed=seed,
             support_multi_env=True,
             sde_support=False,
-            supported_action_spaces=(spaces.Box,),
+            supported_action_spaces=self.action_space_types,
         )
         self.dataset = dataset
         if isinstance(reward_scale, numbers.Real):

@@ -56,8 +56,7 @@ class DiffusionBasePolicy(BasePolicy):
         **network_kwargs: Any,
     ) -> None:
         super().__init__(observation_space, action_space, squash_output=True)
-        if not isinstance(action_space, spaces.Box):
-            raise TypeError(f"diffusion policies need a continuous (Box) action space, got {action_space}")
+        self._check_action_space(action_space)
         self.obs_dim = spaces.flatdim(observation_space)
         self.action_dim = spaces.flatdim(action_space)
         self.deterministic_seed = deterministic_seed
@@ -65,6 +64,11 @@ class DiffusionBasePolicy(BasePolicy):
         self.obs_normalizer: GaussianNormalizer | MinMaxNormalizer = GaussianNormalizer(self.obs_dim)
         self.sampling_generator: torch.Generator | None = None  # seeded by the algorithm
         self._build(lr_schedule, **network_kwargs)
+
+    def _check_action_space(self, action_space: spaces.Space) -> None:
+        """Refuse action spaces the policy cannot produce (here: anything but a ``Box``)."""
+        if not isinstance(action_space, spaces.Box):
+            raise TypeError(f"diffusion policies need a continuous (Box) action space, got {action_space}")
 
     @abstractmethod
     def _build(self, lr_schedule: Schedule, *args: Any, **network_kwargs: Any) -> None:

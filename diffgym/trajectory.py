@@ -29,7 +29,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import Tensor
 
 from diffgym.algorithm import DiffusionAlgorithm
-from diffgym.data import SegmentDataset
+from diffgym.data import SegmentDataset, SegmentRows
 from diffgym.policies import DiffusionBasePolicy
 from diffgym.samplers import Randomness, TiledNoise
 
@@ -39,24 +39,38 @@ PlanState = tuple[np.ndarray, np.ndarray, np.ndarray]  # (history, plans, next s
 class SegmentSamples(NamedTuple):
     """A batch of ``B`` segments of horizon ``H`` (actions scaled to [-1, 1])."""
 
-    observations: Tensor  #: (B, H, obs_dim), normalised by the algorithm before ``train_step``
-    actions: Tensor  #: (B, H, action_dim) in [-1, 1]
+    observations: Tensor  #: (B, H, obs_dim) (a team: (B, H, n, obs_dim)), normalised before ``train_step``
+    actions: Tensor  #: (B, H, action_dim) (a team: (B, H, n, action_dim)) in [-1, 1]
     rewards: Tensor  #: (B, H), zero on padding
     mask: Tensor  #: (B, H) bool, True on real steps
     returns: Tensor  #: (B,) discounted return-to-go from the segment's first step
     goals: Tensor | None  #: (B, goal_dim) or None
 
 
+def inverse_dynamics_loss(predicted: Tensor, actions: Tensor, mask: Tensor) -> Tensor:
+    """Decision Diffuser's inverse-dynamics MSE over real steps only.
+
+    ``predicted``: ``f(s_t, s_{t+1})`` for ``t < H - 1``, (B, H - 1, ..., A); ``actions``: (B, H, ..., A);
+    ``mask``: (B, H) real steps (the next state of an episode's last step is its final observation,
+    repeated by the padding, so every real step has one). -> scalar.
+    """
+    real = mask[:, :-1].reshape(*mask[:, :-1].shape, *(1,) * (predicted.dim() - 2)).to(predicted.dtype)
+    error = ((predicted - actions[:, :-1]) ** 2 * real).sum()
+    per_row = predicted[0, 0].numel()
+    return error / (real.sum() * per_row).clamp_min(1)
+
+
 class SegmentBatches:
-    """A :class:`~diffgym.data.SegmentDataset` on the device, sampled uniformly over segment starts."""
+    """A segment dataset's rows (:meth:`~diffgym.data.SegmentDataset.rows`) on the device, sampled
+    uniformly over segment starts; windows of ``horizon`` rows."""
 
-    def __init__(self, segments: SegmentDataset, policy: DiffusionBasePolicy, device: torch.device) -> None:
-        rows = segments.rows()
-
+    def __init__(
+        self, rows: SegmentRows, horizon: int, policy: DiffusionBasePolicy, device: torch.device
+    ) -> None:
         def tensor(array: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=device)
 
-        self.horizon = segments.horizon
+        self.horizon = horizon
         self.observations = tensor(rows.observations)
         self.actions = tensor(policy.scale_action(rows.actions))
         self.rewards = tensor(rows.rewards)
@@ -138,7 +152,20 @@ class RecedingHorizonPolicy(DiffusionBasePolicy):
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> Tensor:
         state, episode_start = getattr(self, "_pending", (None, None))
         self._pending = (None, None)
-        features = self.features(observation)  # (n, obs_dim)
+        actions, self._next_state = self.act_from_features(
+            self.features(observation), state, episode_start, deterministic
+        )
+        return actions
+
+    def act_from_features(
+        self,
+        features: Tensor,
+        state: PlanState | None,
+        episode_start: np.ndarray | None,
+        deterministic: bool,
+    ) -> tuple[Tensor, PlanState]:
+        """One action per env from normalised features (n, obs_dim): plan where a plan is used up or
+        an episode starts, else take the plan's next action. -> ((n, A) in [-1, 1], the next state)."""
         history, plans, step, fresh = self._advance(features, state, episode_start)
         replan = fresh | (step >= self.n_action_steps)
         for rows, previous in ((replan & fresh, None), (replan & ~fresh, plans)):
@@ -149,8 +176,7 @@ class RecedingHorizonPolicy(DiffusionBasePolicy):
                 step = step.index_fill(0, index, 0)
         assert plans is not None
         actions = self.plan_actions(plans)[torch.arange(len(step), device=step.device), step]
-        self._next_state = (history.cpu().numpy(), plans.cpu().numpy(), (step + 1).cpu().numpy())
-        return actions
+        return actions, (history.cpu().numpy(), plans.cpu().numpy(), (step + 1).cpu().numpy())
 
     def _advance(
         self, features: Tensor, state: PlanState | None, episode_start: np.ndarray | None
@@ -192,7 +218,7 @@ class SequenceAlgorithm(DiffusionAlgorithm):
         )
         if len(segments) == 0:
             raise ValueError(f"{dataset.id} has no segment of {self.policy.segment_horizon} steps")
-        return SegmentBatches(segments, self.policy, self.device)
+        return SegmentBatches(segments.rows(), segments.horizon, self.policy, self.device)
 
     def _fit_normalizers(self) -> None:
         self.policy.fit_to_segments(self._offline)

@@ -1,7 +1,7 @@
 """Gymnasium / PettingZoo wrappers and SB3 replay buffers (installed as ``diffgym.wrappers``)."""
 
 from diffgym.wrappers.action_chunk import ActionChunkWrapper, make_chunked_env
-from diffgym.wrappers.multiagent import JointAgentEnv
+from diffgym.wrappers.multiagent import JointAgentEnv, TeamPolicy, evaluate_team
 from diffgym.wrappers.replay_buffer import DiffusionReplayBuffer
 from diffgym.wrappers.synther import (
     SynthERConfig,
@@ -16,7 +16,9 @@ __all__ = [
     "JointAgentEnv",
     "SynthERConfig",
     "SyntheticTransitions",
+    "TeamPolicy",
     "TransitionDiffusion",
+    "evaluate_team",
     "make_chunked_env",
     "synthesize_dataset",
 ]

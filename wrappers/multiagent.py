@@ -7,15 +7,17 @@ dataset collected from the parallel env fits the wrapper's spaces and SB3-style 
 
 from __future__ import annotations
 
-from typing import Any, SupportsFloat
+from collections.abc import Callable
+from typing import Any, Protocol, SupportsFloat
 
 import gymnasium as gym
+import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from diffgym.data.multiagent import JointStepper, team_reward
 
-__all__ = ["JointAgentEnv"]
+__all__ = ["JointAgentEnv", "TeamPolicy", "evaluate_team"]
 
 
 class JointAgentEnv(gym.Env[dict[str, Any], dict[str, Any]]):
@@ -77,3 +79,62 @@ class JointAgentEnv(gym.Env[dict[str, Any], dict[str, Any]]):
     def close(self) -> None:
         """Close the parallel env."""
         self.parallel_env.close()
+
+
+class TeamPolicy(Protocol):
+    """What :func:`evaluate_team` drives: SB3's ``predict`` on ``{agent: observation}`` returning
+    ``{agent: action}`` and a state passed back next step (MADiff's plans; None if unused)."""
+
+    def predict(
+        self,
+        observation: dict[str, Any],
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[Any, Any]: ...
+
+
+def evaluate_team(
+    model: TeamPolicy,
+    env: ParallelEnv | JointAgentEnv,
+    n_eval_episodes: int = 10,
+    deterministic: bool = True,
+    seed: int | None = None,
+    callback: Callable[[JointAgentEnv], None] | None = None,
+    return_episode_rewards: bool = False,
+) -> tuple[float, float] | tuple[list[float], list[int]]:
+    """SB3's ``evaluate_policy`` for a team on a PettingZoo ``ParallelEnv``: the team return of each
+    episode is the sum over steps of the mean of the agents' rewards (:func:`diffgym.data.team_reward`).
+
+    Args:
+        model: anything with SB3's ``predict`` on per-agent dicts (a :class:`~diffgym.MADiff`).
+        env: the ``ParallelEnv`` (or its :class:`JointAgentEnv`).
+        n_eval_episodes: episodes to play.
+        deterministic: passed to ``predict``.
+        seed: episode ``i`` resets with ``seed + i`` (None: unseeded).
+        callback: called with the joint env after each reset and step (e.g. to grab ``env.render()``).
+        return_episode_rewards: return every episode's team return and length instead of mean and std.
+
+    Returns:
+        ``(mean, std)`` of the team returns, or ``(returns, lengths)``.
+    """
+    joint = env if isinstance(env, JointAgentEnv) else JointAgentEnv(env)
+    returns: list[float] = []
+    lengths: list[int] = []
+    for episode in range(n_eval_episodes):
+        observation, _ = joint.reset(seed=None if seed is None else seed + episode)
+        if callback is not None:
+            callback(joint)
+        state, start, total, steps, done = None, np.ones(1, dtype=bool), 0.0, 0, False
+        while not done:
+            action, state = model.predict(observation, state, start, deterministic)
+            start = np.zeros(1, dtype=bool)
+            observation, reward, terminated, truncated, _ = joint.step(action)
+            total, steps, done = total + float(reward), steps + 1, terminated or truncated
+            if callback is not None:
+                callback(joint)
+        returns.append(total)
+        lengths.append(steps)
+    if return_episode_rewards:
+        return returns, lengths
+    return float(np.mean(returns)), float(np.std(returns))

@@ -12,7 +12,7 @@ from torch import Tensor
 from diffgym.agents.diffuser.policies import DiffuserPolicy, Mode
 from diffgym.data import DatasetLike
 from diffgym.denoisers import update_ema
-from diffgym.trajectory import SegmentSamples, SequenceAlgorithm
+from diffgym.trajectory import SegmentSamples, SequenceAlgorithm, inverse_dynamics_loss
 
 
 class DiffuserPlanner(SequenceAlgorithm):
@@ -134,13 +134,9 @@ class DiffuserPlanner(SequenceAlgorithm):
         return stats
 
     def _inverse_loss(self, batch: SegmentSamples, states: Tensor) -> Tensor:
-        """MSE of ``f(s_t, s_{t+1})`` against ``a_t`` over real steps (the next state of an episode's
-        last step is its final observation, repeated by the padding)."""
         assert self.policy.inverse is not None
         predicted = self.policy.inverse(states[:, :-1], states[:, 1:])
-        real = batch.mask[:, :-1, None].to(predicted.dtype)
-        error = ((predicted - batch.actions[:, :-1]) ** 2 * real).sum()
-        return error / (real.sum() * predicted.shape[-1]).clamp_min(1)
+        return inverse_dynamics_loss(predicted, batch.actions, batch.mask)
 
     def _value_step(self, batch: SegmentSamples, x0: Tensor, inpainting: Any) -> dict[str, Tensor]:
         policy = self.policy

@@ -74,7 +74,7 @@ from diffgym.data.making import (
     _with_dtype,
     imported_dataset_id,
 )
-from diffgym.data.segments import SegmentWindows, discounted_returns_to_go, segment_layout
+from diffgym.data.segments import SegmentRows, SegmentWindows, discounted_returns_to_go, segment_layout
 from diffgym.data.validation import DatasetSpaceMismatchError, check_finite, check_spaces
 from diffgym.scores import get_reference
 
@@ -689,6 +689,13 @@ class MultiAgentSegmentDataset(SegmentWindows[MultiAgentSegments]):
             axis=1,
         )[layout.start_steps]
         self._returns, self._agent_returns = returns[:, 0], returns[:, 1:]
+
+    def rows(self) -> SegmentRows:
+        """The padded row arrays (observations (R, n, obs_dim), actions (R, n, act_dim), team rewards
+        (R,)) and window starts with the team's returns-to-go, e.g. to move them to a device once."""
+        return SegmentRows(
+            self._observations, self._actions, self._rewards, self._mask, self._starts, self._returns, None
+        )
 
     def __getitem__(self, indices: np.ndarray) -> MultiAgentSegments:
         """The segments at ``indices`` (B,) ints in ``[0, len(self))``."""
