@@ -32,6 +32,7 @@ ALGORITHMS = {
 BENCHMARKS = {
     "core": "diffgym.zoo.benchmarks.core:main",
     "d4rl": "diffgym.zoo.benchmarks.d4rl:main",
+    "madiff": "diffgym.zoo.benchmarks.madiff:main",
     "metaworld": "diffgym.zoo.benchmarks.metaworld:main",
     "planning": "diffgym.zoo.benchmarks.planning:main",
     "synther": "diffgym.zoo.benchmarks.synther:main",
