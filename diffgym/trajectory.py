@@ -175,8 +175,13 @@ class RecedingHorizonPolicy(DiffusionBasePolicy):
                 plans = new if plans is None else plans.index_copy(0, index, new.to(plans.dtype))
                 step = step.index_fill(0, index, 0)
         assert plans is not None
-        actions = self.plan_actions(plans)[torch.arange(len(step), device=step.device), step]
+        actions = self.step_actions(plans, step, features)
         return actions, (history.cpu().numpy(), plans.cpu().numpy(), (step + 1).cpu().numpy())
+
+    def step_actions(self, plans: Tensor, step: Tensor, features: Tensor) -> Tensor:
+        """The action each env executes now: entry ``step`` (n,) of its plan's actions; ``features``
+        (n, obs_dim) is the current normalised observation (for controllers that track a plan)."""
+        return self.plan_actions(plans)[torch.arange(len(step), device=step.device), step]
 
     def _advance(
         self, features: Tensor, state: PlanState | None, episode_start: np.ndarray | None

@@ -103,18 +103,21 @@ class DiffuserPlanner(SequenceAlgorithm):
         x0 = policy.trajectories(batch.observations, batch.actions)
         states = policy.states_of(x0)
         goal_task = policy.goal_slice is not None
-        inpainting = policy.conditioning(x0, states[:, 0], states[:, -1] if goal_task else None)
-        stats = self._model_step(batch, x0, inpainting)
+        last = states[:, -1] if goal_task else None
+        inpainting = policy.conditioning(x0, states[:, 0], last)
+        stats = self._model_step(batch, x0, inpainting, policy.endpoint_cond(states[:, 0], last))
         if policy.value is not None:
             stats.update(self._value_step(batch, x0, inpainting))
         update_ema(policy.ema, policy.model, self._n_updates, self.ema_start, self.ema_every)
         return stats
 
-    def _model_step(self, batch: SegmentSamples, x0: Tensor, inpainting: Any) -> dict[str, Tensor]:
+    def _model_step(
+        self, batch: SegmentSamples, x0: Tensor, inpainting: Any, cond: Tensor | None
+    ) -> dict[str, Tensor]:
         policy = self.policy
         if policy.inverse is None:
             loss = policy.model.loss(
-                x0, weights=policy.loss_weights, inpainting=inpainting, generator=self.generator
+                x0, cond, weights=policy.loss_weights, inpainting=inpainting, generator=self.generator
             )
             stats = {"diffusion_loss": loss}
         else:

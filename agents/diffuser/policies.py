@@ -65,7 +65,8 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         prediction: ``"sample"`` (x0: Diffuser) or ``"epsilon"`` (DD).
         dim, dim_mults: U-Net width and multipliers (Diffuser: 32, (1, 2, 4, 8); maze2d (1, 4, 8); DD 128, (1, 4, 8)).
         sampler: sampler used to plan (``"ddpm"`` as the papers, or e.g. ``{"name": "ddim", "num_steps": 5}``).
-        n_action_steps: actions executed per plan (1: replan every step, as both papers on locomotion).
+        n_action_steps: actions executed per plan (1: replan every step, as both papers on locomotion;
+            with ``tracking`` it may exceed the horizon, as Diffuser's maze2d plans once per episode).
         warm_start_steps: noise level (training steps) a continuing plan is re-noised to; 0: always cold.
         ema_decay: EMA decay of the diffusion model (0.995: both papers); plans come from the EMA.
         state_key: the Dict observation key that is the planned state (e.g. ``"observation"``); None: all.
@@ -82,6 +83,13 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         target_return: the return the plans are conditioned on, as a fraction of the dataset's
             range of segment returns (0 = lowest, 1 = highest; DD conditions on 0.9 of its scale).
         inverse_hidden: inverse-dynamics width (DD: 256).
+        tracking: ``(kp, kd)``: execute a PD controller toward the plan's next state instead of the
+            planned actions, ``a = kp (p* - p) + kd (v* - v)`` for a planned state ``[position, velocity]``
+            of ``2 A`` entries (Diffuser's maze2d: kp = kd = 1, one plan followed to its end and then
+            held at its last position); None: execute the planned actions.
+        endpoint_condition: also give the U-Net the inpainted states (start, and goal) as its condition
+            vector, so every step of the plan sees them from the first denoising step (not in Diffuser,
+            which conditions by inpainting alone; see the agent's docstring for why).
         normalizer: ``"gaussian"`` (standardise observations: Diffuser's locomotion setting) or
             ``"limits"`` (map the data's range to [-1, 1] and clip every x0 estimate to it: Diffuser's
             maze2d ``LimitsNormalizer`` with ``clip_denoised=True``).
@@ -119,29 +127,38 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         cond_drop_prob: float = 0.25,
         target_return: float = 0.9,
         inverse_hidden: int = 256,
+        tracking: tuple[float, float] | None = None,
+        endpoint_condition: bool = False,
         normalizer: Literal["gaussian", "limits"] = "gaussian",
     ) -> None:
         if mode not in ("diffuser", "decision_diffuser"):
             raise ValueError(f"mode must be 'diffuser' or 'decision_diffuser', got {mode!r}")
-        if not 1 <= n_action_steps < horizon:
+        if n_action_steps < 1 or (tracking is None and n_action_steps >= horizon):
             raise ValueError(
-                f"n_action_steps must be in [1, horizon - 1 = {horizon - 1}], got {n_action_steps}"
+                f"n_action_steps must be in [1, horizon - 1 = {horizon - 1}] (any positive number with "
+                f"tracking), got {n_action_steps}"
             )
         if not 0 <= warm_start_steps <= num_timesteps:
             raise ValueError(f"warm_start_steps must be in [0, {num_timesteps}], got {warm_start_steps}")
         self.mode = mode
         self.n_obs_steps, self.n_action_steps, self.segment_horizon = 1, n_action_steps, horizon
+        self.tracking = None if tracking is None else (float(tracking[0]), float(tracking[1]))
         self.warm_start_steps = warm_start_steps
         self.state_slice = key_slice(self.observation_space, state_key)
         self.goal_slice = None if goal_key is None else key_slice(self.observation_space, goal_key)
         self.state_dim = self.state_slice.stop - self.state_slice.start
+        if tracking is not None and self.state_dim != 2 * self.action_dim:
+            raise ValueError(
+                f"tracking needs a planned state of [position, velocity] with {2 * self.action_dim} entries "
+                f"(2 x the action size), got {self.state_dim}"
+            )
         self.n_plans = n_plans if mode == "diffuser" else 1
         self.guide_scale, self.guide_stop_below = guide_scale, guide_stop_below
         self.cfg_weight, self.cond_drop_prob, self.target_return = cfg_weight, cond_drop_prob, target_return
         planning_actions = mode == "diffuser"
         self.x_dim = self.state_dim + (self.action_dim if planning_actions else 0)
         denoiser = TemporalUnet(
-            self.x_dim, cond_dim=0 if planning_actions else 1, dim=dim, dim_mults=dim_mults
+            self.x_dim, cond_dim=self._cond_dim(endpoint_condition), dim=dim, dim_mults=dim_mults
         )
         schedule = NoiseSchedule.make("cosine", num_timesteps)  # both papers' schedule
         default_prediction: PredictionType = "sample" if planning_actions else "epsilon"
@@ -199,6 +216,23 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         """The state part of trajectories: (B, H, x_dim) -> (B, H, state_dim)."""
         return x[..., self.x_dim - self.state_dim :]
 
+    def _cond_dim(self, endpoint_condition: bool) -> int:
+        """The U-Net's condition size: DD's return (1), the inpainted states (S or 2 S), or none."""
+        self.endpoint_condition = endpoint_condition
+        if self.mode == "decision_diffuser":
+            if endpoint_condition:
+                raise ValueError("endpoint_condition applies to mode='diffuser' (DD conditions on the return)")
+            return 1
+        if not endpoint_condition:
+            return 0
+        return self.state_dim * (2 if self.goal_slice is not None else 1)
+
+    def endpoint_cond(self, first: Tensor, last: Tensor | None) -> Tensor | None:
+        """With ``endpoint_condition``, the inpainted states (B, S) [and (B, S)] as the U-Net's condition."""
+        if not self.endpoint_condition:
+            return None
+        return first if last is None else torch.cat([first, last], dim=1)
+
     def conditioning(self, x: Tensor, first: Tensor, last: Tensor | None) -> Inpainting:
         """Fix the state at t=0 to ``first`` (B, S) and, if given, at t=H-1 to ``last`` (B, S)."""
         mask = torch.zeros_like(x, dtype=torch.bool)
@@ -253,7 +287,9 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         decision_diffuser = self.mode == "decision_diffuser"
         plans = self.ema_model.sample(
             shape,
-            rows.new_full((b * n, 1), self.target_return) if decision_diffuser else None,
+            rows.new_full((b * n, 1), self.target_return)
+            if decision_diffuser
+            else self.endpoint_cond(rows[:, self.state_slice], goal),
             sampler=self.sampler,
             x_T=x_start,
             start_step=start_step,
@@ -279,6 +315,25 @@ class DiffuserPolicy(RecedingHorizonPolicy):
             return plans[:, :k, : self.action_dim].clamp(-1.0, 1.0)
         states = self.states_of(plans)
         return self.inverse(states[:, :k], states[:, 1 : k + 1])
+
+    def step_actions(self, plans: Tensor, step: Tensor, features: Tensor) -> Tensor:
+        """Planned actions, or with ``tracking`` the PD action toward planned state ``step + 1``
+        (past the plan's end: its last position at rest), scaled to [-1, 1] by the action bounds."""
+        if self.tracking is None:
+            return super().step_actions(plans, step, features)
+        kp, kd = self.tracking
+        states = self.raw_states(plans)  # (n, H, S) in the observation's units
+        rows = torch.arange(len(step), device=step.device)
+        target = states[rows, (step + 1).clamp_max(self.segment_horizon - 1)]
+        target[step + 1 >= self.segment_horizon, self.action_dim :] = 0.0
+        current = self.obs_normalizer.unnormalize(features)[:, self.state_slice]
+        a = self.action_dim
+        raw = kp * (target[:, :a] - current[:, :a]) + kd * (target[:, a:] - current[:, a:])
+        low, high = (
+            torch.as_tensor(b, device=raw.device, dtype=raw.dtype)
+            for b in (self.action_space.low, self.action_space.high)
+        )  # type: ignore[attr-defined]
+        return (2 * (raw - low) / (high - low) - 1).clamp(-1.0, 1.0)
 
     def _guidance(self) -> ClassifierGuidance | None:
         if self.value is None or self.guide_scale == 0:
@@ -307,7 +362,7 @@ class DiffuserPolicy(RecedingHorizonPolicy):
 
     def _warm_start(self, previous: Tensor, noise: Randomness) -> tuple[Tensor, int]:
         """Shift a plan by the executed steps (repeating its end) and noise it to ``warm_start_steps``."""
-        k = self.n_action_steps
+        k = min(self.n_action_steps, self.segment_horizon)
         shifted = torch.cat([previous[:, k:], previous[:, -1:].expand(-1, k, -1)], dim=1)
         step = self.warm_start_steps - 1
         t = torch.full((shifted.shape[0],), step, dtype=torch.long, device=shifted.device)

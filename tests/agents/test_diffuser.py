@@ -173,3 +173,42 @@ def test_decision_diffuser_executes_inverse_dynamics_actions():
     plans = torch.randn(2, 8, 4)
     expected = policy.inverse(plans[:, :3], plans[:, 1:4])
     torch.testing.assert_close(policy.plan_actions(plans), expected)
+
+
+def test_tracking_is_a_pd_controller_toward_the_next_planned_state():
+    policy = make_policy(
+        state_key="observation", goal_key="desired_goal", tracking=(2.0, 0.5), n_action_steps=20
+    )
+    plans = torch.randn(3, 8, policy.x_dim) * 0.1
+    features = observations(3)[:, 0]
+    step = torch.tensor([0, 6, 15])  # the last row has run past the plan's end (held at its last position)
+    with torch.no_grad():
+        actions = policy.step_actions(plans, step, features)
+        planned = policy.raw_states(plans)
+        current = policy.obs_normalizer.unnormalize(features)[:, policy.state_slice]
+    targets = torch.stack([planned[0, 1], planned[1, 7], torch.cat([planned[2, 7, :2], torch.zeros(2)])])
+    expected = 2.0 * (targets[:, :2] - current[:, :2]) + 0.5 * (targets[:, 2:] - current[:, 2:])
+    torch.testing.assert_close(actions, expected.clamp(-1, 1))  # action bounds are [-1, 1]
+    with pytest.raises(ValueError, match="position, velocity"):
+        make_policy(spaces.Box(-5.0, 5.0, (3,), np.float32), tracking=(1.0, 1.0))
+
+
+def test_endpoint_condition_feeds_the_inpainted_states_to_the_unet(monkeypatch):
+    policy = make_policy(state_key="observation", goal_key="desired_goal", n_plans=1, endpoint_condition=True)
+    unet = policy.ema_model.denoiser
+    assert unet.cond_dim == 2 * policy.state_dim
+    seen = []
+    forward = unet.forward
+    monkeypatch.setattr(
+        unet, "forward", lambda x, t, cond=None, mask=None: seen.append(cond) or forward(x, t, cond, mask)
+    )
+    history = observations(2)
+    with torch.no_grad():
+        policy.plan(history, None, deterministic=True)
+    start = history[:, -1, policy.state_slice]
+    expected = torch.cat([start, policy._goal_state(history[:, -1])], dim=1)
+    assert len(seen) == policy.ema_model.num_timesteps and all(torch.equal(c, expected) for c in seen)
+    with pytest.raises(ValueError, match="endpoint_condition"):
+        make_policy(
+            spaces.Box(-5.0, 5.0, (4,), np.float32), mode="decision_diffuser", endpoint_condition=True
+        )
