@@ -13,6 +13,7 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,10 @@ ALGORITHMS = {
     "idql": "diffgym.agents.idql:IDQL",
     "diffuser": "diffgym.agents.diffuser:DiffuserPlanner",
     "diffusion_policy": "diffgym.agents.diffusion_policy:DiffusionPolicy",
+    "madiff": "diffgym.agents.madiff:MADiff",
 }
+#: agents of a PettingZoo team (their --env is a ParallelEnv)
+TEAM_ALGORITHMS = frozenset({"madiff"})
 #: benchmark name -> "module:function" taking the parsed extra arguments
 BENCHMARKS = {
     "core": "diffgym.zoo.benchmarks.core:main",
@@ -213,7 +217,12 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:
         description="Train a diffusion agent offline (gradient steps on a dataset), then evaluate and save it.",
     )
     train.add_argument("algo", choices=sorted(ALGORITHMS), help="the agent")
-    train.add_argument("--env", required=True, help="Gymnasium env id, e.g. Hopper-v5")
+    train.add_argument(
+        "--env",
+        help="Gymnasium env id, e.g. Hopper-v5; for madiff a PettingZoo parallel env such as "
+        "mpe2.simple_spread_v3 (default: the one the dataset records)",
+    )
+    train.add_argument("--env-kwargs", default="{}", help="JSON of the PettingZoo env's arguments (madiff)")
     train.add_argument("--dataset", required=True, help="Minari id, Minari directory or D4RL-layout .hdf5")
     train.add_argument("--steps", type=int, default=10_000, help="gradient steps (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -232,8 +241,6 @@ def train_agent(args: argparse.Namespace) -> int:
     """``diffgym train``: learn, evaluate (deterministic actions), report, save."""
     import gymnasium as gym
     import torch
-    from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.monitor import Monitor
 
     from diffgym.data import load_dataset
     from diffgym.scores import get_reference
@@ -241,8 +248,13 @@ def train_agent(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     cls = _resolve(ALGORITHMS[args.algo])
-    env = gym.make(args.env)
     dataset = load_dataset(args.dataset, download=True)
+    if args.algo in TEAM_ALGORITHMS:
+        env, evaluate = _team_env(args, dataset)
+    elif args.env is None:
+        raise ValueError(f"diffgym train {args.algo}: --env is required")
+    else:
+        env, evaluate = gym.make(args.env), _single_agent_evaluation(args)
     behaviour = np.mean([episode.rewards.sum() for episode in dataset.iterate_episodes()])
     print(f"dataset {dataset.id}: {dataset.total_steps} transitions, mean episode return {behaviour:.1f}")
     model = cls(
@@ -259,11 +271,7 @@ def train_agent(args: argparse.Namespace) -> int:
     print(
         f"trained {cls.__name__}: {args.steps} gradient steps in {seconds:.0f} s ({args.steps / seconds:.1f}/s)"
     )
-    eval_env = Monitor(gym.make(args.env))
-    eval_env.reset(seed=args.seed + 1000)
-    returns, _ = evaluate_policy(
-        model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True, return_episode_rewards=True
-    )
+    returns = evaluate(model)
     mean, std = float(np.mean(returns)), float(np.std(returns))
     print(
         f"evaluation over {args.eval_episodes} episodes: return {mean:.1f} ± {std:.1f} (dataset: {behaviour:.1f})"
@@ -274,10 +282,56 @@ def train_agent(args: argparse.Namespace) -> int:
         print(f"normalised score {score:.1f} (references: {reference.source})")
     except KeyError:
         pass
-    path = model_path(args.save or f"{args.algo}_{args.env}")
+    path = model_path(args.save or f"{args.algo}_{args.env or dataset.id.replace('/', '_')}")
     model.save(path)
     print(f"saved {path}")
     return 0
+
+
+def _single_agent_evaluation(args: argparse.Namespace) -> Callable[[Any], list[float]]:
+    """Episode returns of ``args.eval_episodes`` deterministic episodes in a fresh ``args.env``."""
+    import gymnasium as gym
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+
+    def evaluate(model: Any) -> list[float]:
+        eval_env = Monitor(gym.make(args.env))
+        eval_env.reset(seed=args.seed + 1000)
+        returns, _ = evaluate_policy(
+            model,
+            eval_env,
+            n_eval_episodes=args.eval_episodes,
+            deterministic=True,
+            return_episode_rewards=True,
+        )
+        return list(returns)  # type: ignore[arg-type]
+
+    return evaluate
+
+
+def _team_env(args: argparse.Namespace, dataset: Any) -> tuple[Any, Callable[[Any], list[float]]]:
+    """The PettingZoo env of a team agent (``--env`` or the dataset's) and its team-return evaluation."""
+    from diffgym.data import make_parallel_env, recover_parallel_env
+    from diffgym.wrappers import evaluate_team
+
+    env = (
+        make_parallel_env(args.env, json.loads(args.env_kwargs))
+        if args.env
+        else recover_parallel_env(dataset)
+    )
+
+    def evaluate(model: Any) -> list[float]:
+        returns, _ = evaluate_team(
+            model,
+            env,
+            args.eval_episodes,
+            deterministic=True,
+            seed=args.seed + 1000,
+            return_episode_rewards=True,
+        )
+        return list(returns)  # type: ignore[arg-type]
+
+    return env, evaluate
 
 
 # --------------------------------------------------------------------------- benchmark

@@ -73,6 +73,26 @@ def test_train_evaluates_and_saves(tmp_path, capsys):
     assert (tmp_path / "dql.zip").exists()
 
 
+def test_train_madiff_on_the_env_its_dataset_records(tmp_path, capsys):
+    from mpe2 import simple_spread_v3
+
+    from diffgym.data import collect_multiagent_dataset
+
+    kwargs = {"N": 3, "max_cycles": 8, "continuous_actions": True}
+    collect_multiagent_dataset(
+        simple_spread_v3.parallel_env(**kwargs), None, "test/spread/random-v0", n_episodes=4,
+        env_id="mpe2.simple_spread_v3", env_kwargs=kwargs,
+    )  # fmt: skip
+    small = '{"policy_kwargs": {"horizon": 4, "dim": 16, "dim_mults": [1, 2], "sampler": {"name": "ddim", "num_steps": 2}}}'
+    argv = ["train", "madiff", "--dataset", "test/spread/random-v0", "--steps", "5", "--eval-episodes", "1"]
+    argv += ["--kwargs", small, "--save", str(tmp_path / "team"), "--no-progress", "--threads", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trained MADiff: 5 gradient steps" in out and "evaluation over 1 episodes" in out
+    assert (tmp_path / "team.zip").exists()
+    assert main(["train", "dql", "--dataset", "test/spread/random-v0"]) == 1  # single-agent agents need --env
+
+
 def test_data_make_overwrite(capsys):
     make = ["data", "make", "--env", "Pendulum-v1", "--steps", "50", "--id", "test/pendulum/again-v0"]
     assert main(make) == 0
