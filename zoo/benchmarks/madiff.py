@@ -100,6 +100,9 @@ class PerAgentBC(nn.Module):
     ``predict({agent: obs}, state, episode_start, deterministic)`` as :func:`evaluate_team` calls it.
     """
 
+    mean: Tensor  # (n, obs_dim) observation mean per agent
+    std: Tensor  # (n, obs_dim) observation std per agent
+
     def __init__(self, agents: tuple[str, ...], obs_dim: int, action_dim: int, hidden: int = 256) -> None:
         super().__init__()
         self.agents = agents
@@ -230,7 +233,7 @@ def render_clip(runs: list[dict[str, Any]]) -> Path:
     """One episode of the best-scoring MADiff model, every other pixel, as a GIF."""
     best = max((r for r in runs if r["agent"] != "bc"), key=lambda r: r["score"])
     model = MADiff.load(best["model"])
-    frames: list[np.ndarray] = []
+    frames: list[Any] = []
     evaluate_team(
         model,
         make_env("rgb_array"),
