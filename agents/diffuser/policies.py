@@ -221,7 +221,9 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         self.endpoint_condition = endpoint_condition
         if self.mode == "decision_diffuser":
             if endpoint_condition:
-                raise ValueError("endpoint_condition applies to mode='diffuser' (DD conditions on the return)")
+                raise ValueError(
+                    "endpoint_condition applies to mode='diffuser' (DD conditions on the return)"
+                )
             return 1
         if not endpoint_condition:
             return 0
