@@ -166,10 +166,10 @@ def test_decentralised_predict_uses_only_the_agents_own_observation(trained, tmp
         assert not np.allclose(*own_plans)
 
 
-def test_decentralised_training_runs(drift_dataset):
-    model = MADiff(
-        "MlpPolicy", Drift(), dataset=drift_dataset, seed=0, policy_kwargs=dict(TINY, decentralized=True)
-    )
+def test_decentralised_training_with_x0_prediction_runs(drift_dataset):
+    kwargs = dict(TINY, decentralized=True, prediction="sample")
+    model = MADiff("MlpPolicy", Drift(), dataset=drift_dataset, seed=0, policy_kwargs=kwargs)
+    assert model.policy.model.prediction == "sample"
     model.learn(10)
     actions, _ = model.predict(observations(), deterministic=True)
     assert set(actions) == set(AGENTS)

@@ -9,7 +9,8 @@ local_ratio=0.5, max_cycles=25, continuous_actions=True)``, the files' env. Scor
 - **MADiff-C / MADiff-D**: one model each (``decentralized`` trains with one agent's observation
   inpainted and acts from each agent's own observation). Sized for a 2-core CPU: U-Net widths
   32·(1, 2, 4) instead of MADiff's 128·(1, 4, 8), horizon 16 instead of 24, T = 100 training steps
-  sampled with DDIM in 10 steps instead of DDPM 200, learning rate 5e-4 instead of 2e-4 for the short
+  sampled with DDIM in 10 steps instead of DDPM 200, x0-prediction instead of ε (see
+  :class:`~diffgym.agents.madiff.MADiffPolicy`), learning rate 5e-4 instead of 2e-4 for the short
   budget; fresh sampling noise when acting (``deterministic=False``), as MADiff evaluates.
 - **Per-agent BC**: an independent MLP (2 × 256, ReLU, tanh output) per agent from its own
   observation, MSE on actions scaled to [−1, 1], Adam 1e-3, batch 256.
@@ -77,6 +78,7 @@ MADIFF: dict[str, Any] = dict(
         dim=32,
         dim_mults=(1, 2, 4),
         sampler={"name": "ddim", "num_steps": 10},
+        prediction="sample",  # x0-prediction: MADiff's epsilon-model diverged at this budget (policy doc)
         cfg_weight=1.2,  # MADiff MPE: 1.2
         target_return=0.9,
     ),
