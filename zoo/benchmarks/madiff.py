@@ -231,6 +231,15 @@ def latency(model: MADiff) -> dict[str, float]:
     }
 
 
+def remeasure_latency() -> None:
+    """Measure every saved MADiff run's latency again (the runs measure theirs beside each other)."""
+    for path in sorted(RUNS_DIR.glob("*_s*.json")):
+        record = json.loads(path.read_text())
+        if "model" in record:
+            record["latency"] = latency(MADiff.load(record["model"])) | {"remeasured": True}
+            path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def render_clip(runs: list[dict[str, Any]]) -> Path:
     """One episode of the best-scoring MADiff model, every other pixel, as a GIF."""
     best = max((r for r in runs if r["agent"] != "bc"), key=lambda r: r["score"])
@@ -311,8 +320,9 @@ def _markdown(runs: list[dict[str, Any]]) -> str:
         ),
         "## Decision latency",
         "`predict` at batch 1 planning from scratch (DDIM 10 steps, classifier-free guidance, inverse dynamics), "
-        "median of 20, against one bare U-Net forward at one denoising step's batch (2 rows for MADiff-C, "
-        "2 × 3 for MADiff-D).",
+        "median of 20 on the otherwise idle machine (`--latency`), against one bare U-Net forward at one denoising "
+        "step's batch (2 rows for MADiff-C, 2 × 3 for MADiff-D). A decision makes 10 denoiser calls, so 10 is "
+        "the floor of the last column.",
         markdown_table(["dataset", "agent", "predict ms", "forward ms", "predict ÷ forward"], latency_rows),
     ]
     if clip.exists():
@@ -332,12 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder of the mpe-spread files")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--clip", action="store_true", help="render the best MADiff model")
+    parser.add_argument(
+        "--latency", action="store_true", help="re-measure the saved models' latency (on an idle machine)"
+    )
     parser.add_argument("--report", action="store_true", help="merge the runs into the report")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     RUNS_DIR.mkdir(parents=True, exist_ok=True)
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
-    if not (args.clip or args.report):
+    if not (args.clip or args.report or args.latency):
         for dataset in args.datasets:
             for agent in args.agents:
                 for seed in args.seeds:
@@ -346,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                         json.dumps(record, indent=2) + "\n"
                     )
                     print(f"{agent} {dataset} seed {seed}: score {record['score']:.1f}", flush=True)
+    if args.latency:
+        remeasure_latency()
     if args.clip:
         print(f"clip: {render_clip([json.loads(p.read_text()) for p in RUNS_DIR.glob('*_s*.json')])}")
     print(report().read_text())
