@@ -331,10 +331,8 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         current = self.obs_normalizer.unnormalize(features)[:, self.state_slice]
         a = self.action_dim
         raw = kp * (target[:, :a] - current[:, :a]) + kd * (target[:, a:] - current[:, a:])
-        low, high = (
-            torch.as_tensor(b, device=raw.device, dtype=raw.dtype)
-            for b in (self.action_space.low, self.action_space.high)
-        )  # type: ignore[attr-defined]
+        box: spaces.Box = self.action_space  # type: ignore[assignment]
+        low, high = (torch.as_tensor(b, device=raw.device, dtype=raw.dtype) for b in (box.low, box.high))
         return (2 * (raw - low) / (high - low) - 1).clamp(-1.0, 1.0)
 
     def _guidance(self) -> ClassifierGuidance | None:
