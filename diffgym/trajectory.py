@@ -54,10 +54,9 @@ def inverse_dynamics_loss(predicted: Tensor, actions: Tensor, mask: Tensor) -> T
     ``mask``: (B, H) real steps (the next state of an episode's last step is its final observation,
     repeated by the padding, so every real step has one). -> scalar.
     """
-    real = mask[:, :-1].reshape(*mask[:, :-1].shape, *(1,) * (predicted.dim() - 2)).to(predicted.dtype)
-    error = ((predicted - actions[:, :-1]) ** 2 * real).sum()
-    per_row = predicted[0, 0].numel()
-    return error / (real.sum() * per_row).clamp_min(1)
+    real = mask[:, :-1].to(predicted.dtype)
+    error = ((predicted - actions[:, :-1]) ** 2).flatten(2).sum(dim=2)  # (B, H - 1)
+    return (error * real).sum() / (real.sum() * predicted[0, 0].numel()).clamp_min(1)
 
 
 class SegmentBatches:

@@ -152,14 +152,15 @@ class DiffuserPolicy(RecedingHorizonPolicy):
                 f"tracking needs a planned state of [position, velocity] with {2 * self.action_dim} entries "
                 f"(2 x the action size), got {self.state_dim}"
             )
+        if endpoint_condition and mode == "decision_diffuser":
+            raise ValueError("endpoint_condition applies to mode='diffuser' (DD conditions on the return)")
+        self.endpoint_condition = endpoint_condition
         self.n_plans = n_plans if mode == "diffuser" else 1
         self.guide_scale, self.guide_stop_below = guide_scale, guide_stop_below
         self.cfg_weight, self.cond_drop_prob, self.target_return = cfg_weight, cond_drop_prob, target_return
         planning_actions = mode == "diffuser"
         self.x_dim = self.state_dim + (self.action_dim if planning_actions else 0)
-        denoiser = TemporalUnet(
-            self.x_dim, cond_dim=self._cond_dim(endpoint_condition), dim=dim, dim_mults=dim_mults
-        )
+        denoiser = TemporalUnet(self.x_dim, cond_dim=self._cond_dim(), dim=dim, dim_mults=dim_mults)
         schedule = NoiseSchedule.make("cosine", num_timesteps)  # both papers' schedule
         default_prediction: PredictionType = "sample" if planning_actions else "epsilon"
         clip_range = None
@@ -216,16 +217,11 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         """The state part of trajectories: (B, H, x_dim) -> (B, H, state_dim)."""
         return x[..., self.x_dim - self.state_dim :]
 
-    def _cond_dim(self, endpoint_condition: bool) -> int:
+    def _cond_dim(self) -> int:
         """The U-Net's condition size: DD's return (1), the inpainted states (S or 2 S), or none."""
-        self.endpoint_condition = endpoint_condition
         if self.mode == "decision_diffuser":
-            if endpoint_condition:
-                raise ValueError(
-                    "endpoint_condition applies to mode='diffuser' (DD conditions on the return)"
-                )
             return 1
-        if not endpoint_condition:
+        if not self.endpoint_condition:
             return 0
         return self.state_dim * (2 if self.goal_slice is not None else 1)
 
@@ -324,9 +320,9 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         if self.tracking is None:
             return super().step_actions(plans, step, features)
         kp, kd = self.tracking
-        states = self.raw_states(plans)  # (n, H, S) in the observation's units
         rows = torch.arange(len(step), device=step.device)
-        target = states[rows, (step + 1).clamp_max(self.segment_horizon - 1)]
+        next_step = plans[rows, (step + 1).clamp_max(self.segment_horizon - 1)]  # (n, x_dim)
+        target = self.raw_states(next_step[:, None])[:, 0]  # (n, S) in the observation's units
         target[step + 1 >= self.segment_horizon, self.action_dim :] = 0.0
         current = self.obs_normalizer.unnormalize(features)[:, self.state_slice]
         a = self.action_dim
