@@ -40,8 +40,10 @@ class DiffuserPlanner(SequenceAlgorithm):
 
     Deliberate differences:
 
-    - Observations are standardised (Diffuser's locomotion normaliser; its maze2d setting
-      uses min-max limits), actions scaled to [-1, 1] by the action bounds; x0 is not clipped.
+    - Diffuser: observations are standardised (its locomotion normaliser; its maze2d setting uses
+      min-max limits), actions scaled to [-1, 1] by the action bounds; x0 is not clipped.
+      DD: observations are mapped to [-1, 1] by the data's min and max and x0 is clipped there; DD
+      maps them by each dimension's empirical CDF instead, which spreads heavy-tailed dimensions.
     - The value network pools over the horizon (see :class:`~diffgym.denoisers.TemporalValueNet`)
       and learns the standardised return, so ``guide_scale`` is in standard deviations of return;
       guidance is one score-form step per denoising step (Diffuser takes ``n_guide_steps=2``

@@ -92,7 +92,10 @@ class DiffuserPolicy(RecedingHorizonPolicy):
             which conditions by inpainting alone; see the agent's docstring for why).
         normalizer: ``"gaussian"`` (standardise observations: Diffuser's locomotion setting) or
             ``"limits"`` (map the data's range to [-1, 1] and clip every x0 estimate to it: Diffuser's
-            maze2d ``LimitsNormalizer`` with ``clip_denoised=True``).
+            maze2d ``LimitsNormalizer`` with ``clip_denoised=True``, and DD's ``clip_denoised`` on
+            its [-1, 1] CDF normaliser). None: ``"gaussian"`` for Diffuser, ``"limits"`` for DD, whose
+            ε-prediction on the cosine schedule diverges unclipped (the last DDPM step multiplies by
+            1 / sqrt(alpha_T) ≈ 32: planned hopper states had a standard deviation of 89).
         deterministic_seed, normalize_observations: see :class:`~diffgym.policies.DiffusionBasePolicy`.
     """
 
@@ -129,7 +132,7 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         inverse_hidden: int = 256,
         tracking: tuple[float, float] | None = None,
         endpoint_condition: bool = False,
-        normalizer: Literal["gaussian", "limits"] = "gaussian",
+        normalizer: Literal["gaussian", "limits"] | None = None,
     ) -> None:
         if mode not in ("diffuser", "decision_diffuser"):
             raise ValueError(f"mode must be 'diffuser' or 'decision_diffuser', got {mode!r}")
@@ -164,6 +167,7 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         schedule = NoiseSchedule.make("cosine", num_timesteps)  # both papers' schedule
         default_prediction: PredictionType = "sample" if planning_actions else "epsilon"
         clip_range = None
+        normalizer = normalizer or ("gaussian" if planning_actions else "limits")
         if normalizer == "limits":
             self.obs_normalizer = MinMaxNormalizer(self.obs_dim)
             clip_range = (-1.0, 1.0)

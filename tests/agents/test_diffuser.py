@@ -212,3 +212,18 @@ def test_endpoint_condition_feeds_the_inpainted_states_to_the_unet(monkeypatch):
         make_policy(
             spaces.Box(-5.0, 5.0, (4,), np.float32), mode="decision_diffuser", endpoint_condition=True
         )
+
+
+def test_decision_diffuser_plans_stay_in_the_data_range_by_default():
+    """DD's ε-prediction on the cosine schedule is clipped to the normalised data range (its
+    ``clip_denoised``); unclipped, the last DDPM step alone scales the ε error by 1 / sqrt(alpha_T)."""
+    space = spaces.Box(-5.0, 5.0, (4,), np.float32)
+    policy = make_policy(space, mode="decision_diffuser")
+    data = torch.randn(100, 4, generator=torch.Generator().manual_seed(9)) * 2 + 1  # as make_policy fits
+    with torch.no_grad():  # planned steps after the inpainted start
+        states = policy.raw_states(policy.plan(observations(5)[..., :4], None, deterministic=False))[:, 1:]
+    assert (states >= data.min(0).values - 1e-4).all() and (states <= data.max(0).values + 1e-4).all()
+    unclipped = make_policy(space, mode="decision_diffuser", normalizer="gaussian")
+    with torch.no_grad():
+        wild = unclipped.raw_states(unclipped.plan(observations(5)[..., :4], None, deterministic=False))[:, 1:]
+    assert (wild.abs() > data.abs().max()).any()  # what the clipping prevents
