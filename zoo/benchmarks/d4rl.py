@@ -38,6 +38,7 @@ from diffgym.zoo.benchmarks.report import (
     hardware_line,
     markdown_table,
     median_ms,
+    write_json,
     write_report,
 )
 from diffgym.zoo.benchmarks.td3bc import TD3BC
@@ -174,7 +175,7 @@ def remeasure_latency() -> None:
         model = AGENTS[record["agent"]].load(MODELS_DIR / f"d4rl_{path.stem}")
         record["latency"] = predict_latency(model, gym.make(record["env_id"]))
         record["latency_measured"] = "re-measured alone on the machine, 1 torch thread"
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(path, record)
 
 
 def report() -> Path:
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in args.seeds:
                     record = run_one(agent, dataset, seed, args)
                     target = RUNS_DIR / f"{agent}_{dataset}_s{seed}.json"
-                    target.write_text(json.dumps(record, indent=2) + "\n")
+                    write_json(target, record)
                     print(
                         f"{agent} {dataset} seed {seed}: last {record['last_score']:.1f}, best "
                         f"{record['best_score']:.1f}, {record['gradient_steps_per_second']:.1f} steps/s",

@@ -57,6 +57,7 @@ from diffgym.zoo.benchmarks.report import (
     hardware_line,
     markdown_table,
     median_ms,
+    write_json,
     write_report,
 )
 
@@ -237,7 +238,7 @@ def remeasure_latency() -> None:
         record = json.loads(path.read_text())
         if "model" in record:
             record["latency"] = latency(MADiff.load(record["model"])) | {"remeasured": True}
-            path.write_text(json.dumps(record, indent=2) + "\n")
+            write_json(path, record)
 
 
 def render_clip(runs: list[dict[str, Any]]) -> Path:
@@ -254,9 +255,7 @@ def render_clip(runs: list[dict[str, Any]]) -> Path:
         callback=lambda env: frames.append(env.render()[::2, ::2]),
     )
     imageio.mimsave(CLIP, frames, duration=0.1, loop=0)
-    (RUNS_DIR / "clip.json").write_text(
-        json.dumps({"run": f"{best['agent']} {best['dataset']} s{best['seed']}"}) + "\n"
-    )
+    write_json(RUNS_DIR / "clip.json", {"run": f"{best['agent']} {best['dataset']} s{best['seed']}"})
     return CLIP
 
 
@@ -355,9 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             for agent in args.agents:
                 for seed in args.seeds:
                     record = run_one(agent, dataset, seed, args)
-                    (RUNS_DIR / f"{dataset}_{agent}_s{seed}.json").write_text(
-                        json.dumps(record, indent=2) + "\n"
-                    )
+                    write_json(RUNS_DIR / f"{dataset}_{agent}_s{seed}.json", record)
                     print(f"{agent} {dataset} seed {seed}: score {record['score']:.1f}", flush=True)
     if args.latency:
         remeasure_latency()

@@ -58,6 +58,7 @@ from diffgym.zoo.benchmarks.report import (
     hardware_line,
     markdown_table,
     median_ms,
+    write_json,
     write_report,
 )
 
@@ -287,7 +288,7 @@ def train(
         "final_losses": model._monitor.means,
         "hyperparameters": {"learning_rate": model.learning_rate, **kwargs},
     }
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(path.with_suffix(".json"), record)
     return model, record
 
 
@@ -466,6 +467,6 @@ def main(argv: list[str] | None = None) -> int:
         RUNS_DIR.mkdir(parents=True, exist_ok=True)
         for task in args.tasks:
             record = run_task(task, args)
-            (RUNS_DIR / f"{task}_s{args.seed}.json").write_text(json.dumps(record, indent=2) + "\n")
+            write_json(RUNS_DIR / f"{task}_s{args.seed}.json", record)
     print(report().read_text())
     return 0

@@ -43,6 +43,7 @@ from diffgym.zoo.benchmarks.report import (
     hardware_line,
     markdown_table,
     median_ms,
+    write_json,
     write_report,
 )
 
@@ -235,7 +236,7 @@ def measure_latency(args: argparse.Namespace) -> None:
             rows = planning_latency(model.policy, task.make_env())
             results.append({"task": task_name, "agent": agent, "trained": saved.exists(), "rows": rows})
             print(task_name, agent, [f"{r['sampler']}: {r['decision_ms']:.1f} ms" for r in rows], flush=True)
-    (RUNS_DIR / "latency.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(RUNS_DIR / "latency.json", results)
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -382,9 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                         record = evaluate_checkpoint(agent, task, seed, args.episodes)
                     else:
                         record = run_one(agent, task, seed, args)
-                    (RUNS_DIR / f"{agent}_{task}_s{seed}.json").write_text(
-                        json.dumps(record, indent=2) + "\n"
-                    )
+                    write_json(RUNS_DIR / f"{agent}_{task}_s{seed}.json", record)
                     print(f"{agent} {task} seed {seed}: score {record['score']:.1f}", flush=True)
     if args.latency:
         measure_latency(args)

@@ -62,15 +62,25 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_text(path: Path, content: str) -> None:
+    """Replace ``path`` with ``content`` only once it is fully written (a killed run leaves the old file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(content)
+    partial.replace(path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON at ``path``, written atomically (see :func:`write_text`)."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
 def write_report(name: str, results: dict[str, Any], markdown: str, directory: Path = RESULTS_DIR) -> Path:
     """Write ``<name>.json`` and ``<name>.md`` (atomically) and return the Markdown path."""
-    directory.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     payload = {"benchmark": name, "date": stamp, "hardware": hardware(), **results}
-    text = f"{markdown}\n\nRun {stamp} on {hardware_line(payload['hardware'])}.\n"
-    for suffix, content in ((".json", json.dumps(payload, indent=2) + "\n"), (".md", text)):
-        target = directory / f"{name}{suffix}"
-        partial = target.with_suffix(suffix + ".partial")
-        partial.write_text(content)
-        partial.replace(target)
+    write_json(directory / f"{name}.json", payload)
+    write_text(
+        directory / f"{name}.md", f"{markdown}\n\nRun {stamp} on {hardware_line(payload['hardware'])}.\n"
+    )
     return directory / f"{name}.md"
