@@ -223,6 +223,9 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
     supports_online: ClassVar[bool] = True
     #: action spaces the agent accepts (a team of agents has a ``Dict`` of per-agent spaces)
     action_space_types: ClassVar[tuple[type[spaces.Space], ...]] = (spaces.Box,)
+    #: the optimizers (by their name in ``policy.optimizers()``) that the learning-rate schedule and
+    #: ``lr_decay`` drive; None: all of them (IDQL and IQL anneal the actor only)
+    scheduled_optimizers: ClassVar[tuple[str, ...] | None] = None
     #: constructor arguments saved in the model file (besides ``policy_kwargs``)
     saved_hyperparameters: ClassVar[tuple[str, ...]] = (
         "learning_rate",
@@ -435,9 +438,14 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
             self.logger.record(f"train/{name}", value)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
 
+    def _scheduled_optimizers(self) -> list[torch.optim.Optimizer]:
+        named = self.policy.optimizers()
+        names = named if self.scheduled_optimizers is None else self.scheduled_optimizers
+        return [named[name] for name in names]
+
     def _gradient_step(self, batch: Any) -> None:
         self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
-        self._update_learning_rate(list(self.policy.optimizers().values()))
+        self._update_learning_rate(self._scheduled_optimizers())
         if not self.policy.training:  # predict() (e.g. an EvalCallback) switched to eval mode
             self.policy.set_training_mode(True)
         stats = self.train_step(self._prepare_batch(batch))

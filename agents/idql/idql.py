@@ -88,6 +88,9 @@ class IDQL(DiffusionAlgorithm):
     """
 
     policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": IDQLPolicy, "MultiInputPolicy": IDQLPolicy}
+    scheduled_optimizers = (
+        "actor",
+    )  # the schedule (and lr_decay) drives the actor only, as the official code
     policy: IDQLPolicy
     saved_hyperparameters = (*DiffusionAlgorithm.saved_hyperparameters, "expectile", "ema_start")
 
@@ -109,10 +112,6 @@ class IDQL(DiffusionAlgorithm):
     def _setup_model(self) -> None:
         super()._setup_model()
         self.policy.expectile = self.expectile
-
-    def _update_learning_rate(self, optimizers: Any) -> None:
-        """The schedule (and ``lr_decay``) drives the actor only, as in the official code."""
-        super()._update_learning_rate(self.policy.actor_optimizer)
 
     def train_step(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         value_stats = self._update_value(batch)

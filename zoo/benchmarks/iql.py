@@ -124,6 +124,9 @@ class IQL(DiffusionAlgorithm):
     """
 
     policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": IQLPolicy, "MultiInputPolicy": IQLPolicy}
+    scheduled_optimizers = (
+        "actor",
+    )  # the schedule (and lr_decay) drives the actor only, as the official code
     policy: IQLPolicy
     saved_hyperparameters = (*DiffusionAlgorithm.saved_hyperparameters, "expectile", "beta")
 
@@ -141,10 +144,6 @@ class IQL(DiffusionAlgorithm):
         self.expectile = expectile
         self.beta = beta
         super().__init__(policy, env, dataset, reward_scale=reward_scale, lr_decay=lr_decay, **kwargs)
-
-    def _update_learning_rate(self, optimizers: Any) -> None:
-        """The schedule (and ``lr_decay``) drives the actor only, as in the official code."""
-        super()._update_learning_rate(self.policy.actor_optimizer)
 
     def train_step(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         policy = self.policy
