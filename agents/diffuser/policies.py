@@ -88,8 +88,9 @@ class DiffuserPolicy(RecedingHorizonPolicy):
             of ``2 A`` entries (Diffuser's maze2d: kp = kd = 1, one plan followed to its end and then
             held at its last position); None: execute the planned actions.
         endpoint_condition: also give the U-Net the inpainted states (start, and goal) as its condition
-            vector, so every step of the plan sees them from the first denoising step (not in Diffuser,
-            which conditions by inpainting alone; see the agent's docstring for why).
+            vector (in DD after the return, and dropped with it), so every step of the plan sees them
+            from the first denoising step (not in Diffuser or DD, which condition on states by
+            inpainting alone; see the agent's docstring for why).
         normalizer: ``"gaussian"`` (standardise observations: Diffuser's locomotion setting) or
             ``"limits"`` (map the data's range to [-1, 1] and clip every x0 estimate to it: Diffuser's
             maze2d ``LimitsNormalizer`` with ``clip_denoised=True``, and DD's ``clip_denoised`` on
@@ -155,8 +156,6 @@ class DiffuserPolicy(RecedingHorizonPolicy):
                 f"tracking needs a planned state of [position, velocity] with {2 * self.action_dim} entries "
                 f"(2 x the action size), got {self.state_dim}"
             )
-        if endpoint_condition and mode == "decision_diffuser":
-            raise ValueError("endpoint_condition applies to mode='diffuser' (DD conditions on the return)")
         self.endpoint_condition = endpoint_condition
         self.n_plans = n_plans if mode == "diffuser" else 1
         self.guide_scale, self.guide_stop_below = guide_scale, guide_stop_below
@@ -222,18 +221,20 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         return x[..., self.x_dim - self.state_dim :]
 
     def _cond_dim(self) -> int:
-        """The U-Net's condition size: DD's return (1), the inpainted states (S or 2 S), or none."""
-        if self.mode == "decision_diffuser":
-            return 1
+        """The U-Net's condition size: DD's return (1), then with ``endpoint_condition`` the inpainted
+        states (S, or 2 S with a goal)."""
+        returns = 1 if self.mode == "decision_diffuser" else 0
         if not self.endpoint_condition:
-            return 0
-        return self.state_dim * (2 if self.goal_slice is not None else 1)
+            return returns
+        return returns + self.state_dim * (2 if self.goal_slice is not None else 1)
 
-    def endpoint_cond(self, first: Tensor, last: Tensor | None) -> Tensor | None:
-        """With ``endpoint_condition``, the inpainted states (B, S) [and (B, S)] as the U-Net's condition."""
-        if not self.endpoint_condition:
-            return None
-        return first if last is None else torch.cat([first, last], dim=1)
+    def unet_condition(self, first: Tensor, last: Tensor | None, returns: Tensor | None) -> Tensor | None:
+        """The U-Net's condition (B, C), or None: DD's normalised return ``returns`` (B, 1), then with
+        ``endpoint_condition`` the inpainted start ``first`` (B, S) [and goal state ``last`` (B, S)]."""
+        parts = [returns] if self.mode == "decision_diffuser" and returns is not None else []
+        if self.endpoint_condition:
+            parts += [first] if last is None else [first, last]
+        return torch.cat(parts, dim=1) if parts else None
 
     def conditioning(self, x: Tensor, first: Tensor, last: Tensor | None) -> Inpainting:
         """Fix the state at t=0 to ``first`` (B, S) and, if given, at t=H-1 to ``last`` (B, S)."""
@@ -289,9 +290,9 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         decision_diffuser = self.mode == "decision_diffuser"
         plans = self.ema_model.sample(
             shape,
-            rows.new_full((b * n, 1), self.target_return)
-            if decision_diffuser
-            else self.endpoint_cond(rows[:, self.state_slice], goal),
+            self.unet_condition(
+                rows[:, self.state_slice], goal, rows.new_full((b * n, 1), self.target_return)
+            ),
             sampler=self.sampler,
             x_T=x_start,
             start_step=start_step,

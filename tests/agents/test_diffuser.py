@@ -208,10 +208,27 @@ def test_endpoint_condition_feeds_the_inpainted_states_to_the_unet(monkeypatch):
     start = history[:, -1, policy.state_slice]
     expected = torch.cat([start, policy._goal_state(history[:, -1])], dim=1)
     assert len(seen) == policy.ema_model.num_timesteps and all(torch.equal(c, expected) for c in seen)
-    with pytest.raises(ValueError, match="endpoint_condition"):
-        make_policy(
-            spaces.Box(-5.0, 5.0, (4,), np.float32), mode="decision_diffuser", endpoint_condition=True
-        )
+
+
+def test_decision_diffuser_endpoint_condition_follows_the_return(monkeypatch):
+    policy = make_policy(
+        spaces.Box(-5.0, 5.0, (4,), np.float32), mode="decision_diffuser", endpoint_condition=True
+    )
+    unet = policy.ema_model.denoiser
+    assert unet.cond_dim == 1 + policy.state_dim
+    seen = []
+    forward = unet.forward
+    monkeypatch.setattr(
+        unet,
+        "forward",
+        lambda x, t, cond=None, mask=None: seen.append((cond, mask)) or forward(x, t, cond, mask),
+    )
+    history = observations(2)[..., :4]
+    with torch.no_grad():
+        policy.plan(history, None, deterministic=True)
+    cond, mask = seen[0]  # classifier-free guidance: the batch doubled, the second half's condition dropped
+    expected = torch.cat([torch.full((2, 1), policy.target_return), history[:, -1]], dim=1)
+    assert torch.equal(cond, torch.cat([expected, expected])) and mask.tolist() == [True, True, False, False]
 
 
 def test_decision_diffuser_plans_stay_in_the_data_range_by_default():
@@ -225,5 +242,7 @@ def test_decision_diffuser_plans_stay_in_the_data_range_by_default():
     assert (states >= data.min(0).values - 1e-4).all() and (states <= data.max(0).values + 1e-4).all()
     unclipped = make_policy(space, mode="decision_diffuser", normalizer="gaussian")
     with torch.no_grad():
-        wild = unclipped.raw_states(unclipped.plan(observations(5)[..., :4], None, deterministic=False))[:, 1:]
+        wild = unclipped.raw_states(unclipped.plan(observations(5)[..., :4], None, deterministic=False))[
+            :, 1:
+        ]
     assert (wild.abs() > data.abs().max()).any()  # what the clipping prevents
