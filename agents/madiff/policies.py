@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from diffgym.denoisers import MultiAgentTemporalUnet, make_ema
 from diffgym.diffusion import GaussianDiffusion, PredictionType
 from diffgym.guidance import ClassifierFreeGuidance, Inpainting
 from diffgym.networks import InverseDynamics, make_adam
-from diffgym.normalizers import GaussianNormalizer
+from diffgym.normalizers import GaussianNormalizer, MinMaxNormalizer
 from diffgym.samplers import Sampler, make_sampler
 from diffgym.schedules import NoiseSchedule
 from diffgym.trajectory import PlanState, RecedingHorizonPolicy, SegmentBatches
@@ -63,8 +63,11 @@ class MADiffPolicy(RecedingHorizonPolicy):
         prediction: what the U-Net predicts, ``"epsilon"`` (MADiff, Decision Diffuser) or ``"sample"``
             (x0, as Diffuser). At CPU budgets the ε-model is the weak one: its x0 estimate at the noisiest
             step is ``(x - s ε̂) / a`` with ``1 / a`` in the thousands for the cosine schedule, and after 5k
-            steps on MPE its ε error there was still 0.28, so plans diverged; x0-prediction has no such
-            amplification (the benchmark uses it).
+            steps on MPE its ε error there was still 0.28, so unclipped plans diverged; x0-prediction has
+            no such amplification.
+        normalizer: ``"limits"`` (map each observation entry's data range to [-1, 1] and clip every x0
+            estimate to it, as MADiff's ``clip_denoised`` on its [-1, 1] CDF normaliser, which keeps
+            ε-prediction bounded) or ``"gaussian"`` (standardise; x0 unclipped).
         deterministic_seed, normalize_observations: see :class:`~diffgym.policies.DiffusionBasePolicy`.
     """
 
@@ -107,6 +110,7 @@ class MADiffPolicy(RecedingHorizonPolicy):
         target_return: float = 0.9,
         inverse_hidden: int = 256,
         prediction: PredictionType = "epsilon",
+        normalizer: Literal["gaussian", "limits"] = "limits",
     ) -> None:
         obs_spaces: spaces.Dict = self.observation_space  # type: ignore[assignment]
         act_spaces: spaces.Dict = self.action_space  # type: ignore[assignment]
@@ -125,7 +129,10 @@ class MADiffPolicy(RecedingHorizonPolicy):
         self.agent_obs_dim, self.agent_action_dim = max(self.observation_dims), max(self.action_dims)
         self.obs_dim = self.n_agents * self.agent_obs_dim
         self.action_dim = self.n_agents * self.agent_action_dim
-        self.obs_normalizer = GaussianNormalizer(self.obs_dim)
+        if normalizer not in ("gaussian", "limits"):
+            raise ValueError(f"normalizer must be 'gaussian' or 'limits', got {normalizer!r}")
+        limits = normalizer == "limits"
+        self.obs_normalizer = MinMaxNormalizer(self.obs_dim) if limits else GaussianNormalizer(self.obs_dim)
         self.n_obs_steps, self.n_action_steps, self.segment_horizon = 1, n_action_steps, horizon
         self.decentralized = decentralized
         self.cfg_weight, self.cond_drop_prob, self.target_return = cfg_weight, cond_drop_prob, target_return
@@ -134,7 +141,7 @@ class MADiffPolicy(RecedingHorizonPolicy):
             agent_attention=agent_attention,
         )  # fmt: skip
         schedule = NoiseSchedule.make("cosine", num_timesteps)  # MADiff's (Decision Diffuser's) schedule
-        self.model = GaussianDiffusion(denoiser, schedule, prediction)
+        self.model = GaussianDiffusion(denoiser, schedule, prediction, (-1.0, 1.0) if limits else None)
         self.ema = make_ema(self.model, ema_decay)
         self.sampler = make_sampler(sampler)
         self.inverse = nn.ModuleList(
