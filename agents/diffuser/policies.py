@@ -62,7 +62,10 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         mode: ``"diffuser"`` or ``"decision_diffuser"``.
         horizon: H, planned steps (Diffuser: 32 locomotion, 128 / 256 maze2d umaze / medium; DD: 100).
         num_timesteps: T, diffusion steps in training (Diffuser: 20 locomotion, 64 maze2d; DD: 200).
-        prediction: ``"sample"`` (x0: Diffuser) or ``"epsilon"`` (DD).
+        prediction: ``"sample"`` (x0: Diffuser) or ``"epsilon"`` (DD); None: the paper's. At CPU budgets
+            x0 is the better DD choice: after 5k steps on hopper-medium (with ``endpoint_condition``) the
+            planned s_1 was 0.010 (MSE, [-1, 1] units) from the data's against 0.057 for ε, and the
+            inverse-dynamics actions on the plans 0.20 from the data's against 0.62.
         dim, dim_mults: U-Net width and multipliers (Diffuser: 32, (1, 2, 4, 8); maze2d (1, 4, 8); DD 128, (1, 4, 8)).
         sampler: sampler used to plan (``"ddpm"`` as the papers, or e.g. ``{"name": "ddim", "num_steps": 5}``).
         n_action_steps: actions executed per plan (1: replan every step, as both papers on locomotion;
