@@ -53,10 +53,11 @@ class MADiff(SequenceAlgorithm):
     agents' rewards, as the dataset format defines it) in [0, 1] over the dataset's segment returns,
     where MADiff feeds each agent its own return divided by a hand-set scale; no observation history
     (MADiff can condition on past observations); MADiff-D is trained with one random agent's first
-    observation inpainted (so the model learns to plan the team from one agent's view). Observations are
-    mapped to [-1, 1] by each entry's data range, with x0 clipped there (MADiff: its CDF normaliser,
-    also clipped); the U-Net is not told the episode's time step (MADiff's takes ``env_timestep``) and
-    sampling starts from unit noise (MADiff's from 0.5 · N(0, I)).
+    observation inpainted (so the model learns to plan the team from one agent's view). By default the
+    U-Net predicts x0 on standardised observations (MADiff: ε on a [-1, 1] CDF normalisation with x0
+    clipped; both ε variants failed at CPU budgets, see :class:`MADiffPolicy`); the U-Net is not told
+    the episode's time step (MADiff's takes ``env_timestep``) and sampling starts from unit noise
+    (MADiff's from 0.5 · N(0, I)).
     Offline only: ``learn(online=True)`` raises; ``total_timesteps`` counts gradient steps.
 
     Args (besides :class:`~diffgym.algorithm.DiffusionAlgorithm`'s):

@@ -60,14 +60,15 @@ class MADiffPolicy(RecedingHorizonPolicy):
         target_return: return the plans are conditioned on, in [0, 1] over the dataset's segment returns
             (MADiff conditions on a hand-set scaled return near 1).
         inverse_hidden: width of each agent's inverse-dynamics MLP (MADiff: 256).
-        prediction: what the U-Net predicts, ``"epsilon"`` (MADiff, Decision Diffuser) or ``"sample"``
-            (x0, as Diffuser). At CPU budgets the ε-model is the weak one: its x0 estimate at the noisiest
-            step is ``(x - s ε̂) / a`` with ``1 / a`` in the thousands for the cosine schedule, and after 5k
-            steps on MPE its ε error there was still 0.28, so unclipped plans diverged; x0-prediction has
-            no such amplification.
-        normalizer: ``"limits"`` (map each observation entry's data range to [-1, 1] and clip every x0
-            estimate to it, as MADiff's ``clip_denoised`` on its [-1, 1] CDF normaliser, which keeps
-            ε-prediction bounded) or ``"gaussian"`` (standardise; x0 unclipped).
+        prediction: what the U-Net predicts, ``"sample"`` (x0, as Diffuser; the default) or ``"epsilon"``
+            (MADiff, Decision Diffuser). At CPU budgets the ε-model fails on MPE spread (expert data): its
+            x0 estimate at the noisiest step is ``(x - s ε̂) / a`` with ``1 / a`` in the thousands for the
+            cosine schedule; after 5k steps its ε error there was still 0.28 and standardised, unclipped
+            plans diverged (score -10); clipped on ``"limits"`` it scored -274 after 12k steps (plans pinned
+            to the range's edges). x0-prediction scored 68.2 after 12k steps (``zoo/results/madiff.md``).
+        normalizer: ``"gaussian"`` (standardise observations, x0 unclipped; the default, as measured) or
+            ``"limits"`` (map each entry's data range to [-1, 1] and clip every x0 estimate to it, as
+            MADiff's ``clip_denoised`` on its [-1, 1] CDF normaliser).
         deterministic_seed, normalize_observations: see :class:`~diffgym.policies.DiffusionBasePolicy`.
     """
 
@@ -109,8 +110,8 @@ class MADiffPolicy(RecedingHorizonPolicy):
         cond_drop_prob: float = 0.25,
         target_return: float = 0.9,
         inverse_hidden: int = 256,
-        prediction: PredictionType = "epsilon",
-        normalizer: Literal["gaussian", "limits"] = "limits",
+        prediction: PredictionType = "sample",
+        normalizer: Literal["gaussian", "limits"] = "gaussian",
     ) -> None:
         obs_spaces: spaces.Dict = self.observation_space  # type: ignore[assignment]
         act_spaces: spaces.Dict = self.action_space  # type: ignore[assignment]

@@ -141,7 +141,7 @@ def test_centralised_plans_use_teammates_and_the_ablation_does_not(drift_dataset
     obs = observations()
     moved = {**obs, "alpha": obs["alpha"] + np.float32(3.0)}
     for attention in (True, False):
-        kwargs = dict(TINY, agent_attention=attention, normalizer="gaussian")  # unclipped: no saturated plans
+        kwargs = dict(TINY, agent_attention=attention)
         model = MADiff("MlpPolicy", Drift(), dataset=drift_dataset, seed=0, ema_start=0, policy_kwargs=kwargs)
         model.learn(20)
         plans = [model.predict(o, deterministic=True)[1][1][0] for o in (obs, moved)]  # (H, n, D) each
@@ -166,10 +166,10 @@ def test_decentralised_predict_uses_only_the_agents_own_observation(trained, tmp
         assert not np.allclose(*own_plans)
 
 
-def test_decentralised_training_with_x0_prediction_runs(drift_dataset):
-    kwargs = dict(TINY, decentralized=True, prediction="sample")
+def test_decentralised_training_with_epsilon_prediction_runs(drift_dataset):
+    kwargs = dict(TINY, decentralized=True, prediction="epsilon")
     model = MADiff("MlpPolicy", Drift(), dataset=drift_dataset, seed=0, policy_kwargs=kwargs)
-    assert model.policy.model.prediction == "sample"
+    assert model.policy.model.prediction == "epsilon"
     model.learn(10)
     actions, _ = model.predict(observations(), deterministic=True)
     assert set(actions) == set(AGENTS)
@@ -268,12 +268,12 @@ def test_joint_env_is_what_sb3_steps(trained):
     assert isinstance(env.envs[0].unwrapped, JointAgentEnv)
 
 
-def test_plans_stay_in_the_normalised_data_range_by_default(drift_dataset):
-    """MADiff's ε-prediction on the cosine schedule is clipped to the data's [-1, 1] range (its
-    ``clip_denoised``); standardised and unclipped, a barely trained model's plans run away."""
+def test_limits_normalisation_keeps_epsilon_plans_in_the_data_range(drift_dataset):
+    """With ``normalizer="limits"`` x0 is clipped to the data's [-1, 1] range (MADiff's ``clip_denoised``);
+    standardised and unclipped, a barely trained ε-model's plans run away."""
     obs = observations()
     for normalizer in ("limits", "gaussian"):
-        kwargs = dict(TINY, sampler="ddpm", normalizer=normalizer)
+        kwargs = dict(TINY, sampler="ddpm", prediction="epsilon", normalizer=normalizer)
         model = MADiff("MlpPolicy", Drift(), dataset=drift_dataset, seed=0, ema_start=0, policy_kwargs=kwargs)
         plan = model.learn(5).predict(obs, deterministic=True)[1][1][0]  # (H, n, D) normalised
         inside = np.abs(plan[1:]).max() <= 1.0 + 1e-5

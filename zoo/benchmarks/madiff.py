@@ -79,8 +79,8 @@ MADIFF: dict[str, Any] = dict(
         dim=32,
         dim_mults=(1, 2, 4),
         sampler={"name": "ddim", "num_steps": 10},
-        prediction="sample",  # x0-prediction: MADiff's epsilon-model diverged at this budget (policy doc)
-        normalizer="gaussian",  # the recorded runs standardised observations (the policy now defaults to limits)
+        prediction="sample",  # x0-prediction: MADiff's epsilon-model failed at this budget (policy doc)
+        normalizer="gaussian",  # standardised observations, x0 unclipped
         cfg_weight=1.2,  # MADiff MPE: 1.2
         target_return=0.9,
     ),
