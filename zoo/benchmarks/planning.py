@@ -209,9 +209,10 @@ def planning_latency(policy: DiffuserPolicy, env: gym.Env) -> list[dict[str, Any
     batch = policy.n_plans * (2 if policy.mode == "decision_diffuser" else 1)
     x = torch.zeros(batch, policy.segment_horizon, policy.x_dim)
     t = torch.zeros(batch, dtype=torch.long)
-    cond = torch.zeros(batch, 1) if policy.mode == "decision_diffuser" else None
+    unet = policy.ema_model.denoiser
+    cond = torch.zeros(batch, unet.cond_dim) if unet.cond_dim else None  # DD's return, endpoint states
     with torch.no_grad():
-        forward = median_ms(lambda: policy.ema_model.denoiser(x, t, cond), repeats=20)
+        forward = median_ms(lambda: unet(x, t, cond), repeats=20)
     T = policy.ema_model.num_timesteps
     configs = [{"name": "ddpm"}] + [
         {"name": name, "num_steps": k} for name in ("ddim", "dpm_solver") for k in (5, 10, 20) if k < T
