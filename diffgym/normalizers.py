@@ -8,11 +8,16 @@ Build one from data with ``fit``; build an identity one of the right shape with 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_EPS", "GaussianNormalizer", "MinMaxNormalizer"]
+__all__ = ["DEFAULT_EPS", "GaussianNormalizer", "MinMaxNormalizer", "NormalizerKind", "make_normalizer"]
+
+#: How a diffusion planner normalises observations: standardise, or map the data's range to [-1, 1].
+NormalizerKind = Literal["gaussian", "limits"]
 
 #: Floor of a feature's standard deviation or half-range. A constant feature normalises to 0 and
 #: unnormalises back to (almost exactly) its constant instead of dividing by zero.
@@ -121,3 +126,23 @@ class MinMaxNormalizer(nn.Module):
     def unnormalize(self, x: Tensor) -> Tensor:
         """Inverse of :meth:`normalize`."""
         return x * self.half_range + self.center
+
+
+def make_normalizer(
+    kind: NormalizerKind, dim: int
+) -> tuple[GaussianNormalizer | MinMaxNormalizer, tuple[float, float] | None]:
+    """A (not yet fitted) normaliser of ``dim`` features and the range to clip x0 estimates to.
+
+    ``"gaussian"`` standardises and does not clip; ``"limits"`` maps the data's range to [-1, 1]
+    and clips there (Diffuser's maze2d ``LimitsNormalizer`` and Decision Diffuser's / MADiff's
+    ``clip_denoised``).
+
+    >>> normalizer, clip_range = make_normalizer("limits", 3)
+    >>> type(normalizer).__name__, clip_range
+    ('MinMaxNormalizer', (-1.0, 1.0))
+    """
+    if kind == "gaussian":
+        return GaussianNormalizer(dim), None
+    if kind == "limits":
+        return MinMaxNormalizer(dim), (-1.0, 1.0)
+    raise ValueError(f"normalizer must be 'gaussian' or 'limits', got {kind!r}")

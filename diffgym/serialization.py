@@ -23,8 +23,10 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -87,29 +89,40 @@ def model_path(path: str | os.PathLike) -> Path:
     return path if path.suffix == ".zip" else path.with_name(path.name + ".zip")
 
 
-def save_model_file(path: str | os.PathLike, manifest: dict[str, Any], members: dict[str, Any]) -> Path:
-    """Write ``manifest`` (JSON-able) and ``members`` (name -> tensors / state dicts) atomically."""
-    target = model_path(path)
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` only once it is completely written and synced.
+
+    It is written beside ``path`` under a temporary name; if anything fails before the end, the
+    partial file is removed and whatever was at ``path`` is left as it was.
+    """
+    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    blobs = {f"{name}.pt": _torch_bytes(value) for name, value in members.items()}
-    manifest = {
-        **manifest,
-        "format_version": FORMAT_VERSION,
-        "checksums": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()},
-    }
     handle, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                archive.writestr(MANIFEST, json.dumps(manifest, indent=2))
-                for name, blob in blobs.items():
-                    archive.writestr(name, blob)
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, target)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+
+
+def save_model_file(path: str | os.PathLike, manifest: dict[str, Any], members: dict[str, Any]) -> Path:
+    """Write ``manifest`` (JSON-able) and ``members`` (name -> tensors / state dicts) atomically."""
+    target = model_path(path)
+    blobs = {f"{name}.pt": _torch_bytes(value) for name, value in members.items()}
+    manifest = {
+        **manifest,
+        "format_version": FORMAT_VERSION,
+        "checksums": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()},
+    }
+    with atomic_file(target) as file, zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(MANIFEST, json.dumps(manifest, indent=2))
+        for name, blob in blobs.items():
+            archive.writestr(name, blob)
     return target
 
 

@@ -14,7 +14,7 @@ from diffgym.denoisers import TemporalUnet, TemporalValueNet, make_ema
 from diffgym.diffusion import GaussianDiffusion, PredictionType
 from diffgym.guidance import ClassifierFreeGuidance, ClassifierGuidance, Inpainting
 from diffgym.networks import InverseDynamics, make_adam
-from diffgym.normalizers import GaussianNormalizer, MinMaxNormalizer
+from diffgym.normalizers import GaussianNormalizer, NormalizerKind, make_normalizer
 from diffgym.samplers import Randomness, Sampler, StepCallback, draw_noise, make_sampler
 from diffgym.schedules import NoiseSchedule
 from diffgym.trajectory import RecedingHorizonPolicy, SegmentBatches
@@ -136,7 +136,7 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         inverse_hidden: int = 256,
         tracking: tuple[float, float] | None = None,
         endpoint_condition: bool = False,
-        normalizer: Literal["gaussian", "limits"] | None = None,
+        normalizer: NormalizerKind | None = None,
     ) -> None:
         if mode not in ("diffuser", "decision_diffuser"):
             raise ValueError(f"mode must be 'diffuser' or 'decision_diffuser', got {mode!r}")
@@ -168,13 +168,9 @@ class DiffuserPolicy(RecedingHorizonPolicy):
         denoiser = TemporalUnet(self.x_dim, cond_dim=self._cond_dim(), dim=dim, dim_mults=dim_mults)
         schedule = NoiseSchedule.make("cosine", num_timesteps)  # both papers' schedule
         default_prediction: PredictionType = "sample" if planning_actions else "epsilon"
-        clip_range = None
-        normalizer = normalizer or ("gaussian" if planning_actions else "limits")
-        if normalizer == "limits":
-            self.obs_normalizer = MinMaxNormalizer(self.obs_dim)
-            clip_range = (-1.0, 1.0)
-        elif normalizer != "gaussian":
-            raise ValueError(f"normalizer must be 'gaussian' or 'limits', got {normalizer!r}")
+        self.obs_normalizer, clip_range = make_normalizer(
+            normalizer or ("gaussian" if planning_actions else "limits"), self.obs_dim
+        )
         self.model = GaussianDiffusion(denoiser, schedule, prediction or default_prediction, clip_range)
         self.ema = make_ema(self.model, ema_decay)
         self.sampler = make_sampler(sampler)

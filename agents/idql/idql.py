@@ -88,9 +88,8 @@ class IDQL(DiffusionAlgorithm):
     """
 
     policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": IDQLPolicy, "MultiInputPolicy": IDQLPolicy}
-    scheduled_optimizers = (
-        "actor",
-    )  # the schedule (and lr_decay) drives the actor only, as the official code
+    #: the schedule (and ``lr_decay``) drives the actor only, as in the official code
+    scheduled_optimizers = ("actor",)
     policy: IDQLPolicy
     saved_hyperparameters = (*DiffusionAlgorithm.saved_hyperparameters, "expectile", "ema_start")
 

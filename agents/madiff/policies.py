@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from diffgym.denoisers import MultiAgentTemporalUnet, make_ema
 from diffgym.diffusion import GaussianDiffusion, PredictionType
 from diffgym.guidance import ClassifierFreeGuidance, Inpainting
 from diffgym.networks import InverseDynamics, make_adam
-from diffgym.normalizers import GaussianNormalizer, MinMaxNormalizer
+from diffgym.normalizers import NormalizerKind, make_normalizer
 from diffgym.samplers import Sampler, make_sampler
 from diffgym.schedules import NoiseSchedule
 from diffgym.trajectory import PlanState, RecedingHorizonPolicy, SegmentBatches
@@ -111,7 +111,7 @@ class MADiffPolicy(RecedingHorizonPolicy):
         target_return: float = 0.9,
         inverse_hidden: int = 256,
         prediction: PredictionType = "sample",
-        normalizer: Literal["gaussian", "limits"] = "gaussian",
+        normalizer: NormalizerKind = "gaussian",
     ) -> None:
         obs_spaces: spaces.Dict = self.observation_space  # type: ignore[assignment]
         act_spaces: spaces.Dict = self.action_space  # type: ignore[assignment]
@@ -130,10 +130,7 @@ class MADiffPolicy(RecedingHorizonPolicy):
         self.agent_obs_dim, self.agent_action_dim = max(self.observation_dims), max(self.action_dims)
         self.obs_dim = self.n_agents * self.agent_obs_dim
         self.action_dim = self.n_agents * self.agent_action_dim
-        if normalizer not in ("gaussian", "limits"):
-            raise ValueError(f"normalizer must be 'gaussian' or 'limits', got {normalizer!r}")
-        limits = normalizer == "limits"
-        self.obs_normalizer = MinMaxNormalizer(self.obs_dim) if limits else GaussianNormalizer(self.obs_dim)
+        self.obs_normalizer, clip_range = make_normalizer(normalizer, self.obs_dim)
         self.n_obs_steps, self.n_action_steps, self.segment_horizon = 1, n_action_steps, horizon
         self.decentralized = decentralized
         self.cfg_weight, self.cond_drop_prob, self.target_return = cfg_weight, cond_drop_prob, target_return
@@ -142,7 +139,7 @@ class MADiffPolicy(RecedingHorizonPolicy):
             agent_attention=agent_attention,
         )  # fmt: skip
         schedule = NoiseSchedule.make("cosine", num_timesteps)  # MADiff's (Decision Diffuser's) schedule
-        self.model = GaussianDiffusion(denoiser, schedule, prediction, (-1.0, 1.0) if limits else None)
+        self.model = GaussianDiffusion(denoiser, schedule, prediction, clip_range)
         self.ema = make_ema(self.model, ema_decay)
         self.sampler = make_sampler(sampler)
         self.inverse = nn.ModuleList(

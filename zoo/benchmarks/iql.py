@@ -124,9 +124,8 @@ class IQL(DiffusionAlgorithm):
     """
 
     policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": IQLPolicy, "MultiInputPolicy": IQLPolicy}
-    scheduled_optimizers = (
-        "actor",
-    )  # the schedule (and lr_decay) drives the actor only, as the official code
+    #: the schedule (and ``lr_decay``) drives the actor only, as in the official code
+    scheduled_optimizers = ("actor",)
     policy: IQLPolicy
     saved_hyperparameters = (*DiffusionAlgorithm.saved_hyperparameters, "expectile", "beta")
 

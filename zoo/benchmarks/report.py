@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from diffgym.serialization import atomic_file
+
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
 
@@ -64,10 +66,8 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def write_text(path: Path, content: str) -> None:
     """Replace ``path`` with ``content`` only once it is fully written (a killed run leaves the old file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(content)
-    partial.replace(path)
+    with atomic_file(path) as file:
+        file.write(content.encode())
 
 
 def write_json(path: Path, data: Any) -> None:
