@@ -1,6 +1,6 @@
 """The Stable-Baselines3 algorithm base shared by diffgym's agents.
 
-:class:`DiffusionAlgorithm` is an SB3 :class:`~stable_baselines3.common.off_policy_algorithm.OffPolicyAlgorithm`
+:class:`OfflineAlgorithm` is an SB3 :class:`~stable_baselines3.common.off_policy_algorithm.OffPolicyAlgorithm`
 that can also learn from a dataset. What a user of SAC knows keeps working: ``learn``,
 ``predict`` (single observations and VecEnv batches), callbacks (``EvalCallback``,
 ``CheckpointCallback``), SB3's logger and TensorBoard, ``progress_bar=True``, ``set_env``,
@@ -53,7 +53,7 @@ from diffgym.data import (
     load_dataset,
     load_transitions,
 )
-from diffgym.policies import CandidateSelectionPolicy, DiffusionBasePolicy
+from diffgym.policies import CandidateSelectionPolicy, AgentPolicy
 from diffgym.samplers import sampler_config
 from diffgym.serialization import (
     ModelFileError,
@@ -63,7 +63,7 @@ from diffgym.serialization import (
     space_to_json,
 )
 
-SelfAlgorithm = TypeVar("SelfAlgorithm", bound="DiffusionAlgorithm")
+SelfAlgorithm = TypeVar("SelfAlgorithm", bound="OfflineAlgorithm")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -193,7 +193,7 @@ class _GradientStepProgressBar(ProgressBarCallback):
         return True
 
 
-class DiffusionAlgorithm(OffPolicyAlgorithm):
+class OfflineAlgorithm(OffPolicyAlgorithm):
     """Base of diffgym's agents: offline learning from a dataset, online fine-tuning, safe files.
 
     Args:
@@ -218,7 +218,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
         policy_kwargs, tensorboard_log, verbose, seed, device: as in SB3.
     """
 
-    policy: DiffusionBasePolicy
+    policy: AgentPolicy
     #: False for agents that learn from a dataset only (``learn(..., online=True)`` refuses)
     supports_online: ClassVar[bool] = True
     #: action spaces the agent accepts (a team of agents has a ``Dict`` of per-agent spaces)
@@ -244,7 +244,7 @@ class DiffusionAlgorithm(OffPolicyAlgorithm):
 
     def __init__(
         self,
-        policy: str | type[DiffusionBasePolicy],
+        policy: str | type[AgentPolicy],
         env: GymEnv | str | None,
         dataset: DatasetLike | None = None,
         learning_rate: float = 3e-4,

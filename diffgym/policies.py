@@ -1,4 +1,4 @@
-"""Policy bases: :class:`DiffusionBasePolicy` (what every diffgym policy shares) and
+"""Policy bases: :class:`AgentPolicy` (what every diffgym policy shares) and
 :class:`CandidateSelectionPolicy` (agents that act by sampling candidate actions).
 
 Diffusion-QL and IDQL both act the same way: draw ``num_candidates`` actions from a diffusion
@@ -34,7 +34,7 @@ from diffgym.samplers import Randomness, Sampler, TiledNoise, make_sampler
 from diffgym.schedules import NoiseSchedule
 
 
-class DiffusionBasePolicy(BasePolicy):
+class AgentPolicy(BasePolicy):
     """What every diffgym policy shares: flattened, normalised observations, a seeded sampling
     generator, named optimizers, and actions in [-1, 1] inside the networks
     (``squash_output=True``: SB3 rescales them to the action space's bounds in ``predict``).
@@ -97,12 +97,12 @@ class DiffusionBasePolicy(BasePolicy):
         return torch.Generator(device=self.device).manual_seed(self.deterministic_seed)
 
 
-class CandidateSelectionPolicy(DiffusionBasePolicy):
+class CandidateSelectionPolicy(AgentPolicy):
     """Acts by sampling candidate actions from a diffusion model and choosing by value.
 
     Args:
         observation_space, action_space, lr_schedule, deterministic_seed, normalize_observations:
-            see :class:`DiffusionBasePolicy`.
+            see :class:`AgentPolicy`.
         num_candidates: actions sampled per observation when acting (Diffusion-QL: 50; IDQL's
             official code: 64).
     """

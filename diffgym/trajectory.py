@@ -13,7 +13,7 @@ from a short observation history, then executing several of its actions before p
   ``n_action_steps`` actions per plan; ``episode_start`` (or ``state=None``) starts afresh.
   A call without ``state`` plans from the current observation alone (its history repeats it)
   and returns the plan's first action.
-- :class:`SequenceAlgorithm` is :class:`~diffgym.algorithm.DiffusionAlgorithm` fed with segments.
+- :class:`SequenceAlgorithm` is :class:`~diffgym.algorithm.OfflineAlgorithm` fed with segments.
   It learns offline only.
 """
 
@@ -28,9 +28,9 @@ from minari import MinariDataset
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import Tensor
 
-from diffgym.algorithm import DiffusionAlgorithm
+from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import SegmentDataset, SegmentRows
-from diffgym.policies import DiffusionBasePolicy
+from diffgym.policies import AgentPolicy
 from diffgym.samplers import Randomness, TiledNoise
 
 PlanState = tuple[np.ndarray, np.ndarray, np.ndarray]  # (history, plans, next step in plan), per env
@@ -64,7 +64,7 @@ class SegmentBatches:
     uniformly over segment starts; windows of ``horizon`` rows."""
 
     def __init__(
-        self, rows: SegmentRows, horizon: int, policy: DiffusionBasePolicy, device: torch.device
+        self, rows: SegmentRows, horizon: int, policy: AgentPolicy, device: torch.device
     ) -> None:
         def tensor(array: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=device)
@@ -98,7 +98,7 @@ class SegmentBatches:
         return self.observations[self.mask]
 
 
-class RecedingHorizonPolicy(DiffusionBasePolicy):
+class RecedingHorizonPolicy(AgentPolicy):
     """Acts by planning ``n_action_steps`` actions from ``n_obs_steps`` observations, then executing them.
 
     Subclasses set ``n_obs_steps``, ``n_action_steps``, ``segment_horizon`` (the training window)
@@ -206,8 +206,8 @@ class RecedingHorizonPolicy(DiffusionBasePolicy):
         return history, plans, step, restarted
 
 
-class SequenceAlgorithm(DiffusionAlgorithm):
-    """:class:`~diffgym.algorithm.DiffusionAlgorithm` trained on segments of ``policy.segment_horizon``
+class SequenceAlgorithm(OfflineAlgorithm):
+    """:class:`~diffgym.algorithm.OfflineAlgorithm` trained on segments of ``policy.segment_horizon``
     steps (discounted returns-to-go with ``gamma``); offline only (``learn(online=True)`` refuses)."""
 
     policy: RecedingHorizonPolicy

@@ -62,7 +62,7 @@ class DiffuserPlanner(SequenceAlgorithm):
       where a step moves the state by 0.06. The maze and hopper DD benchmarks use it.
     - Offline only: ``learn(online=True)`` raises. ``total_timesteps`` counts gradient steps.
 
-    Args (besides :class:`~diffgym.algorithm.DiffusionAlgorithm`'s):
+    Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
         mode: ``"diffuser"`` or ``"decision_diffuser"`` (passed to the policy).
         learning_rate: Adam learning rate (Diffuser: 2e-4; DD: 2e-4).
         batch_size: segments per gradient step (Diffuser: 32; DD: 32).

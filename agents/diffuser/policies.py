@@ -100,7 +100,7 @@ class DiffuserPolicy(RecedingHorizonPolicy):
             its [-1, 1] CDF normaliser). None: ``"gaussian"`` for Diffuser, ``"limits"`` for DD, whose
             ε-prediction on the cosine schedule diverges unclipped (the last DDPM step multiplies by
             1 / sqrt(alpha_T) ≈ 32: planned hopper states had a standard deviation of 89).
-        deterministic_seed, normalize_observations: see :class:`~diffgym.policies.DiffusionBasePolicy`.
+        deterministic_seed, normalize_observations: see :class:`~diffgym.policies.AgentPolicy`.
     """
 
     model: GaussianDiffusion

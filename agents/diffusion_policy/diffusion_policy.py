@@ -71,7 +71,7 @@ class DiffusionPolicy(SequenceAlgorithm):
     - The cosine decay spans each ``learn`` call, warm-up included (DP: the steps after warm-up).
     - Offline only: ``learn(online=True)`` raises; ``total_timesteps`` counts gradient steps.
 
-    Args (besides :class:`~diffgym.algorithm.DiffusionAlgorithm`'s):
+    Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
         learning_rate: AdamW's peak learning rate (DP: 1e-4).
         batch_size: windows per gradient step (DP: 256).
         lr_warmup_steps: gradient steps of linear learning-rate warm-up (DP: 500); 0 for none.

@@ -68,7 +68,7 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
         weight_decay, adam_betas: AdamW's (DP: 1e-6, (0.95, 0.999)).
         ema_power, ema_max_decay: the EMA's warm-up schedule (DP: 0.75, 0.9999; see
             :func:`warmup_ema_decay`).
-        deterministic_seed, normalize_observations: see :class:`~diffgym.policies.DiffusionBasePolicy`.
+        deterministic_seed, normalize_observations: see :class:`~diffgym.policies.AgentPolicy`.
     """
 
     model: GaussianDiffusion

@@ -10,13 +10,13 @@ from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 
 from diffgym.agents.dql.policies import DiffusionQLPolicy
-from diffgym.algorithm import DiffusionAlgorithm
+from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
 from diffgym.denoisers import update_ema
 from diffgym.networks import soft_update
 
 
-class DiffusionQL(DiffusionAlgorithm):
+class DiffusionQL(OfflineAlgorithm):
     """Diffusion-QL (Wang, Hunt & Zhou, "Diffusion Policies as an Expressive Policy Class for
     Offline Reinforcement Learning", ICLR 2023), as an SB3 algorithm.
 
@@ -48,9 +48,9 @@ class DiffusionQL(DiffusionAlgorithm):
     - The paper trains 1000 gradient steps × 2000 epochs and reports the best of its periodic
       evaluations; our benchmarks use far smaller budgets (stated with their results) and
       report the final checkpoint next to the best.
-    - Offline ``total_timesteps`` counts gradient steps (see :class:`DiffusionAlgorithm`).
+    - Offline ``total_timesteps`` counts gradient steps (see :class:`OfflineAlgorithm`).
 
-    Args (besides :class:`~diffgym.algorithm.DiffusionAlgorithm`'s):
+    Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
         eta: weight η of the Q-loss (1.0 on locomotion).
         grad_norm: max gradient norm of actor and critic (the paper's ``gn``); 0 disables.
         max_q_backup: take the max over ``backup_samples`` sampled next actions in the target.
@@ -65,7 +65,7 @@ class DiffusionQL(DiffusionAlgorithm):
     }
     policy: DiffusionQLPolicy
     saved_hyperparameters = (
-        *DiffusionAlgorithm.saved_hyperparameters,
+        *OfflineAlgorithm.saved_hyperparameters,
         "eta",
         "grad_norm",
         "max_q_backup",

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.nn.utils import get_total_norm
 
 from diffgym.agents.idql.policies import IDQLPolicy
-from diffgym.algorithm import DiffusionAlgorithm, expectile_loss
+from diffgym.algorithm import OfflineAlgorithm, expectile_loss
 from diffgym.data import DatasetLike
 from diffgym.denoisers import update_ema
 from diffgym.networks import soft_update
@@ -31,7 +31,7 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-class IDQL(DiffusionAlgorithm):
+class IDQL(OfflineAlgorithm):
     """IDQL (Hansen-Estruch, Kostrikov, Janner, Kuba & Levine, "IDQL: Implicit Q-Learning as an
     Actor-Critic Method with Diffusion Policies", 2023), as an SB3 algorithm.
 
@@ -75,9 +75,9 @@ class IDQL(DiffusionAlgorithm):
     - Online fine-tuning trains actor and critics on uniform replay batches of dataset and new
       experience (the official variant (2); its variant (1) freezes the actor, and both draw
       half of each batch from each source).
-    - Offline ``total_timesteps`` counts gradient steps (see :class:`DiffusionAlgorithm`).
+    - Offline ``total_timesteps`` counts gradient steps (see :class:`OfflineAlgorithm`).
 
-    Args (besides :class:`~diffgym.algorithm.DiffusionAlgorithm`'s):
+    Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
         expectile: IQL's τ for V (0.7 locomotion, 0.9 antmaze); also the selection weights' τ.
         reward_scale: a number, or ``"iql"`` for ``1000 / (max - min)`` of the dataset's episode
             returns (IQL's and IDQL's locomotion normalisation; needs a dataset).
@@ -91,7 +91,7 @@ class IDQL(DiffusionAlgorithm):
     #: the schedule (and ``lr_decay``) drives the actor only, as in the official code
     scheduled_optimizers = ("actor",)
     policy: IDQLPolicy
-    saved_hyperparameters = (*DiffusionAlgorithm.saved_hyperparameters, "expectile", "ema_start")
+    saved_hyperparameters = (*OfflineAlgorithm.saved_hyperparameters, "expectile", "ema_start")
 
     def __init__(
         self,

@@ -60,7 +60,7 @@ class MADiff(SequenceAlgorithm):
     (MADiff's from 0.5 · N(0, I)).
     Offline only: ``learn(online=True)`` raises; ``total_timesteps`` counts gradient steps.
 
-    Args (besides :class:`~diffgym.algorithm.DiffusionAlgorithm`'s):
+    Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
         policy: ``"MlpPolicy"`` or ``"MultiInputPolicy"`` (the same :class:`MADiffPolicy`).
         env: a PettingZoo ``ParallelEnv``, a joint-agent Gymnasium env, or None (with a dataset).
         dataset: a multi-agent dataset; its agents and spaces must match the env's; its agent order is
@@ -125,7 +125,7 @@ class MADiff(SequenceAlgorithm):
     def load(  # type: ignore[override]
         cls, path: str | os.PathLike, env: TeamEnv = None, **kwargs: Any
     ) -> MADiff:
-        """:meth:`~diffgym.algorithm.DiffusionAlgorithm.load`, also taking a ``ParallelEnv``."""
+        """:meth:`~diffgym.algorithm.OfflineAlgorithm.load`, also taking a ``ParallelEnv``."""
         return super().load(path, env=as_joint_env(env), **kwargs)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ data

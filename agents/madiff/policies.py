@@ -69,7 +69,7 @@ class MADiffPolicy(RecedingHorizonPolicy):
         normalizer: ``"gaussian"`` (standardise observations, x0 unclipped; the default, as measured) or
             ``"limits"`` (map each entry's data range to [-1, 1] and clip every x0 estimate to it, as
             MADiff's ``clip_denoised`` on its [-1, 1] CDF normaliser).
-        deterministic_seed, normalize_observations: see :class:`~diffgym.policies.DiffusionBasePolicy`.
+        deterministic_seed, normalize_observations: see :class:`~diffgym.policies.AgentPolicy`.
     """
 
     model: GaussianDiffusion

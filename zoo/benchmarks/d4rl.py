@@ -29,7 +29,7 @@ from stable_baselines3.common.monitor import Monitor
 
 from diffgym.agents.dql import DiffusionQL
 from diffgym.agents.idql import IDQL
-from diffgym.algorithm import DiffusionAlgorithm
+from diffgym.algorithm import OfflineAlgorithm
 from diffgym.diffusion import GaussianDiffusion
 from diffgym.scores import get_reference
 from diffgym.zoo.benchmarks.report import (
@@ -41,13 +41,13 @@ from diffgym.zoo.benchmarks.report import (
     write_json,
     write_report,
 )
-from diffgym.zoo.benchmarks.td3bc import TD3BC
+from diffgym.agents.baselines import TD3BC
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 RUNS_DIR = RESULTS_DIR / "d4rl"
 MODELS_DIR = Path(__file__).resolve().parents[1] / "runs"  # checkpoints; not committed
 DATASETS = ("hopper-medium", "hopper-medium-replay", "halfcheetah-medium", "halfcheetah-medium-replay")
-AGENTS: dict[str, type[DiffusionAlgorithm]] = {"td3bc": TD3BC, "dql": DiffusionQL, "idql": IDQL}
+AGENTS: dict[str, type[OfflineAlgorithm]] = {"td3bc": TD3BC, "dql": DiffusionQL, "idql": IDQL}
 LABELS = {"td3bc": "TD3+BC (baseline)", "dql": "Diffusion-QL", "idql": "IDQL"}
 
 # Diffusion-QL's per-task gradient-norm clip (its Table 5); other settings are the paper's defaults.

@@ -48,9 +48,9 @@ from minari import MinariDataset
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 
 from diffgym.agents.diffusion_policy import DiffusionPolicy
-from diffgym.algorithm import DiffusionAlgorithm
+from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import import_d4rl
-from diffgym.zoo.benchmarks.bc import HistoryBC
+from diffgym.agents.baselines import HistoryBC
 from diffgym.zoo.benchmarks.d4rl import DEFAULT_DATA_DIR, MODELS_DIR
 from diffgym.zoo.benchmarks.report import (
     RESULTS_DIR,
@@ -139,7 +139,7 @@ def demonstrations(task: str, data_dir: Path, keep_after_success: int | None) ->
 # ----------------------------------------------------------------------------- evaluation
 
 
-def model_actor(model: DiffusionAlgorithm, deterministic: bool) -> Actor:
+def model_actor(model: OfflineAlgorithm, deterministic: bool) -> Actor:
     def act(observations: np.ndarray, state: Any, episode_start: np.ndarray) -> tuple[np.ndarray, Any]:
         return model.predict(observations, state, episode_start, deterministic)  # type: ignore[return-value]
 
@@ -222,7 +222,7 @@ def chunking_latency(model: DiffusionPolicy, task: str, steps: int = 64) -> dict
     }
 
 
-def _predict_ms_per_step(model: DiffusionAlgorithm, task: str, steps: int) -> float:
+def _predict_ms_per_step(model: OfflineAlgorithm, task: str, steps: int) -> float:
     """Mean ``predict`` time over ``steps`` steps of one episode (state passed back), after a warm-up."""
     env = make_env(task)
     observation = reset_episode(env, 0)
@@ -256,14 +256,14 @@ class _Progress(BaseCallback):
 
 
 def train(
-    cls: type[DiffusionAlgorithm],
+    cls: type[OfflineAlgorithm],
     name: str,
     task: str,
     dataset: MinariDataset,
     steps: int,
     args: argparse.Namespace,
     **kwargs: Any,
-) -> tuple[DiffusionAlgorithm, dict[str, Any]]:
+) -> tuple[OfflineAlgorithm, dict[str, Any]]:
     """Train (or load, if its final file exists) one agent; returns it and its training record."""
     path = MODELS_DIR / f"metaworld_{name}_{task}_s{args.seed}"
     env = make_env(task)

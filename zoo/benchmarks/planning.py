@@ -30,13 +30,13 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from diffgym.agents.diffuser import DiffuserPlanner, DiffuserPolicy
-from diffgym.algorithm import DiffusionAlgorithm
+from diffgym.algorithm import OfflineAlgorithm
 from diffgym.mazes import MAZE_TASKS, make_maze_eval_env
 from diffgym.plotting import animate_denoising, plot_maze_plans
 from diffgym.samplers import make_sampler
 from diffgym.scores import get_reference
 from diffgym.zoo.benchmarks.d4rl import DEFAULT_DATA_DIR, MODELS_DIR
-from diffgym.zoo.benchmarks.iql import IQL
+from diffgym.agents.baselines import IQL
 from diffgym.zoo.benchmarks.report import (
     RESULTS_DIR,
     hardware,
@@ -131,7 +131,7 @@ TASKS: dict[str, Task] = {
 LABELS = {"diffuser": "Diffuser", "decision_diffuser": "Decision Diffuser", "iql": "IQL (baseline)"}
 
 
-def build(agent: str, task: Task, seed: int, data_dir: Path) -> DiffusionAlgorithm:
+def build(agent: str, task: Task, seed: int, data_dir: Path) -> OfflineAlgorithm:
     kwargs = dict(task.agents[agent])
     policy = (
         "MultiInputPolicy" if isinstance(task.make_env().observation_space, gym.spaces.Dict) else "MlpPolicy"
@@ -170,7 +170,7 @@ def evaluate_checkpoint(agent: str, task_name: str, seed: int, episodes: int) ->
 
 
 def evaluate(
-    model: DiffusionAlgorithm, agent: str, task_name: str, seed: int, episodes: int
+    model: OfflineAlgorithm, agent: str, task_name: str, seed: int, episodes: int
 ) -> dict[str, Any]:
     """Returns of ``episodes`` deterministic episodes, the normalised score and the time per env step."""
     task = TASKS[task_name]

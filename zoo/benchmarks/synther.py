@@ -37,7 +37,7 @@ from diffgym.scores import get_reference
 from diffgym.wrappers import SynthERConfig, synthesize_dataset
 from diffgym.zoo.benchmarks.d4rl import DEFAULT_DATA_DIR, _TimedEval, dataset_info
 from diffgym.zoo.benchmarks.report import hardware, hardware_line, markdown_table, write_report
-from diffgym.zoo.benchmarks.td3bc import TD3BC
+from diffgym.agents.baselines import TD3BC
 
 Arrays = dict[str, np.ndarray]
 

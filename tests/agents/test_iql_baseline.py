@@ -7,7 +7,7 @@ import torch
 from gymnasium import spaces
 
 from diffgym.data import collect_dataset
-from diffgym.zoo.benchmarks.iql import IQL
+from diffgym.agents.baselines import IQL
 
 SMALL = dict(batch_size=32, check_every=10, seed=0, policy_kwargs=dict(hidden_dim=32))
 ARM = 0.5  # the bandit's two behaviour actions are ±ARM

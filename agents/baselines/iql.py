@@ -1,10 +1,10 @@
 """IQL (Kostrikov, Nair & Levine, "Offline RL with Implicit Q-Learning", ICLR 2022) with its Gaussian
 actor: the advantage-weighted-regression offline baseline of our benchmarks.
 
-Built on the same SB3 base as the diffusion agents (like :mod:`~diffgym.zoo.benchmarks.td3bc`), so
+Built on the same SB3 base as the diffusion agents (like :class:`~diffgym.agents.baselines.TD3BC`), so
 it trains on the same batches and is evaluated by the same code. Its critic is IDQL's (IDQL reuses
 IQL's critic unchanged); its actor is a Gaussian fitted by advantage-weighted regression instead of
-a diffusion model. Benchmark-only: it lives in the zoo, not among the agents.
+a diffusion model.
 
 Each gradient step, on one batch, in the official code's order:
 
@@ -27,7 +27,7 @@ Deliberate differences:
   (the official kitchen config's 0.1 is not among our benchmarks).
 - ``reward_scale="iql"`` is computed once, on the first dataset, and saved as a number; the
   cosine decay runs over each ``learn`` call (the official ``max_steps``).
-- Offline ``total_timesteps`` counts gradient steps (see :class:`DiffusionAlgorithm`).
+- Offline ``total_timesteps`` counts gradient steps (see :class:`OfflineAlgorithm`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
 from torch import Tensor, nn
 
-from diffgym.algorithm import DiffusionAlgorithm, expectile_loss
+from diffgym.algorithm import OfflineAlgorithm, expectile_loss
 from diffgym.data import DatasetLike
 from diffgym.networks import EnsembleMLP, StateActionCritic, make_adam, soft_update
 from diffgym.policies import CandidateSelectionPolicy
@@ -110,10 +110,10 @@ class IQLPolicy(CandidateSelectionPolicy):
         return self.sample_actions(features, self.sampling_generator)
 
 
-class IQL(DiffusionAlgorithm):
+class IQL(OfflineAlgorithm):
     """IQL: an expectile value, twin Q on ``r + γ V(s')``, and a Gaussian actor fitted by AWR.
 
-    Args (besides :class:`~diffgym.algorithm.DiffusionAlgorithm`'s):
+    Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
         expectile: τ of the value's expectile regression (0.7 locomotion, 0.9 antmaze).
         beta: inverse temperature β of the AWR weights ``exp(β A)`` (3 locomotion, 10 antmaze;
             the official code's ``temperature``). 0 is plain behaviour cloning.
@@ -127,7 +127,7 @@ class IQL(DiffusionAlgorithm):
     #: the schedule (and ``lr_decay``) drives the actor only, as in the official code
     scheduled_optimizers = ("actor",)
     policy: IQLPolicy
-    saved_hyperparameters = (*DiffusionAlgorithm.saved_hyperparameters, "expectile", "beta")
+    saved_hyperparameters = (*OfflineAlgorithm.saved_hyperparameters, "expectile", "beta")
 
     def __init__(
         self,

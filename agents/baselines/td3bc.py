@@ -2,8 +2,7 @@
 
 Built on the same SB3 base as the diffusion agents, so it trains on the same batches, normalises
 observations the same way and is evaluated by the same code. Its "candidate selection" is a
-single deterministic action (``num_candidates=1``). Benchmark-only: it lives in the zoo, not
-among the agents.
+single deterministic action (``num_candidates=1``).
 
 Paper defaults: actor and twin critics 256-256 ReLU, lr 3e-4, batch 256, γ 0.99, τ 0.005,
 target policy noise 0.2 clipped at 0.5, actor (and targets) updated every 2 critic steps,
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
 from torch import Tensor, nn
 
-from diffgym.algorithm import DiffusionAlgorithm
+from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
 from diffgym.networks import StateActionCritic, make_adam, soft_update
 from diffgym.policies import CandidateSelectionPolicy
@@ -59,10 +58,10 @@ class TD3BCPolicy(CandidateSelectionPolicy):
         return torch.zeros(features.shape[0], device=features.device)
 
 
-class TD3BC(DiffusionAlgorithm):
+class TD3BC(OfflineAlgorithm):
     """TD3+BC: TD3's critic with a behaviour-cloning term in the actor loss.
 
-    Args (besides :class:`~diffgym.algorithm.DiffusionAlgorithm`'s):
+    Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
         alpha: α in ``λ = α / mean|Q1(s, π(s))|`` weighting the Q term against BC (2.5).
         policy_noise: std of the target policy smoothing noise, in [-1, 1] action units (0.2).
         noise_clip: clip of that noise (0.5).
@@ -72,7 +71,7 @@ class TD3BC(DiffusionAlgorithm):
     policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": TD3BCPolicy, "MultiInputPolicy": TD3BCPolicy}
     policy: TD3BCPolicy
     saved_hyperparameters = (
-        *DiffusionAlgorithm.saved_hyperparameters,
+        *OfflineAlgorithm.saved_hyperparameters,
         "alpha",
         "policy_noise",
         "noise_clip",

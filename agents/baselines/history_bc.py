@@ -1,5 +1,5 @@
 """Behaviour cloning with an observation history: the plain-regression baseline of the imitation
-benchmarks (Meta-World). Benchmark-only: it lives in the zoo, not among the agents.
+benchmarks (Meta-World).
 
 An MLP maps the last ``n_obs_steps`` standardised observations to the current action (tanh, in
 [-1, 1]) and is trained by mean squared error on the demonstrations: the same windows and

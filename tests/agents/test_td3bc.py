@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from diffgym.data import collect_dataset, load_transitions
-from diffgym.zoo.benchmarks.td3bc import TD3BC
+from diffgym.agents.baselines import TD3BC
 
 
 def constant_action_dataset(action, dataset_id):

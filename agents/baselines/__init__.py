@@ -1,0 +1,8 @@
+"""Baselines the diffusion agents are measured against, as first-class agents: TD3+BC, IQL,
+behaviour cloning with an observation history, and per-agent behaviour cloning for teams."""
+
+from diffgym.agents.baselines.history_bc import HistoryBC, HistoryBCPolicy
+from diffgym.agents.baselines.iql import IQL, IQLPolicy
+from diffgym.agents.baselines.td3bc import TD3BC, TD3BCPolicy
+
+__all__ = ["IQL", "TD3BC", "HistoryBC", "HistoryBCPolicy", "IQLPolicy", "TD3BCPolicy"]
