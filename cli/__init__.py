@@ -1,4 +1,5 @@
-"""The ``diffgym`` command line.
+"""The ``diffgym`` command line: above everything else (it may import the zoo, the agents, the
+wrappers and the core; nothing imports it). Agents come from the registry (:mod:`diffgym.registry`).
 
 ``build_parser()`` returns the top-level parser; each command group adds itself to its
 ``subparsers`` through an ``add_<group>_commands(subparsers)`` function, and every command is one
@@ -19,19 +20,10 @@ from typing import Any
 import numpy as np
 
 import diffgym
+from diffgym import registry
 
 __all__ = ["add_benchmark_command", "add_data_commands", "add_train_command", "build_parser", "main"]
 
-#: short name -> "module:class" of each agent, imported only when a command needs it
-ALGORITHMS = {
-    "dql": "diffgym.agents.dql:DiffusionQL",
-    "idql": "diffgym.agents.idql:IDQL",
-    "diffuser": "diffgym.agents.diffuser:DiffuserPlanner",
-    "diffusion_policy": "diffgym.agents.diffusion_policy:DiffusionPolicy",
-    "madiff": "diffgym.agents.madiff:MADiff",
-}
-#: agents of a PettingZoo team (their --env is a ParallelEnv)
-TEAM_ALGORITHMS = frozenset({"madiff"})
 #: benchmark name -> "module:function" taking the parsed extra arguments
 BENCHMARKS = {
     "core": "diffgym.zoo.benchmarks.core:main",
@@ -216,7 +208,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:
         help="train an agent offline on a dataset, evaluate it and save it",
         description="Train a diffusion agent offline (gradient steps on a dataset), then evaluate and save it.",
     )
-    train.add_argument("algo", choices=sorted(ALGORITHMS), help="the agent")
+    train.add_argument("algo", choices=list(registry.registered()), help="the agent")
     train.add_argument(
         "--env",
         help="Gymnasium env id, e.g. Hopper-v5; for madiff a PettingZoo parallel env such as "
@@ -247,9 +239,9 @@ def train_agent(args: argparse.Namespace) -> int:
     from diffgym.serialization import model_path
 
     torch.set_num_threads(args.threads)
-    cls = _resolve(ALGORITHMS[args.algo])
+    spec = registry.get(args.algo)
     dataset = load_dataset(args.dataset, download=True)
-    if args.algo in TEAM_ALGORITHMS:
+    if spec.team:
         env, evaluate = _team_env(args, dataset)
     elif args.env is None:
         raise ValueError(f"diffgym train {args.algo}: --env is required")
@@ -257,7 +249,7 @@ def train_agent(args: argparse.Namespace) -> int:
         env, evaluate = gym.make(args.env), _single_agent_evaluation(args)
     behaviour = np.mean([episode.rewards.sum() for episode in dataset.iterate_episodes()])
     print(f"dataset {dataset.id}: {dataset.total_steps} transitions, mean episode return {behaviour:.1f}")
-    model = cls(
+    model = spec.make(
         "MlpPolicy",
         env,
         dataset=dataset,
@@ -269,7 +261,7 @@ def train_agent(args: argparse.Namespace) -> int:
     model.learn(args.steps, progress_bar=not args.no_progress)
     seconds = time.perf_counter() - started
     print(
-        f"trained {cls.__name__}: {args.steps} gradient steps in {seconds:.0f} s ({args.steps / seconds:.1f}/s)"
+        f"trained {spec.class_name}: {args.steps} gradient steps in {seconds:.0f} s ({args.steps / seconds:.1f}/s)"
     )
     returns = evaluate(model)
     mean, std = float(np.mean(returns)), float(np.std(returns))

@@ -45,15 +45,11 @@ from stable_baselines3.common.utils import check_for_correct_spaces, safe_mean
 from torch import Tensor
 
 import diffgym
-from diffgym.data import (
-    DatasetLike,
-    Transitions,
-    check_spaces,
-    flatten_observations,
-    load_dataset,
-    load_transitions,
-)
-from diffgym.policies import CandidateSelectionPolicy, AgentPolicy
+from diffgym.batches import OfflineBatches
+from diffgym.data import DatasetLike, check_spaces, load_dataset, load_transitions
+from diffgym.monitor import TrainingMonitor
+from diffgym.policies import AgentPolicy
+from diffgym.rl import iql_reward_scale
 from diffgym.samplers import sampler_config
 from diffgym.serialization import (
     ModelFileError,
@@ -64,125 +60,6 @@ from diffgym.serialization import (
 )
 
 SelfAlgorithm = TypeVar("SelfAlgorithm", bound="OfflineAlgorithm")
-
-
-class TrainingDivergedError(RuntimeError):
-    """A training statistic became NaN, infinite or exploded."""
-
-
-class OfflineBatches:
-    """A dataset's transitions as tensors on the training device, sampled uniformly by index.
-
-    Observations are flattened (Dict keys in the space's order); actions are scaled to [-1, 1].
-    """
-
-    def __init__(
-        self, transitions: Transitions, policy: CandidateSelectionPolicy, device: torch.device
-    ) -> None:
-        space = policy.observation_space
-
-        def tensor(array: np.ndarray) -> Tensor:
-            return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32, device=device)
-
-        self.observations = tensor(flatten_observations(transitions.observations, space))
-        self.next_observations = tensor(flatten_observations(transitions.next_observations, space))
-        self.actions = tensor(policy.scale_action(transitions.actions.reshape(len(transitions.actions), -1)))
-        self.rewards = tensor(transitions.rewards).unsqueeze(1)
-        self.dones = tensor(transitions.terminals).unsqueeze(1)  # timeouts are not terminal: bootstrap
-        self.size = len(self.rewards)
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> ReplayBufferSamples:
-        index = torch.randint(0, self.size, (batch_size,), generator=generator, device=generator.device)
-        index = index.to(self.rewards.device)
-        return ReplayBufferSamples(
-            self.observations[index],
-            self.actions[index],
-            self.next_observations[index],
-            self.dones[index],
-            self.rewards[index],
-        )
-
-
-IQL_RETURN_RANGE = 1000.0  # IQL rescales rewards so that dataset returns span this range
-
-
-def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
-    """IQL's asymmetric squared loss ``|τ - 1(diff < 0)| · diff²``, averaged: diff (B,) -> scalar.
-
-    Minimised over a constant ``v`` with ``diff = q - v``, it gives the τ-expectile of ``q``.
-    """
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return (weight * diff**2).mean()
-
-
-def iql_reward_scale(
-    observations: Tensor, next_observations: Tensor, rewards: Tensor, dones: Tensor
-) -> float:
-    """IQL's reward scale ``1000 / (max - min episode return)`` over a dataset's episodes.
-
-    Episodes end where IQL's ``split_into_trajectories`` ends them: at a terminal, or where the
-    next row's observation is not this row's next observation. Shapes: observations (N, obs_dim),
-    next_observations (N, obs_dim), rewards (N, 1) or (N,), dones (N, 1) or (N,).
-
-    Raises:
-        ValueError: all episodes have the same return (nothing to scale by).
-    """
-    ends = dones.reshape(-1).bool().clone()
-    ends[:-1] |= (observations[1:] - next_observations[:-1]).norm(dim=1) > 1e-6
-    ends[-1] = True
-    episode = torch.cumsum(ends.long(), 0) - ends.long()  # (N,) episode index of each row
-    returns = torch.zeros(int(ends.sum()), dtype=torch.float64, device=rewards.device)
-    returns.index_add_(0, episode, rewards.reshape(-1).double())
-    spread = float(returns.max() - returns.min())
-    if spread <= 0:
-        raise ValueError(
-            f"reward_scale='iql' needs episodes with different returns; the dataset has {len(returns)} "
-            "episode(s) of equal return. Pass a number instead."
-        )
-    return IQL_RETURN_RANGE / spread
-
-
-class TrainingMonitor:
-    """Collects per-step statistics without syncing; checks and averages them every few steps.
-
-    A statistic may be missing from some steps (e.g. a delayed actor update).
-    """
-
-    def __init__(self, check_every: int, explode_above: float) -> None:
-        self.check_every = check_every
-        self.explode_above = explode_above
-        self._values: dict[str, list[Tensor]] = {}
-        self._steps: dict[str, list[int]] = {}
-        self._pending = 0
-        self.means: dict[str, float] = {}
-
-    def record(self, stats: dict[str, Tensor], step: int) -> None:
-        for name, value in stats.items():
-            self._values.setdefault(name, []).append(value.detach().float().reshape(()))
-            self._steps.setdefault(name, []).append(step)
-        self._pending += 1
-        if self._pending >= self.check_every:
-            self.flush()
-
-    def flush(self) -> None:
-        """One device sync: raise on divergence, then keep the means for the logger."""
-        if not self._pending:
-            return
-        names = list(self._values)
-        flat = torch.cat([torch.stack(self._values[name]) for name in names]).cpu().numpy()
-        columns = np.split(flat, np.cumsum([len(self._values[name]) for name in names])[:-1])
-        steps = [self._steps[name] for name in names]
-        self._values, self._steps, self._pending = {}, {}, 0
-        for name, values, at in zip(names, columns, steps, strict=True):
-            bad = ~np.isfinite(values) | (np.abs(values) > self.explode_above)
-            if bad.any():
-                first = int(np.argmax(bad))
-                raise TrainingDivergedError(
-                    f"training diverged: {name} = {values[first]:.4g} at gradient step {at[first]} "
-                    f"(limit |value| <= {self.explode_above:.3g}). Lower the learning rate, clip "
-                    "gradients harder or scale the rewards down."
-                )
-        self.means = {name: float(values.mean()) for name, values in zip(names, columns, strict=True)}
 
 
 class _GradientStepProgressBar(ProgressBarCallback):
@@ -351,7 +228,6 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
 
     def _offline_data(self, dataset: MinariDataset) -> Any:
         """The dataset on the device, with ``sample(batch_size, generator)`` (transitions here)."""
-        assert isinstance(self.policy, CandidateSelectionPolicy)
         return OfflineBatches(load_transitions(dataset), self.policy, self.device)
 
     def _fit_normalizers(self) -> None:

@@ -15,7 +15,6 @@ space's order) and normalised by ``obs_normalizer``, whose statistics travel in 
 
 from __future__ import annotations
 
-import copy
 from abc import abstractmethod
 from typing import Any
 
@@ -26,10 +25,11 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from diffgym.denoisers import make_ema
 from diffgym.diffusion import GaussianDiffusion
+from diffgym.ema import make_ema
 from diffgym.networks import StateActionCritic
 from diffgym.normalizers import GaussianNormalizer, MinMaxNormalizer
+from diffgym.rl import twin_critic
 from diffgym.samplers import Randomness, Sampler, TiledNoise, make_sampler
 from diffgym.schedules import NoiseSchedule
 
@@ -182,9 +182,8 @@ class DiffusionActorPolicy(CandidateSelectionPolicy):
         self.sampler = make_sampler(sampler)
 
     def _build_twin_critic(self, **mlp_kwargs: Any) -> None:
-        """Two Q networks in one ensemble, and a frozen target copy."""
-        self.critic = StateActionCritic(self.obs_dim, self.action_dim, members=2, **mlp_kwargs)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        """Two Q networks in one ensemble, and a frozen target copy (:func:`~diffgym.rl.twin_critic`)."""
+        self.critic, self.critic_target = twin_critic(self.obs_dim, self.action_dim, **mlp_kwargs)
 
     def sample_from(
         self,

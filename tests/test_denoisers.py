@@ -1,5 +1,5 @@
 """Tests for diffgym.denoisers: shapes, conditioning and its dropout, gradients, t dependence,
-EMA, and a tiny overfit check."""
+and a tiny overfit check."""
 
 from collections.abc import Callable
 
@@ -14,7 +14,6 @@ from diffgym.denoisers import (
     SinusoidalPosEmb,
     TemporalUnet,
     TransformerDenoiser,
-    make_ema,
 )
 
 X_DIM, COND_DIM, HORIZON, T_MAX = 3, 4, 8, 100
@@ -166,33 +165,6 @@ def test_dropout_only_in_train_mode() -> None:
     torch.testing.assert_close(model(x, t, cond), model(x, t, cond))
     model.train()
     assert not torch.allclose(model(x, t, cond), model(x, t, cond))
-
-
-def test_make_ema_tracks_parameters() -> None:
-    decay = 0.9
-    model = make("mlp", COND_DIM)
-    init = [p.detach().clone() for p in model.parameters()]
-    ema = make_ema(model, decay)
-    assert all(not p.requires_grad for p in ema.parameters())
-    for p_ema, p0 in zip(ema.module.parameters(), init, strict=True):
-        torch.testing.assert_close(p_ema, p0)
-
-    with torch.no_grad():  # one "training step"
-        for p in model.parameters():
-            p.add_(1.0)
-    ema.update_parameters(model)
-    for p_ema, p0, p in zip(ema.module.parameters(), init, model.parameters(), strict=True):
-        torch.testing.assert_close(p_ema, decay * p0 + (1 - decay) * p)
-
-    with torch.no_grad():  # further steps keep the average strictly between init and current
-        for p in model.parameters():
-            p.add_(1.0)
-    ema.update_parameters(model)
-    for p_ema, p0, p in zip(ema.module.parameters(), init, model.parameters(), strict=True):
-        assert bool(((p_ema > p0) & (p_ema < p)).all())
-
-    x, t, cond = inputs("mlp", 2, COND_DIM)
-    assert ema(x, t, cond).shape == x.shape
 
 
 def _overfit(model: nn.Module, x: Tensor, cond: Tensor | None, steps: int) -> tuple[float, float]:

@@ -32,7 +32,6 @@ Deliberate differences:
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, ClassVar
 
@@ -40,10 +39,11 @@ import torch
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
 from torch import Tensor, nn
 
-from diffgym.algorithm import OfflineAlgorithm, expectile_loss
+from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
-from diffgym.networks import EnsembleMLP, StateActionCritic, make_adam, soft_update
+from diffgym.networks import EnsembleMLP, make_adam, soft_update
 from diffgym.policies import CandidateSelectionPolicy
+from diffgym.rl import bellman_target, expectile_loss, td_loss, twin_critic
 from diffgym.samplers import Randomness, draw_noise
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # the official clip of the actor's log-std
@@ -67,8 +67,7 @@ class IQLPolicy(CandidateSelectionPolicy):
         mlp: dict[str, Any] = dict(hidden_dim=hidden_dim, num_hidden=2, activation=nn.ReLU)
         self.actor = EnsembleMLP(self.obs_dim, self.action_dim, members=1, **mlp)  # tanh in ``mean``
         self.log_std = nn.Parameter(torch.zeros(self.action_dim))  # state-independent, std 1 at first
-        self.critic = StateActionCritic(self.obs_dim, self.action_dim, members=2, **mlp)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic, self.critic_target = twin_critic(self.obs_dim, self.action_dim, **mlp)
         self.value_net = EnsembleMLP(self.obs_dim, 1, members=1, **mlp)
         lr = lr_schedule(1)
         self.actor_optimizer = make_adam([*self.actor.parameters(), self.log_std], lr=lr)
@@ -157,14 +156,14 @@ class IQL(OfflineAlgorithm):
         with torch.no_grad():  # the updated V, at s and s' in one forward
             v, next_v = policy.value(torch.cat([batch.observations, batch.next_observations])).chunk(2)
             weight = torch.exp(self.beta * (q - v)).clamp(max=MAX_WEIGHT)
-            target = batch.rewards.squeeze(1) + self.gamma * (1 - batch.dones.squeeze(1)) * next_v
+            target = bellman_target(batch.rewards, batch.dones, next_v, self.gamma)
         actor_loss = -(weight * policy.log_prob(batch.observations, batch.actions)).mean()
         policy.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         policy.actor_optimizer.step()
 
         q_both = policy.critic(batch.observations, batch.actions)  # (2, B)
-        critic_loss = ((q_both - target) ** 2).mean(dim=1).sum()  # official: (q1 - y)² + (q2 - y)²
+        critic_loss = td_loss(q_both, target)  # official: (q1 - y)² + (q2 - y)²
         policy.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         policy.critic_optimizer.step()

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
-from diffgym.networks import StateActionCritic, make_adam, soft_update
+from diffgym.networks import make_adam, soft_update
 from diffgym.policies import CandidateSelectionPolicy
+from diffgym.rl import bellman_target, td_loss, twin_critic
 from diffgym.samplers import Randomness
 
 
@@ -42,9 +43,9 @@ class TD3BCPolicy(CandidateSelectionPolicy):
             nn.Tanh(),
         )
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        critic_kwargs = dict(hidden_dim=hidden_dim, num_hidden=2, activation=nn.ReLU)
-        self.critic = StateActionCritic(self.obs_dim, self.action_dim, members=2, **critic_kwargs)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic, self.critic_target = twin_critic(
+            self.obs_dim, self.action_dim, hidden_dim=hidden_dim, num_hidden=2, activation=nn.ReLU
+        )
         self.actor_optimizer = make_adam(self.actor.parameters(), lr=lr_schedule(1))
         self.critic_optimizer = make_adam(self.critic.parameters(), lr=lr_schedule(1))
 
@@ -104,9 +105,9 @@ class TD3BC(OfflineAlgorithm):
             )
             next_actions = (policy.actor_target(batch.next_observations) + noise).clamp(-1, 1)
             next_q = policy.critic_target(batch.next_observations, next_actions).min(dim=0).values
-            target = batch.rewards.squeeze(1) + self.gamma * (1 - batch.dones.squeeze(1)) * next_q
+            target = bellman_target(batch.rewards, batch.dones, next_q, self.gamma)
         q = policy.critic(batch.observations, batch.actions)
-        critic_loss = ((q - target) ** 2).mean(dim=1).sum()
+        critic_loss = td_loss(q, target)
         policy.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         policy.critic_optimizer.step()

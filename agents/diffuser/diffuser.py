@@ -11,7 +11,7 @@ from torch import Tensor
 
 from diffgym.agents.diffuser.policies import DiffuserPolicy, Mode
 from diffgym.data import DatasetLike
-from diffgym.denoisers import update_ema
+from diffgym.ema import update_ema
 from diffgym.trajectory import SegmentSamples, SequenceAlgorithm, inverse_dynamics_loss
 
 

@@ -10,8 +10,9 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
-from diffgym.denoisers import TemporalUnet, TemporalValueNet, make_ema
+from diffgym.denoisers import TemporalUnet, TemporalValueNet
 from diffgym.diffusion import GaussianDiffusion, PredictionType
+from diffgym.ema import make_ema
 from diffgym.guidance import ClassifierFreeGuidance, ClassifierGuidance, Inpainting
 from diffgym.networks import InverseDynamics, make_adam
 from diffgym.normalizers import GaussianNormalizer, NormalizerKind, make_normalizer

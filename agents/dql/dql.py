@@ -7,13 +7,13 @@ from typing import Any, ClassVar
 import torch
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples
 from torch import Tensor
-from torch.nn.utils import clip_grad_norm_
 
 from diffgym.agents.dql.policies import DiffusionQLPolicy
 from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
-from diffgym.denoisers import update_ema
+from diffgym.ema import update_ema
 from diffgym.networks import soft_update
+from diffgym.rl import bellman_target, gradient_norm, td_loss
 
 
 class DiffusionQL(OfflineAlgorithm):
@@ -105,13 +105,13 @@ class DiffusionQL(OfflineAlgorithm):
     def _update_critic(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         policy = self.policy
         with torch.no_grad():
-            target_q = self._next_q(batch.next_observations)
-            target = batch.rewards.squeeze(1) + self.gamma * (1 - batch.dones.squeeze(1)) * target_q
+            next_q = self._next_q(batch.next_observations)
+            target = bellman_target(batch.rewards, batch.dones, next_q, self.gamma)
         q = policy.critic(batch.observations, batch.actions)  # (2, B)
-        loss = ((q - target) ** 2).mean(dim=1).sum()
+        loss = td_loss(q, target)
         policy.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = self._clip(policy.critic.parameters())
+        norm = gradient_norm(policy.critic.parameters(), self.grad_norm)
         policy.critic_optimizer.step()
         return {"critic_loss": loss, "critic_grad_norm": norm, "q_mean": q.mean()}
 
@@ -138,7 +138,7 @@ class DiffusionQL(OfflineAlgorithm):
         loss = bc_loss + self.eta * q_loss
         policy.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = self._clip(policy.actor.parameters())
+        norm = gradient_norm(policy.actor.parameters(), self.grad_norm)
         policy.actor_optimizer.step()
         return {"actor_loss": loss, "bc_loss": bc_loss, "q_loss": q_loss, "actor_grad_norm": norm}
 
@@ -146,8 +146,3 @@ class DiffusionQL(OfflineAlgorithm):
         policy = self.policy
         update_ema(policy.ema_actor, policy.actor, self._n_updates, self.ema_start, self.ema_every)
         soft_update(policy.critic_target, policy.critic, self.tau)
-
-    def _clip(self, parameters: Any) -> Tensor:
-        if self.grad_norm > 0:
-            return clip_grad_norm_(parameters, self.grad_norm)
-        return clip_grad_norm_(parameters, float("inf"))

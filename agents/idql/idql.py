@@ -9,13 +9,13 @@ from typing import Any, ClassVar
 import torch
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples
 from torch import Tensor
-from torch.nn.utils import get_total_norm
 
 from diffgym.agents.idql.policies import IDQLPolicy
-from diffgym.algorithm import OfflineAlgorithm, expectile_loss
+from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
-from diffgym.denoisers import update_ema
+from diffgym.ema import update_ema
 from diffgym.networks import soft_update
+from diffgym.rl import bellman_target, expectile_loss, gradient_norm, td_loss
 
 
 @contextmanager
@@ -134,12 +134,12 @@ class IDQL(OfflineAlgorithm):
         policy = self.policy
         with torch.no_grad():
             next_v = policy.value(batch.next_observations)
-            target = batch.rewards.squeeze(1) + self.gamma * (1 - batch.dones.squeeze(1)) * next_v
+            target = bellman_target(batch.rewards, batch.dones, next_v, self.gamma)
         q = policy.critic(batch.observations, batch.actions)  # (2, B)
-        loss = ((q - target) ** 2).mean()
+        loss = td_loss(q, target, reduce_members="mean")  # the official critic loss averages the twins
         policy.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = _gradient_norm(policy.critic)
+        norm = gradient_norm(policy.critic.parameters())  # logged only: IDQL does not clip
         policy.critic_optimizer.step()
         return {"critic_loss": loss.detach(), "q_mean": q.detach().mean(), "critic_grad_norm": norm}
 
@@ -150,7 +150,7 @@ class IDQL(OfflineAlgorithm):
             loss = policy.actor.loss(batch.actions, batch.observations, generator=self.generator)
         policy.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = _gradient_norm(policy.actor)
+        norm = gradient_norm(policy.actor.parameters())
         policy.actor_optimizer.step()
         return {"actor_loss": loss.detach(), "actor_grad_norm": norm}
 
@@ -158,8 +158,3 @@ class IDQL(OfflineAlgorithm):
         policy = self.policy
         update_ema(policy.ema_actor, policy.actor, self._n_updates, self.ema_start)
         soft_update(policy.critic_target, policy.critic, self.tau)
-
-
-def _gradient_norm(module: torch.nn.Module) -> Tensor:
-    """The global L2 norm of ``module``'s gradients, for the logger (IDQL does not clip)."""
-    return get_total_norm([p.grad for p in module.parameters() if p.grad is not None])

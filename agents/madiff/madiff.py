@@ -16,7 +16,7 @@ from torch import Tensor
 from diffgym.agents.madiff.policies import MADiffPolicy
 from diffgym.data import DatasetLike
 from diffgym.data.multiagent import MultiAgentSegmentDataset, check_agents_and_spaces, dataset_agents
-from diffgym.denoisers import update_ema
+from diffgym.ema import update_ema
 from diffgym.trajectory import SegmentBatches, SegmentSamples, SequenceAlgorithm, inverse_dynamics_loss
 from diffgym.wrappers.multiagent import JointAgentEnv
 

@@ -13,8 +13,9 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from diffgym.data.multiagent import AgentMismatchError
-from diffgym.denoisers import MultiAgentTemporalUnet, make_ema
+from diffgym.denoisers import MultiAgentTemporalUnet
 from diffgym.diffusion import GaussianDiffusion, PredictionType
+from diffgym.ema import make_ema
 from diffgym.guidance import ClassifierFreeGuidance, Inpainting
 from diffgym.networks import InverseDynamics, make_adam
 from diffgym.normalizers import NormalizerKind, make_normalizer

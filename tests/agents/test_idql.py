@@ -11,7 +11,7 @@ from torch import nn
 from diffgym import IDQL
 from diffgym.agents.idql import IDQLPolicy
 from diffgym.agents.idql.policies import expectile_log_weights
-from diffgym.algorithm import expectile_loss, iql_reward_scale
+from diffgym.rl import expectile_loss, iql_reward_scale
 
 SMALL_NETS = dict(num_candidates=8, actor_hidden=32, critic_hidden=32)
 TINY = dict(batch_size=32, check_every=10, seed=0)

@@ -1,0 +1,92 @@
+"""The reinforcement-learning parts the agents share: twin critics, the Bellman target, TD and
+expectile losses, gradient norms, and IQL's reward scale.
+
+Every agent with a critic (Diffusion-QL, IDQL, TD3+BC, IQL) builds and trains it with these, so a
+critic step reads the same in each agent file and a fix lands everywhere at once.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import clip_grad_norm_
+
+from diffgym.networks import StateActionCritic
+
+IQL_RETURN_RANGE = 1000.0  # IQL rescales rewards so that dataset returns span this range
+
+
+def twin_critic(
+    obs_dim: int, action_dim: int, **mlp_kwargs: Any
+) -> tuple[StateActionCritic, StateActionCritic]:
+    """Two Q networks in one ensemble (one batched forward: (B, obs), (B, A) -> (2, B)) and a frozen
+    target copy for the Bellman target (updated by :func:`~diffgym.networks.soft_update`)."""
+    critic = StateActionCritic(obs_dim, action_dim, members=2, **mlp_kwargs)
+    return critic, copy.deepcopy(critic).requires_grad_(False)
+
+
+def bellman_target(rewards: Tensor, dones: Tensor, next_value: Tensor, gamma: float) -> Tensor:
+    """``r + γ (1 - done) V(s')``: rewards, dones (B, 1) or (B,), next_value (B,) -> (B,).
+
+    ``dones`` are true terminals only (a time-limit truncation still bootstraps).
+    """
+    return rewards.reshape(-1) + gamma * (1 - dones.reshape(-1)) * next_value
+
+
+def td_loss(q: Tensor, target: Tensor, reduce_members: str = "sum") -> Tensor:
+    """Squared TD error of an ensemble: q (members, B), target (B,) -> scalar.
+
+    ``reduce_members="sum"``: ``Σ_i mean_b (Q_i - y)²`` (TD3, Diffusion-QL, IQL's official code);
+    ``"mean"``: the mean over members as well (IDQL's official ``((qs - y) ** 2).mean()``).
+    """
+    per_member = ((q - target) ** 2).mean(dim=1)
+    if reduce_members == "sum":
+        return per_member.sum()
+    if reduce_members == "mean":
+        return per_member.mean()
+    raise ValueError(f"reduce_members must be 'sum' or 'mean', got {reduce_members!r}")
+
+
+def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
+    """IQL's asymmetric squared loss ``|τ - 1(diff < 0)| · diff²``, averaged: diff (B,) -> scalar.
+
+    Minimised over a constant ``v`` with ``diff = q - v``, it gives the τ-expectile of ``q``.
+    """
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff**2).mean()
+
+
+def gradient_norm(parameters: Iterable[nn.Parameter], max_norm: float = 0.0) -> Tensor:
+    """The global L2 norm of the gradients (for the logger), clipped to ``max_norm`` when it is > 0."""
+    return clip_grad_norm_(list(parameters), max_norm if max_norm > 0 else float("inf"))
+
+
+def iql_reward_scale(
+    observations: Tensor, next_observations: Tensor, rewards: Tensor, dones: Tensor
+) -> float:
+    """IQL's reward scale ``1000 / (max - min episode return)`` over a dataset's episodes.
+
+    Episodes end where IQL's ``split_into_trajectories`` ends them: at a terminal, or where the
+    next row's observation is not this row's next observation. Shapes: observations (N, obs_dim),
+    next_observations (N, obs_dim), rewards (N, 1) or (N,), dones (N, 1) or (N,).
+
+    Raises:
+        ValueError: all episodes have the same return (nothing to scale by).
+    """
+    ends = dones.reshape(-1).bool().clone()
+    ends[:-1] |= (observations[1:] - next_observations[:-1]).norm(dim=1) > 1e-6
+    ends[-1] = True
+    episode = torch.cumsum(ends.long(), 0) - ends.long()  # (N,) episode index of each row
+    returns = torch.zeros(int(ends.sum()), dtype=torch.float64, device=rewards.device)
+    returns.index_add_(0, episode, rewards.reshape(-1).double())
+    spread = float(returns.max() - returns.min())
+    if spread <= 0:
+        raise ValueError(
+            f"reward_scale='iql' needs episodes with different returns; the dataset has {len(returns)} "
+            "episode(s) of equal return. Pass a number instead."
+        )
+    return IQL_RETURN_RANGE / spread
