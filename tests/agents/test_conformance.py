@@ -1,4 +1,9 @@
-"""What every diffgym agent promises, checked the same way for each (add new agents to AGENTS)."""
+"""What every registered diffgym agent promises, checked the same way for each (d3rlpy's harness).
+
+The agents come from the registry (:mod:`diffgym.registry`): a new agent is checked as soon as its
+registry entry exists. ``SETTINGS`` only makes runs small; an agent not listed there runs with its
+own defaults. Team agents (``"team"`` in their tasks) have their own checks in test_team_conformance.
+"""
 
 from typing import Any, NamedTuple
 
@@ -10,63 +15,110 @@ from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from diffgym import IDQL, DiffuserPlanner, DiffusionPolicy, DiffusionQL
+from diffgym import registry
 from diffgym.data import DatasetSpaceMismatchError, collect_dataset, load_transitions
 from diffgym.serialization import ModelFileError, load_model_file
 
 
-class Case(NamedTuple):
-    """An agent, tiny settings for it, the statistics it logs, and settings that make it diverge."""
+class Settings(NamedTuple):
+    """Tiny constructor arguments, the statistics the agent logs, and arguments that make it diverge."""
 
-    cls: type
     kwargs: dict[str, Any]
     losses: set[str]
     diverging: dict[str, Any]
+
+
+class Case(NamedTuple):
+    """A registered agent with the settings of one conformance run."""
+
+    spec: registry.AgentSpec
+    kwargs: dict[str, Any]
+    losses: set[str]
+    diverging: dict[str, Any]
+
+    @property
+    def cls(self) -> type:
+        return self.spec.load()
+
+    def make(self, env: Any, **overrides: Any) -> Any:
+        policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy"
+        return self.spec.make(policy, env, **{**self.kwargs, **overrides})
 
 
 TINY = dict(batch_size=32, check_every=10, seed=0)
 CRITIC_LOSSES = {"critic_loss", "actor_loss", "critic_grad_norm"}
 TINY_CHUNKS = dict(horizon=8, n_action_steps=4, num_timesteps=10, dim=16, dim_mults=(1, 2))
 TINY_UNET = dict(horizon=8, num_timesteps=10, dim=16, dim_mults=(1, 2), value_dim=16, value_dim_mults=(1, 2))
-AGENTS = {
-    "DiffusionQL": Case(
-        DiffusionQL,
+#: a limit every real loss exceeds: the divergence check must stop training and name the step
+EXPLODE_AT_ONCE = {"explode_above": 1e-12}
+#: registry name -> tiny settings (agents not listed: their defaults, and EXPLODE_AT_ONCE)
+SETTINGS = {
+    "dql": Settings(
         dict(TINY, ema_start=5, policy_kwargs=dict(actor_hidden=32, critic_hidden=32, num_candidates=8)),
         CRITIC_LOSSES,
         {"reward_scale": 1e30},
     ),
-    "IDQL": Case(
-        IDQL, dict(TINY, policy_kwargs=dict(num_candidates=8)), CRITIC_LOSSES, {"reward_scale": 1e30}
-    ),
-    "DiffuserPlanner": Case(
-        DiffuserPlanner,
+    "idql": Settings(dict(TINY, policy_kwargs=dict(num_candidates=8)), CRITIC_LOSSES, {"reward_scale": 1e30}),
+    "diffuser": Settings(
         dict(
             TINY, ema_start=5, policy_kwargs=dict(TINY_UNET, n_plans=4, n_action_steps=2, warm_start_steps=5)
         ),
         {"diffusion_loss", "value_loss"},
         {"learning_rate": 1e12},
     ),
-    "DecisionDiffuser": Case(
-        DiffuserPlanner,
-        dict(TINY, mode="decision_diffuser", ema_start=5, policy_kwargs=TINY_UNET),
-        {"diffusion_loss", "inverse_loss"},
-        {"learning_rate": 1e12},
-    ),
-    "DiffusionPolicy": Case(
-        DiffusionPolicy,
+    "diffusion_policy": Settings(
         dict(
             TINY, lr_warmup_steps=5, policy_kwargs=dict(TINY_CHUNKS, sampler={"name": "ddim", "num_steps": 4})
         ),
         {"diffusion_loss"},
         {"learning_rate": 1e12},
     ),
-    "DiffusionPolicyEnsemble": Case(
-        DiffusionPolicy,
-        dict(TINY, policy_kwargs=dict(TINY_CHUNKS, sampler="ddpm", temporal_ensemble_coeff=0.01)),
-        {"diffusion_loss"},
-        {"learning_rate": 1e12},
+    "td3bc": Settings(
+        dict(TINY, policy_kwargs=dict(hidden_dim=32)), {"critic_loss", "actor_loss"}, {"reward_scale": 1e30}
+    ),
+    "iql": Settings(
+        dict(TINY, policy_kwargs=dict(hidden_dim=32)),
+        {"value_loss", "actor_loss", "critic_loss"},
+        {"reward_scale": 1e30},
+    ),
+    "bc": Settings(dict(TINY, policy_kwargs=dict(hidden_dim=32)), {"bc_loss"}, EXPLODE_AT_ONCE),
+}
+#: further runs of a registered agent in another configuration: id -> (registry name, settings)
+VARIANTS = {
+    "decision_diffuser": (
+        "diffuser",
+        Settings(
+            dict(TINY, mode="decision_diffuser", ema_start=5, policy_kwargs=TINY_UNET),
+            {"diffusion_loss", "inverse_loss"},
+            {"learning_rate": 1e12},
+        ),
+    ),
+    "diffusion_policy_ensemble": (
+        "diffusion_policy",
+        Settings(
+            dict(TINY, policy_kwargs=dict(TINY_CHUNKS, sampler="ddpm", temporal_ensemble_coeff=0.01)),
+            {"diffusion_loss"},
+            {"learning_rate": 1e12},
+        ),
     ),
 }
+
+
+def conformance_cases() -> dict[str, Case]:
+    """One case per single-agent registry entry (tiny settings where known), plus the variants."""
+    agents = registry.registered()
+    cases = {
+        name: Case(spec, *SETTINGS.get(name, Settings(dict(TINY), set(), EXPLODE_AT_ONCE)))
+        for name, spec in agents.items()
+        if not spec.team
+    }
+    for variant, (name, settings) in VARIANTS.items():
+        if name in agents:
+            cases[variant] = Case(agents[name], *settings)
+    return cases
+
+
+AGENTS = conformance_cases()
 
 
 @pytest.fixture(params=list(AGENTS), scope="module")
@@ -76,14 +128,12 @@ def case(request):
 
 @pytest.fixture(scope="module")
 def agent(case):
-    return case.cls, case.kwargs
+    return case.cls, case
 
 
 @pytest.fixture(scope="module")
-def trained(agent, pendulum_dataset):
-    cls, kwargs = agent
-    model = cls("MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, **kwargs)
-    return model.learn(30)
+def trained(case, pendulum_dataset):
+    return case.make(make("Pendulum-v1"), dataset=pendulum_dataset).learn(30)
 
 
 def test_predict_shapes_single_and_vectorised(trained):
@@ -120,7 +170,8 @@ def test_save_load_predicts_the_same_and_resumes(trained, agent, tmp_path, pendu
     before, _ = trained.predict(observations, deterministic=True)
     trained.save(tmp_path / "model")
     manifest, _ = load_model_file(tmp_path / "model")
-    assert manifest["sampler"]["name"] == trained.policy.sampler.name  # the file says how it samples
+    if hasattr(trained.policy, "sampler"):  # a diffusion agent's file says how it samples
+        assert manifest["sampler"]["name"] == trained.policy.sampler.name
     loaded = cls.load(tmp_path / "model", env=make("Pendulum-v1"))
     after, _ = loaded.predict(observations, deterministic=True)
     np.testing.assert_array_equal(before, after)
@@ -148,8 +199,8 @@ def test_saved_state_includes_optimizers_and_rng(trained, agent, tmp_path, pendu
 
 
 def test_callbacks_fire_during_offline_learning(agent, pendulum_dataset, tmp_path):
-    cls, kwargs = agent
-    model = cls("MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, **kwargs)
+    cls, case = agent
+    model = case.make(make("Pendulum-v1"), dataset=pendulum_dataset)
     evaluation = EvalCallback(
         make("Pendulum-v1", max_episode_steps=20),
         eval_freq=10,
@@ -165,14 +216,11 @@ def test_callbacks_fire_during_offline_learning(agent, pendulum_dataset, tmp_pat
 
 
 def test_logger_writes_losses_to_tensorboard(case, pendulum_dataset, tmp_path):
-    cls, kwargs, losses, _ = case
-    model = cls(
-        "MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, tensorboard_log=str(tmp_path), **kwargs
-    )
+    model = case.make(make("Pendulum-v1"), dataset=pendulum_dataset, tensorboard_log=str(tmp_path))
     model.learn(20, log_interval=10)
     (run,) = tmp_path.iterdir()
     assert list(run.glob("events.out.tfevents.*"))
-    assert losses <= set(model._monitor.means)
+    assert model._monitor.means and case.losses <= set(model._monitor.means)
 
 
 def test_evaluate_policy_runs(trained):
@@ -182,14 +230,14 @@ def test_evaluate_policy_runs(trained):
 
 
 def test_dataset_with_wrong_spaces_is_refused_before_training(agent, mountain_car_dataset):
-    cls, kwargs = agent
+    _, case = agent
     with pytest.raises(DatasetSpaceMismatchError, match="observation"):
-        cls("MlpPolicy", make("Pendulum-v1"), dataset=mountain_car_dataset, **kwargs)
+        case.make(make("Pendulum-v1"), dataset=mountain_car_dataset)
 
 
 def test_online_fine_tuning_adds_env_experience(agent, pendulum_dataset):
-    cls, kwargs = agent
-    model = cls("MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, **kwargs).learn(10)
+    cls, case = agent
+    model = case.make(make("Pendulum-v1"), dataset=pendulum_dataset).learn(10)
     if not cls.supports_online:
         with pytest.raises(NotImplementedError, match="learns from a dataset only"):
             model.learn(40, online=True)
@@ -200,8 +248,7 @@ def test_online_fine_tuning_adds_env_experience(agent, pendulum_dataset):
 
 
 def test_diverging_training_stops_with_the_step(case, pendulum_dataset):
-    cls, kwargs, _, diverging = case
-    model = cls("MlpPolicy", make("Pendulum-v1"), dataset=pendulum_dataset, **{**kwargs, **diverging})
+    model = case.make(make("Pendulum-v1"), dataset=pendulum_dataset, **case.diverging)
     with pytest.raises(RuntimeError, match=r"training diverged: .* at gradient step \d+"):
         model.learn(50)
 
@@ -223,12 +270,12 @@ class DictPendulum(ObservationWrapper):
 
 
 def test_dict_observations_work_end_to_end(agent, minari_store, tmp_path, request):
-    cls, kwargs = agent
+    cls, case = agent
     env = DictPendulum(make("Pendulum-v1"))
     dataset = collect_dataset(
         env, None, f"test/dictpendulum/{request.node.callspec.id.lower()}-v0", n_steps=300, seed=0
     )
-    model = cls("MultiInputPolicy", env, dataset=dataset, **kwargs).learn(10)
+    model = case.make(env, dataset=dataset).learn(10)
     obs, _ = env.reset(seed=0)
     action, _ = model.predict(obs, deterministic=True)
     assert action.shape == (1,)
