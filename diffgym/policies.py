@@ -23,12 +23,11 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
 
 from diffgym.diffusion import GaussianDiffusion
-from diffgym.ema import make_ema
+from diffgym.ema import EMA
 from diffgym.networks import StateActionCritic
-from diffgym.normalizers import GaussianNormalizer, MinMaxNormalizer
+from diffgym.normalizers import DEFAULT_EPS, GaussianNormalizer, MinMaxNormalizer
 from diffgym.rl import twin_critic
 from diffgym.samplers import Randomness, Sampler, TiledNoise, make_sampler
 from diffgym.schedules import NoiseSchedule
@@ -78,10 +77,11 @@ class AgentPolicy(BasePolicy):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Every optimizer, by name (saved and restored with the model)."""
 
-    def fit_normalizer(self, flat_observations: Tensor) -> None:
-        """Set the observation statistics from the dataset: (N, obs_dim)."""
+    def fit_normalizer(self, flat_observations: Tensor, eps: float = DEFAULT_EPS) -> None:
+        """Set the observation statistics from the dataset: (N, obs_dim); ``eps`` floors each
+        feature's spread (standard deviation or half-range)."""
         if self.normalize_observations:
-            fitted = type(self.obs_normalizer).fit(flat_observations)
+            fitted = type(self.obs_normalizer).fit(flat_observations, eps=eps)
             self.obs_normalizer.load_state_dict(fitted.state_dict())
 
     def features(self, observation: PyTorchObs) -> Tensor:
@@ -162,7 +162,7 @@ class DiffusionActorPolicy(CandidateSelectionPolicy):
     with an EMA copy and twin critics with targets (what Diffusion-QL and IDQL share)."""
 
     actor: GaussianDiffusion
-    ema_actor: AveragedModel
+    ema_actor: EMA[GaussianDiffusion]
     sampler: Sampler
     critic: StateActionCritic
     critic_target: StateActionCritic
@@ -178,7 +178,7 @@ class DiffusionActorPolicy(CandidateSelectionPolicy):
         """ε-prediction diffusion of actions given the state, x0 clipped to [-1, 1], and its EMA."""
         schedule = NoiseSchedule.make(beta_schedule, num_timesteps)
         self.actor = GaussianDiffusion(denoiser, schedule, prediction="epsilon", clip_range=(-1.0, 1.0))
-        self.ema_actor = make_ema(self.actor, ema_decay)
+        self.ema_actor = EMA(self.actor, ema_decay)
         self.sampler = make_sampler(sampler)
 
     def _build_twin_critic(self, **mlp_kwargs: Any) -> None:
@@ -200,4 +200,4 @@ class DiffusionActorPolicy(CandidateSelectionPolicy):
 
     @property
     def ema_model(self) -> GaussianDiffusion:
-        return self.ema_actor.module  # type: ignore[return-value]
+        return self.ema_actor.module

@@ -8,7 +8,7 @@ critic step reads the same in each agent file and a fix lands everywhere at once
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -49,6 +49,48 @@ def td_loss(q: Tensor, target: Tensor, reduce_members: str = "sum") -> Tensor:
     if reduce_members == "mean":
         return per_member.mean()
     raise ValueError(f"reduce_members must be 'sum' or 'mean', got {reduce_members!r}")
+
+
+def min_q(critic: StateActionCritic, observations: Tensor, actions: Tensor) -> Tensor:
+    """The pessimistic twin estimate ``min(Q_1, Q_2)(s, a)``: (B, obs), (B, A) -> (B,)."""
+    return critic(observations, actions).min(dim=0).values
+
+
+def fit_twin_critic(
+    critic: StateActionCritic,
+    optimizer: torch.optim.Optimizer,
+    observations: Tensor,
+    actions: Tensor,
+    target: Tensor,
+    max_norm: float = 0.0,
+    reduce_members: str = "sum",
+) -> dict[str, Tensor]:
+    """One gradient step of the twins toward a Bellman ``target`` (B,) (:func:`td_loss`), the gradient
+    clipped to ``max_norm`` when > 0. Returns detached ``critic_loss``, ``q_mean``, ``critic_grad_norm``."""
+    q = critic(observations, actions)  # (2, B)
+    loss = td_loss(q, target, reduce_members)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = gradient_norm(critic.parameters(), max_norm)
+    optimizer.step()
+    return {"critic_loss": loss.detach(), "q_mean": q.detach().mean(), "critic_grad_norm": norm}
+
+
+def fit_expectile_value(
+    value: Callable[[Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    observations: Tensor,
+    target_q: Tensor,
+    expectile: float,
+) -> dict[str, Tensor]:
+    """IQL's value step: ``V(s)`` (B,) regresses the τ-expectile of ``target_q`` (B,) (usually
+    :func:`min_q` of the target critics at dataset actions). Returns detached ``value_loss``, ``v_mean``."""
+    v = value(observations)
+    loss = expectile_loss(target_q - v, expectile)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"value_loss": loss.detach(), "v_mean": v.detach().mean()}
 
 
 def expectile_loss(diff: Tensor, expectile: float) -> Tensor:

@@ -1,18 +1,19 @@
 """Trajectory-level agents: segment batches on the device, a receding-horizon policy and its algorithm.
 
-Planners (Diffuser, Decision Diffuser) and Diffusion Policy learn from windows of consecutive
-steps rather than single transitions, and act by producing a *plan* (a chunk of future actions)
-from a short observation history, then executing several of its actions before planning again.
+Planners (Diffuser, Decision Diffuser, MADiff: :mod:`diffgym.planning`), Diffusion Policy and
+history-based behaviour cloning learn from windows of consecutive steps rather than single
+transitions, and act by producing a *plan* (a chunk of future actions) from a short observation
+history, then executing several of its actions before planning again.
 
 - :class:`SegmentBatches` keeps a dataset's padded segment rows on the training device and samples
   windows with the algorithm's generator (no host round trip per step).
-- :class:`RecedingHorizonPolicy` implements SB3's ``predict(obs, state, episode_start)`` with the
-  recurrent-policy convention (as ``sb3_contrib.RecurrentPPO``): the returned ``state`` carries
-  each env's observation history, its current plan and the position in it, so
-  ``evaluate_policy`` and a hand-written loop that passes ``state`` back execute
+- :class:`RecedingHorizonPolicy` overrides SB3's ``predict(obs, state, episode_start)`` outright
+  with the recurrent-policy convention (as ``sb3_contrib.RecurrentPPO``'s policies do): the
+  returned ``state`` carries each env's observation history, its current plan and the position in
+  it, so ``evaluate_policy`` and a hand-written loop that passes ``state`` back execute
   ``n_action_steps`` actions per plan; ``episode_start`` (or ``state=None``) starts afresh.
   A call without ``state`` plans from the current observation alone (its history repeats it)
-  and returns the plan's first action.
+  and returns the plan's first action; so does ``_predict``, SB3's stateless entry point.
 - :class:`SequenceAlgorithm` is :class:`~diffgym.algorithm.OfflineAlgorithm` fed with segments.
   It learns offline only.
 """
@@ -24,12 +25,14 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from minari import MinariDataset
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import Tensor
 
 from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import SegmentDataset, SegmentRows
+from diffgym.normalizers import DEFAULT_EPS
 from diffgym.policies import AgentPolicy
 from diffgym.samplers import Randomness, TiledNoise
 
@@ -47,25 +50,11 @@ class SegmentSamples(NamedTuple):
     goals: Tensor | None  #: (B, goal_dim) or None
 
 
-def inverse_dynamics_loss(predicted: Tensor, actions: Tensor, mask: Tensor) -> Tensor:
-    """Decision Diffuser's inverse-dynamics MSE over real steps only.
-
-    ``predicted``: ``f(s_t, s_{t+1})`` for ``t < H - 1``, (B, H - 1, ..., A); ``actions``: (B, H, ..., A);
-    ``mask``: (B, H) real steps (the next state of an episode's last step is its final observation,
-    repeated by the padding, so every real step has one). -> scalar.
-    """
-    real = mask[:, :-1].to(predicted.dtype)
-    error = ((predicted - actions[:, :-1]) ** 2).flatten(2).sum(dim=2)  # (B, H - 1)
-    return (error * real).sum() / (real.sum() * predicted[0, 0].numel()).clamp_min(1)
-
-
 class SegmentBatches:
     """A segment dataset's rows (:meth:`~diffgym.data.SegmentDataset.rows`) on the device, sampled
     uniformly over segment starts; windows of ``horizon`` rows."""
 
-    def __init__(
-        self, rows: SegmentRows, horizon: int, policy: AgentPolicy, device: torch.device
-    ) -> None:
+    def __init__(self, rows: SegmentRows, horizon: int, policy: AgentPolicy, device: torch.device) -> None:
         def tensor(array: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=device)
 
@@ -94,15 +83,15 @@ class SegmentBatches:
 
     @property
     def step_observations(self) -> Tensor:
-        """(N_steps, obs_dim) observations of the real steps, to fit normalisers."""
+        """(N_steps, obs_dim) (a team: (N_steps, n, obs_dim)) observations of the real steps, to fit normalisers."""
         return self.observations[self.mask]
 
 
 class RecedingHorizonPolicy(AgentPolicy):
     """Acts by planning ``n_action_steps`` actions from ``n_obs_steps`` observations, then executing them.
 
-    Subclasses set ``n_obs_steps``, ``n_action_steps``, ``segment_horizon`` (the training window)
-    and ``pad_before`` in ``_build`` and implement :meth:`plan` and :meth:`plan_actions`. A plan is
+    Subclasses set ``n_obs_steps``, ``n_action_steps``, ``segment_horizon`` (the training window),
+    ``pad_before`` and ``obs_std_floor`` in ``_build`` and implement :meth:`plan` and :meth:`plan_actions`. A plan is
     whatever tensor the subclass keeps between decisions (Diffuser keeps the whole normalised
     trajectory, to warm-start the next plan from it).
     """
@@ -111,6 +100,7 @@ class RecedingHorizonPolicy(AgentPolicy):
     n_action_steps: int  # actions executed from each plan before planning again
     segment_horizon: int  # steps per training window
     pad_before: int = 0  # training windows may start this many steps before an episode
+    obs_std_floor: float = DEFAULT_EPS  # floor of each observation feature's spread when fitted
 
     @abstractmethod
     def plan(self, history: Tensor, previous: Tensor | None, deterministic: bool) -> Tensor:
@@ -125,8 +115,9 @@ class RecedingHorizonPolicy(AgentPolicy):
         """The actions to execute from each plan, in order: (b, *plan_shape) -> (b, n_action_steps, A)."""
 
     def fit_to_segments(self, data: SegmentBatches) -> None:
-        """Fit normalisers to the first dataset (observations; subclasses add their own)."""
-        self.fit_normalizer(data.step_observations)
+        """Fit normalisers to the first dataset: observations (a team's flattened), their spread
+        floored at ``obs_std_floor``; subclasses add their own."""
+        self.fit_normalizer(data.step_observations.flatten(1), eps=self.obs_std_floor)
 
     def plan_noise(self, deterministic: bool, period: int = 1) -> Randomness:
         """Where a plan's noise comes from: fresh draws, or (deterministic) the same fixed noise for
@@ -143,18 +134,31 @@ class RecedingHorizonPolicy(AgentPolicy):
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
     ) -> tuple[np.ndarray, PlanState]:
-        """SB3's ``predict``; ``state`` carries histories and plans between calls (see the module doc)."""
-        self._pending: tuple[PlanState | None, np.ndarray | None] = (state, episode_start)
-        actions, _ = super().predict(observation, None, None, deterministic)
-        return actions, self._next_state
+        """SB3's ``predict``, with ``state`` carrying histories and plans between calls (see the
+        module doc); overridden outright, as sb3-contrib's recurrent policies do.
+
+        Observations are preprocessed as SB3's :meth:`~stable_baselines3.common.policies.BasePolicy.predict`
+        does (one observation or a VecEnv batch; actions rescaled to the action space's bounds).
+        """
+        self.set_training_mode(False)
+        if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
+            raise ValueError(  # SB3's check: the Gymnasium API mixed with the VecEnv API
+                "You have passed a tuple to the predict() function instead of a Numpy array or a Dict. "
+                "You are probably mixing Gym API with SB3 VecEnv API: `obs, info = env.reset()` (Gym) "
+                "vs `obs = vec_env.reset()` (SB3 VecEnv)."
+            )
+        obs_tensor, vectorized_env = self.obs_to_tensor(observation)
+        with torch.no_grad():
+            actions, next_state = self.act_from_features(
+                self.features(obs_tensor), state, episode_start, deterministic
+            )
+        box: spaces.Box = self.action_space  # type: ignore[assignment]
+        scaled = self.unscale_action(actions.cpu().numpy().reshape((-1, *box.shape)))
+        return (scaled if vectorized_env else scaled.squeeze(axis=0)), next_state
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> Tensor:
-        state, episode_start = getattr(self, "_pending", (None, None))
-        self._pending = (None, None)
-        actions, self._next_state = self.act_from_features(
-            self.features(observation), state, episode_start, deterministic
-        )
-        return actions
+        """SB3's stateless entry point: plan from scratch and return the plan's first action."""
+        return self.act_from_features(self.features(observation), None, None, deterministic)[0]
 
     def act_from_features(
         self,

@@ -15,7 +15,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from diffgym.data.multiagent import JointStepper, team_reward
+from diffgym.data.team import JointStepper, team_reward
 
 __all__ = ["JointAgentEnv", "TeamPolicy", "evaluate_team"]
 

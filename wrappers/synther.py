@@ -16,7 +16,6 @@ the config; :class:`~diffgym.wrappers.DiffusionReplayBuffer` uses this model onl
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -32,9 +31,10 @@ from minari.data_collector import EpisodeBuffer
 from torch import Tensor, nn
 
 from diffgym.data import DatasetLike, load_dataset, load_transitions
-from diffgym.data.making import _create
+from diffgym.data.minari_writer import write_dataset
 from diffgym.denoisers import ResidualMLPDenoiser
 from diffgym.diffusion import GaussianDiffusion, PredictionType
+from diffgym.ema import EMA
 from diffgym.normalizers import GaussianNormalizer
 from diffgym.samplers import Sampler, make_sampler
 from diffgym.schedules import NoiseSchedule
@@ -195,7 +195,7 @@ class TransitionDiffusion(nn.Module):
         self.register_buffer("obs_high", _bound(obs_high, obs_dim, math.inf))
         self.normalizer = GaussianNormalizer(self.dim)
         self.denoiser = self._new_denoiser()
-        self.ema_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False)
+        self.ema_denoiser = EMA(self.denoiser, self.config.ema_decay)
         self.schedule = NoiseSchedule.make(self.config.schedule, self.config.num_timesteps)
         self.fitted = False
         self.last_fit: dict[str, float] = {}
@@ -253,9 +253,8 @@ class TransitionDiffusion(nn.Module):
         model = GaussianDiffusion(self.denoiser, self.schedule, prediction=c.prediction)
         optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=c.learning_rate, betas=c.adam_betas)
         annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, c.train_steps)
-        self.ema_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False)
+        self.ema_denoiser = EMA(self.denoiser, c.ema_decay)
         params: list[Tensor] = list(self.denoiser.parameters())
-        ema_params: list[Tensor] = list(self.ema_denoiser.parameters())
         self.denoiser.train()
         losses = []
         for step in range(c.train_steps):
@@ -266,9 +265,7 @@ class TransitionDiffusion(nn.Module):
             nn.utils.clip_grad_norm_(params, c.grad_clip)
             optimizer.step()
             annealing.step()
-            if (step + 1) % c.ema_every == 0:
-                with torch.no_grad():
-                    torch._foreach_lerp_(ema_params, params, 1.0 - c.ema_decay)
+            self.ema_denoiser.update(self.denoiser, step + 1, every=c.ema_every)  # after step + 1 updates
             losses.append(loss.detach())
         return losses
 
@@ -279,7 +276,7 @@ class TransitionDiffusion(nn.Module):
             raise RuntimeError("the transition model is not fitted yet: call fit() first")
         if n < 0:
             raise ValueError(f"cannot generate a negative number of transitions ({n})")
-        model = GaussianDiffusion(self.ema_denoiser, self.schedule, self.config.prediction).eval()
+        model = GaussianDiffusion(self.ema_denoiser.module, self.schedule, self.config.prediction).eval()
         chunks = []
         for start in range(0, n, self.config.sample_batch_size):
             size = min(self.config.sample_batch_size, n - start)
@@ -423,7 +420,7 @@ def _store(
     ]
     env = _recover_env(source)
     try:
-        created = _create(
+        created = write_dataset(
             dataset_id,
             buffers,
             env,

@@ -18,8 +18,7 @@ from torch import Tensor, nn
 
 from diffgym.data import DatasetLike
 from diffgym.networks import make_adam
-from diffgym.normalizers import GaussianNormalizer
-from diffgym.trajectory import RecedingHorizonPolicy, SegmentBatches, SegmentSamples, SequenceAlgorithm
+from diffgym.trajectory import RecedingHorizonPolicy, SegmentSamples, SequenceAlgorithm
 
 
 class HistoryBCPolicy(RecedingHorizonPolicy):
@@ -52,11 +51,6 @@ class HistoryBCPolicy(RecedingHorizonPolicy):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.optimizer}
-
-    def fit_to_segments(self, data: SegmentBatches) -> None:
-        if self.normalize_observations:
-            fitted = GaussianNormalizer.fit(data.step_observations, eps=self.obs_std_floor)
-            self.obs_normalizer.load_state_dict(fitted.state_dict())
 
     def act(self, history: Tensor) -> Tensor:
         """(b, n_obs_steps, obs_dim) normalised -> (b, A) in [-1, 1]."""

@@ -43,7 +43,7 @@ from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
 from diffgym.networks import EnsembleMLP, make_adam, soft_update
 from diffgym.policies import CandidateSelectionPolicy
-from diffgym.rl import bellman_target, expectile_loss, td_loss, twin_critic
+from diffgym.rl import bellman_target, fit_expectile_value, fit_twin_critic, min_q, twin_critic
 from diffgym.samplers import Randomness, draw_noise
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # the official clip of the actor's log-std
@@ -146,12 +146,10 @@ class IQL(OfflineAlgorithm):
     def train_step(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         policy = self.policy
         with torch.no_grad():
-            q = policy.critic_target(batch.observations, batch.actions).min(dim=0).values  # (B,)
-        v = policy.value(batch.observations)
-        value_loss = expectile_loss(q - v, self.expectile)
-        policy.value_optimizer.zero_grad(set_to_none=True)
-        value_loss.backward()
-        policy.value_optimizer.step()
+            q = min_q(policy.critic_target, batch.observations, batch.actions)
+        stats = fit_expectile_value(
+            policy.value, policy.value_optimizer, batch.observations, q, self.expectile
+        )
 
         with torch.no_grad():  # the updated V, at s and s' in one forward
             v, next_v = policy.value(torch.cat([batch.observations, batch.next_observations])).chunk(2)
@@ -162,17 +160,9 @@ class IQL(OfflineAlgorithm):
         actor_loss.backward()
         policy.actor_optimizer.step()
 
-        q_both = policy.critic(batch.observations, batch.actions)  # (2, B)
-        critic_loss = td_loss(q_both, target)  # official: (q1 - y)² + (q2 - y)²
-        policy.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        policy.critic_optimizer.step()
+        # official: (q1 - y)² + (q2 - y)², unclipped
+        stats |= fit_twin_critic(
+            policy.critic, policy.critic_optimizer, batch.observations, batch.actions, target
+        )
         soft_update(policy.critic_target, policy.critic, self.tau)
-        return {
-            "value_loss": value_loss.detach(),
-            "v_mean": v.mean(),
-            "actor_loss": actor_loss.detach(),
-            "awr_weight": weight.mean(),
-            "critic_loss": critic_loss.detach(),
-            "q_mean": q_both.detach().mean(),
-        }
+        return stats | {"actor_loss": actor_loss.detach(), "awr_weight": weight.mean()}

@@ -23,7 +23,7 @@ from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
 from diffgym.networks import make_adam, soft_update
 from diffgym.policies import CandidateSelectionPolicy
-from diffgym.rl import bellman_target, td_loss, twin_critic
+from diffgym.rl import bellman_target, fit_twin_critic, min_q, twin_critic
 from diffgym.samplers import Randomness
 
 
@@ -104,14 +104,11 @@ class TD3BC(OfflineAlgorithm):
                 (self.policy_noise * noise).clamp(-self.noise_clip, self.noise_clip).to(batch.actions.device)
             )
             next_actions = (policy.actor_target(batch.next_observations) + noise).clamp(-1, 1)
-            next_q = policy.critic_target(batch.next_observations, next_actions).min(dim=0).values
+            next_q = min_q(policy.critic_target, batch.next_observations, next_actions)
             target = bellman_target(batch.rewards, batch.dones, next_q, self.gamma)
-        q = policy.critic(batch.observations, batch.actions)
-        critic_loss = td_loss(q, target)
-        policy.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        policy.critic_optimizer.step()
-        stats = {"critic_loss": critic_loss, "q_mean": q.mean()}
+        stats = fit_twin_critic(
+            policy.critic, policy.critic_optimizer, batch.observations, batch.actions, target
+        )
         if self._n_updates % self.policy_delay == 0:
             stats |= self._update_actor(batch)
         return stats

@@ -1,42 +1,61 @@
-"""DiffuserPlanner: planning by trajectory diffusion (Diffuser), with a Decision-Diffuser mode."""
+"""DiffuserPlanner: planning by trajectory diffusion (Diffuser), with a Decision-Diffuser mode
+(also as :class:`DecisionDiffuser`)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv
 from torch import Tensor
 
-from diffgym.agents.diffuser.policies import DiffuserPolicy, Mode
+from diffgym.agents.diffuser.policies import DecisionDiffuserPolicy, DiffuserPolicy, Mode, SingleAgentPlanner
 from diffgym.data import DatasetLike
-from diffgym.ema import update_ema
-from diffgym.trajectory import SegmentSamples, SequenceAlgorithm, inverse_dynamics_loss
+from diffgym.guidance import Inpainting
+from diffgym.planning import PlanningAlgorithm
+from diffgym.trajectory import SegmentSamples
+
+#: The policy of each mode.
+POLICIES: dict[Mode, type[SingleAgentPlanner]] = {
+    "diffuser": DiffuserPolicy,
+    "decision_diffuser": DecisionDiffuserPolicy,
+}
 
 
-class DiffuserPlanner(SequenceAlgorithm):
+def _mode_settings(mode: Mode) -> set[str]:
+    """The ``policy_kwargs`` only ``mode``'s policy takes (its ``_build_mode``'s arguments)."""
+    return set(inspect.signature(POLICIES[mode]._build_mode).parameters) - {"self", "lr_schedule"}
+
+
+class DiffuserPlanner(PlanningAlgorithm):
     """Diffuser (Janner, Du, Tenenbaum & Levine, "Planning with Diffusion for Flexible Behavior
     Synthesis", ICML 2022) and, with ``mode="decision_diffuser"``, Decision Diffuser (Ajay et al.,
     "Is Conditional Generative Modeling all you need for Decision-Making?", ICLR 2023), as an SB3
     algorithm that learns offline from a dataset's trajectory segments.
 
-    Each gradient step (a batch of ``batch_size`` segments of ``horizon`` steps):
+    ``mode`` picks the policy: :class:`~diffgym.agents.diffuser.DiffuserPolicy` or
+    :class:`~diffgym.agents.diffuser.DecisionDiffuserPolicy` (both on the core planner base,
+    :mod:`diffgym.planning`). Each gradient step (a batch of ``batch_size`` segments of ``horizon``
+    steps), with the first state inpainted (and the last, for goal tasks):
 
-    - **Diffuser**: the temporal U-Net learns to denoise ``[action, state]`` trajectories with the
-      first state inpainted (and the last, for goal tasks), x0-prediction, the first action's loss
-      weighted by ``action_weight``; the value network regresses the standardised discounted
-      return-to-go (discount ``gamma``) of the segment from its noisy version at a random step.
-    - **Decision Diffuser**: the U-Net denoises state trajectories conditioned on the segment's
-      normalised return, the condition dropped with probability ``cond_drop_prob``;
-      the inverse-dynamics model regresses ``a_t`` from ``(s_t, s_{t+1})`` on real steps; the two
-      losses are averaged (DD's ``(diffusion + inverse) / 2``).
+    - **Diffuser** (:meth:`_update_diffusion`, :meth:`_update_value`): the temporal U-Net learns to
+      denoise ``[action, state]`` trajectories, x0-prediction, the first action's loss weighted by
+      ``action_weight``; the value network regresses the standardised discounted return-to-go
+      (discount ``gamma``) of the segment from its noisy version at a random step.
+    - **Decision Diffuser** (:meth:`~diffgym.planning.PlanningAlgorithm._update_return_conditioned`):
+      the U-Net denoises state trajectories conditioned on the segment's normalised return, the
+      condition dropped with probability ``cond_drop_prob``; the inverse-dynamics model regresses
+      ``a_t`` from ``(s_t, s_{t+1})`` on real steps; the two losses are averaged (DD's
+      ``(diffusion + inverse) / 2``).
     - The EMA of the diffusion model starts after ``ema_start`` steps, updated every ``ema_every``.
 
-    Acting (see :class:`~diffgym.agents.diffuser.DiffuserPolicy`) inpaints the current state,
-    samples plans, keeps the best by value (Diffuser) or recovers actions by inverse dynamics (DD),
-    and executes ``n_action_steps`` of them. ``predict`` follows SB3's recurrent-policy convention:
-    pass the returned state back (``evaluate_policy`` does) to execute a plan over several steps.
+    Acting inpaints the current state, samples plans, keeps the best by value (Diffuser) or recovers
+    actions by inverse dynamics (DD), and executes ``n_action_steps`` of them. ``predict`` follows
+    SB3's recurrent-policy convention: pass the returned state back (``evaluate_policy`` does) to
+    execute a plan over several steps.
 
     Deliberate differences:
 
@@ -55,33 +74,32 @@ class DiffuserPlanner(SequenceAlgorithm):
       default the planned actions are executed and the plan redrawn every ``n_action_steps``.
     - ``endpoint_condition=True`` (off by default) also feeds the inpainted start / goal to the U-Net
       as its condition vector (DD: after the return, dropped with it). Both papers condition on
-      states by inpainting alone, which the network learns to propagate only slowly: after 1k
-      CPU-budget steps on maze2d-umaze Diffuser's x0 estimate at the noisiest step ignored the start
-      (error 0.59 next to it, as far away as anywhere), with the condition it was 0.19; after 5k
-      steps on hopper-medium DD's planned s_1 was 0.36 (RMS, in [-1, 1] units) from the real one,
-      where a step moves the state by 0.06. The maze and hopper DD benchmarks use it.
+      states by inpainting alone, which the network learns to propagate only slowly at CPU budgets
+      (measured; see zoo/results/README.md). The maze and hopper DD benchmarks use it.
     - Offline only: ``learn(online=True)`` raises. ``total_timesteps`` counts gradient steps.
 
     Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
-        mode: ``"diffuser"`` or ``"decision_diffuser"`` (passed to the policy).
+        mode: ``"diffuser"`` or ``"decision_diffuser"``: which policy (saved with the model).
         learning_rate: Adam learning rate (Diffuser: 2e-4; DD: 2e-4).
         batch_size: segments per gradient step (Diffuser: 32; DD: 32).
         gamma: discount of the returns the value (or return condition) learns (Diffuser's value: 0.997
             on locomotion; DD: 0.99).
         ema_start: gradient steps before the EMA starts averaging (Diffuser: 2000).
         ema_every: gradient steps between EMA updates (Diffuser: 10).
+        policy_kwargs: the policy's settings; those only the other mode's policy takes are ignored,
+            so that one dict serves both modes.
     """
 
     policy_aliases: ClassVar[dict[str, type]] = {
         "MlpPolicy": DiffuserPolicy,
         "MultiInputPolicy": DiffuserPolicy,
     }
-    policy: DiffuserPolicy
-    saved_hyperparameters = (*SequenceAlgorithm.saved_hyperparameters, "mode", "ema_start", "ema_every")
+    policy: SingleAgentPlanner
+    saved_hyperparameters = (*PlanningAlgorithm.saved_hyperparameters, "mode")
 
     def __init__(
         self,
-        policy: str | type[DiffuserPolicy],
+        policy: str | type[SingleAgentPlanner],
         env: GymEnv | str | None,
         dataset: DatasetLike | None = None,
         mode: Mode = "diffuser",
@@ -93,14 +111,20 @@ class DiffuserPlanner(SequenceAlgorithm):
         policy_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if mode not in POLICIES:
+            raise ValueError(f"mode must be 'diffuser' or 'decision_diffuser', got {mode!r}")
+        if not isinstance(policy, str) and not issubclass(policy, POLICIES[mode]):
+            raise TypeError(f"mode {mode!r} plans with a {POLICIES[mode].__name__}, got {policy.__name__}")
         self.mode = mode
-        self.ema_start = ema_start
-        self.ema_every = ema_every
-        policy_kwargs = {**(policy_kwargs or {}), "mode": mode}
+        others = {name for other in POLICIES if other != mode for name in _mode_settings(other)}
+        ignored = others - _mode_settings(mode)
+        policy_kwargs = {k: v for k, v in (policy_kwargs or {}).items() if k not in ignored}
         super().__init__(
             policy,
             env,
             dataset,
+            ema_start=ema_start,
+            ema_every=ema_every,
             learning_rate=learning_rate,
             batch_size=batch_size,
             gamma=gamma,
@@ -108,52 +132,45 @@ class DiffuserPlanner(SequenceAlgorithm):
             **kwargs,
         )
 
+    def _get_policy_from_name(self, policy_name: str) -> type[BasePolicy]:
+        """``"MlpPolicy"`` and ``"MultiInputPolicy"`` name the policy of ``mode``."""
+        super()._get_policy_from_name(policy_name)  # refuses unknown names
+        return POLICIES[self.mode]
+
     def train_step(self, batch: SegmentSamples) -> dict[str, Tensor]:
         policy = self.policy
-        x0 = policy.trajectories(batch.observations, batch.actions)
+        x0 = policy.trajectories(batch.observations, batch.actions)  # (B, H, x_dim)
         states = policy.states_of(x0)
-        goal_task = policy.goal_slice is not None
-        last = states[:, -1] if goal_task else None
-        inpainting = policy.conditioning(x0, states[:, 0], last)
-        cond = policy.unet_condition(states[:, 0], last, policy.return_condition(batch.returns))
-        stats = self._model_step(batch, x0, inpainting, cond)
-        if policy.value is not None:
-            stats.update(self._value_step(batch, x0, inpainting))
-        update_ema(policy.ema, policy.model, self._n_updates, self.ema_start, self.ema_every)
+        first, last = states[:, 0], states[:, -1] if policy.goal_slice is not None else None
+        inpainting = policy.inpainting(x0.shape, first, last)
+        if isinstance(policy, DecisionDiffuserPolicy):
+            cond = policy.unet_condition(first, last, policy.return_condition(batch.returns))
+            stats = self._update_return_conditioned(batch, x0, inpainting, cond)
+        else:
+            assert isinstance(policy, DiffuserPolicy)
+            stats = self._update_diffusion(x0, inpainting, policy.unet_condition(first, last))
+            if policy.value is not None:
+                stats.update(self._update_value(batch, x0, inpainting))
+        self._update_ema()
         return stats
 
-    def _model_step(
-        self, batch: SegmentSamples, x0: Tensor, inpainting: Any, cond: Tensor | None
-    ) -> dict[str, Tensor]:
+    def _update_diffusion(self, x0: Tensor, inpainting: Inpainting, cond: Tensor | None) -> dict[str, Tensor]:
+        """Diffuser's denoising loss on ``[action, state]`` plans, the first action weighted."""
         policy = self.policy
-        if policy.inverse is None:
-            loss = policy.model.loss(
-                x0, cond, weights=policy.loss_weights, inpainting=inpainting, generator=self.generator
-            )
-            stats = {"diffusion_loss": loss}
-        else:
-            diffusion = policy.model.loss(
-                x0,
-                cond,
-                cond_drop_prob=policy.cond_drop_prob,
-                inpainting=inpainting,
-                generator=self.generator,
-            )
-            inverse = self._inverse_loss(batch, policy.states_of(x0))
-            loss = (diffusion + inverse) / 2
-            stats = {"diffusion_loss": diffusion, "inverse_loss": inverse}
+        assert isinstance(policy, DiffuserPolicy)
+        loss = policy.model.loss(
+            x0, cond, weights=policy.loss_weights, inpainting=inpainting, generator=self.generator
+        )
         policy.model_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         policy.model_optimizer.step()
-        return stats
+        return {"diffusion_loss": loss}
 
-    def _inverse_loss(self, batch: SegmentSamples, states: Tensor) -> Tensor:
-        assert self.policy.inverse is not None
-        predicted = self.policy.inverse(states[:, :-1], states[:, 1:])
-        return inverse_dynamics_loss(predicted, batch.actions, batch.mask)
-
-    def _value_step(self, batch: SegmentSamples, x0: Tensor, inpainting: Any) -> dict[str, Tensor]:
+    def _update_value(self, batch: SegmentSamples, x0: Tensor, inpainting: Inpainting) -> dict[str, Tensor]:
+        """The value network regresses the segment's standardised return from its noisy version at a
+        random step (inpainted, as sampling sees it), so that it can guide every denoising step."""
         policy = self.policy
+        assert isinstance(policy, DiffuserPolicy)
         assert policy.value is not None and policy.value_optimizer is not None
         model = policy.model
         t = torch.randint(
@@ -167,3 +184,21 @@ class DiffuserPlanner(SequenceAlgorithm):
         loss.backward()
         policy.value_optimizer.step()
         return {"value_loss": loss}
+
+
+class DecisionDiffuser(DiffuserPlanner):
+    """Decision Diffuser as an algorithm of its own: ``DiffuserPlanner(mode="decision_diffuser")``
+    (see :class:`DiffuserPlanner`), with DD's discount of the returns it conditions on (0.99) as
+    the default."""
+
+    saved_hyperparameters = PlanningAlgorithm.saved_hyperparameters
+
+    def __init__(
+        self,
+        policy: str | type[SingleAgentPlanner],
+        env: GymEnv | str | None,
+        dataset: DatasetLike | None = None,
+        gamma: float = 0.99,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(policy, env, dataset, mode="decision_diffuser", gamma=gamma, **kwargs)

@@ -125,7 +125,7 @@ class DiffusionPolicy(SequenceAlgorithm):
         policy.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         policy.optimizer.step()
-        policy.update_ema(self._n_updates)
+        policy.ema.update(policy.model, self._n_updates)  # DP's warm-up decay, every step
         return {"diffusion_loss": loss}
 
     def _prepare_batch(self, batch: SegmentSamples) -> SegmentSamples:

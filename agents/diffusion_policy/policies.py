@@ -3,7 +3,6 @@ order or blended by temporal ensembling."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -12,23 +11,10 @@ from torch import Tensor
 
 from diffgym.denoisers import TemporalUnet
 from diffgym.diffusion import GaussianDiffusion
-from diffgym.normalizers import GaussianNormalizer
+from diffgym.ema import EMA
 from diffgym.samplers import Sampler, make_sampler
 from diffgym.schedules import NoiseSchedule
-from diffgym.trajectory import RecedingHorizonPolicy, SegmentBatches
-
-
-def warmup_ema_decay(step: int, power: float, max_decay: float) -> float:
-    """Diffusion Policy's EMA decay after ``step`` averaging steps: ``1 - (1 + step)^-power``, capped at
-    ``max_decay``; 0 (copy the model) at step 0. DP: ``power=0.75``, ``max_decay=0.9999``, so the
-    average spans the last ~6 steps at step 10, ~180 at 1000 and ~1000 at 10,000.
-
-    >>> warmup_ema_decay(0, 0.75, 0.9999), round(warmup_ema_decay(1000, 0.75, 0.9999), 4)
-    (0.0, 0.9944)
-    """
-    if step <= 0:
-        return 0.0
-    return min(max_decay, 1.0 - (1.0 + step) ** -power)
+from diffgym.trajectory import RecedingHorizonPolicy
 
 
 class DiffusionPolicyNet(RecedingHorizonPolicy):
@@ -63,16 +49,18 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
             real robots; here DDIM with 10 steps, for CPU latency).
         temporal_ensemble_coeff: ACT's ``m`` to blend overlapping chunks (ACT: 0.01); None (default)
             executes chunks as they are, as DP does.
-        obs_std_floor: floor of the observations' standard deviation when standardising them
-            (see :meth:`fit_to_segments`).
+        obs_std_floor: floor of the observations' standard deviation when standardising them:
+            near-constant features (Meta-World's object quaternions vary by 1e-5 in the
+            demonstrations) would otherwise be scaled by up to 1e6 and explode as soon as a rollout
+            leaves the data.
         weight_decay, adam_betas: AdamW's (DP: 1e-6, (0.95, 0.999)).
-        ema_power, ema_max_decay: the EMA's warm-up schedule (DP: 0.75, 0.9999; see
-            :func:`warmup_ema_decay`).
+        ema_power, ema_max_decay: the EMA's warm-up schedule, updated every step (DP: 0.75, 0.9999;
+            see :class:`~diffgym.ema.EMA`).
         deterministic_seed, normalize_observations: see :class:`~diffgym.policies.AgentPolicy`.
     """
 
     model: GaussianDiffusion
-    ema: GaussianDiffusion
+    ema: EMA[GaussianDiffusion]
     sampler: Sampler
 
     def _build(
@@ -99,7 +87,6 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
         self.temporal_ensemble_coeff = temporal_ensemble_coeff
         self.n_action_steps = 1 if temporal_ensemble_coeff is not None else n_action_steps
         self.obs_std_floor = obs_std_floor
-        self.ema_power, self.ema_max_decay = ema_power, ema_max_decay
         denoiser = TemporalUnet(
             self.action_dim,
             cond_dim=n_obs_steps * self.obs_dim,
@@ -110,7 +97,7 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
         )
         schedule = NoiseSchedule.make("cosine", num_timesteps)  # DP's squaredcos_cap_v2
         self.model = GaussianDiffusion(denoiser, schedule, prediction="epsilon", clip_range=(-1.0, 1.0))
-        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.ema = EMA(self.model, ema_max_decay, power=ema_power)
         self.sampler = make_sampler(sampler or {"name": "ddim", "num_steps": 10})
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -125,15 +112,8 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
 
     @property
     def ema_model(self) -> GaussianDiffusion:
-        return self.ema
-
-    def fit_to_segments(self, data: SegmentBatches) -> None:
-        """Standardise observations with their std floored at ``obs_std_floor``: near-constant
-        features (Meta-World's object quaternions vary by 1e-5 in the demonstrations) would
-        otherwise be scaled by up to 1e6 and explode as soon as a rollout leaves the data."""
-        if self.normalize_observations:
-            fitted = GaussianNormalizer.fit(data.step_observations, eps=self.obs_std_floor)
-            self.obs_normalizer.load_state_dict(fitted.state_dict())
+        """The averaged model that acts."""
+        return self.ema.module
 
     # ------------------------------------------------------------------ training
 
@@ -141,18 +121,12 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
         """The global condition: (B, >= n_obs_steps, obs_dim) normalised -> (B, n_obs_steps * obs_dim)."""
         return observations[:, : self.n_obs_steps].flatten(1)
 
-    @torch.no_grad()
-    def update_ema(self, step: int) -> None:
-        """Average the model into the EMA after ``step`` previous updates (DP's warm-up decay)."""
-        decay = warmup_ema_decay(step, self.ema_power, self.ema_max_decay)
-        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
-
     # ------------------------------------------------------------------ acting
 
     def sample_chunks(self, history: Tensor, deterministic: bool) -> Tensor:
         """Chunks from the EMA model: (b, n_obs_steps, obs_dim) normalised -> (b, horizon, A) in [-1, 1]."""
         shape = (history.shape[0], self.segment_horizon, self.action_dim)
-        return self.ema.sample(
+        return self.ema_model.sample(
             shape, self.condition(history), sampler=self.sampler, generator=self.plan_noise(deterministic)
         )
 

@@ -11,9 +11,8 @@ from torch import Tensor
 from diffgym.agents.dql.policies import DiffusionQLPolicy
 from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
-from diffgym.ema import update_ema
 from diffgym.networks import soft_update
-from diffgym.rl import bellman_target, gradient_norm, td_loss
+from diffgym.rl import bellman_target, fit_twin_critic, gradient_norm
 
 
 class DiffusionQL(OfflineAlgorithm):
@@ -107,13 +106,9 @@ class DiffusionQL(OfflineAlgorithm):
         with torch.no_grad():
             next_q = self._next_q(batch.next_observations)
             target = bellman_target(batch.rewards, batch.dones, next_q, self.gamma)
-        q = policy.critic(batch.observations, batch.actions)  # (2, B)
-        loss = td_loss(q, target)
-        policy.critic_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = gradient_norm(policy.critic.parameters(), self.grad_norm)
-        policy.critic_optimizer.step()
-        return {"critic_loss": loss, "critic_grad_norm": norm, "q_mean": q.mean()}
+        return fit_twin_critic(
+            policy.critic, policy.critic_optimizer, batch.observations, batch.actions, target, self.grad_norm
+        )
 
     def _next_q(self, next_obs: Tensor) -> Tensor:
         """``min_i Q'_i(s', a')`` (B,), a' from the EMA actor; with max_q_backup, max over samples."""
@@ -144,5 +139,5 @@ class DiffusionQL(OfflineAlgorithm):
 
     def _update_targets(self) -> None:
         policy = self.policy
-        update_ema(policy.ema_actor, policy.actor, self._n_updates, self.ema_start, self.ema_every)
+        policy.ema_actor.update(policy.actor, self._n_updates, self.ema_start, self.ema_every)
         soft_update(policy.critic_target, policy.critic, self.tau)

@@ -11,6 +11,7 @@ from torch import Tensor
 from diffgym.denoisers import MLPDenoiser
 from diffgym.networks import make_adam
 from diffgym.policies import DiffusionActorPolicy
+from diffgym.rl import min_q
 from diffgym.samplers import Randomness
 
 
@@ -55,4 +56,4 @@ class DiffusionQLPolicy(DiffusionActorPolicy):
         return self.sample_from(self.ema_model, features, generator)
 
     def score_actions(self, features: Tensor, actions: Tensor) -> Tensor:
-        return self.critic_target(features, actions).min(dim=0).values
+        return min_q(self.critic_target, features, actions)

@@ -13,9 +13,8 @@ from torch import Tensor
 from diffgym.agents.idql.policies import IDQLPolicy
 from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
-from diffgym.ema import update_ema
 from diffgym.networks import soft_update
-from diffgym.rl import bellman_target, expectile_loss, gradient_norm, td_loss
+from diffgym.rl import bellman_target, fit_expectile_value, fit_twin_critic, gradient_norm, min_q
 
 
 @contextmanager
@@ -122,26 +121,25 @@ class IDQL(OfflineAlgorithm):
     def _update_value(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         policy = self.policy
         with torch.no_grad():
-            q = policy.critic_target(batch.observations, batch.actions).min(dim=0).values  # (B,)
-        v = policy.value(batch.observations)
-        loss = expectile_loss(q - v, self.expectile)
-        policy.value_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        policy.value_optimizer.step()
-        return {"value_loss": loss.detach(), "v_mean": v.detach().mean()}
+            q = min_q(policy.critic_target, batch.observations, batch.actions)
+        return fit_expectile_value(
+            policy.value, policy.value_optimizer, batch.observations, q, self.expectile
+        )
 
     def _update_critic(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         policy = self.policy
         with torch.no_grad():
             next_v = policy.value(batch.next_observations)
             target = bellman_target(batch.rewards, batch.dones, next_v, self.gamma)
-        q = policy.critic(batch.observations, batch.actions)  # (2, B)
-        loss = td_loss(q, target, reduce_members="mean")  # the official critic loss averages the twins
-        policy.critic_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = gradient_norm(policy.critic.parameters())  # logged only: IDQL does not clip
-        policy.critic_optimizer.step()
-        return {"critic_loss": loss.detach(), "q_mean": q.detach().mean(), "critic_grad_norm": norm}
+        # the official loss averages over the twins; IDQL does not clip gradients
+        return fit_twin_critic(
+            policy.critic,
+            policy.critic_optimizer,
+            batch.observations,
+            batch.actions,
+            target,
+            reduce_members="mean",
+        )
 
     def _update_actor(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         policy = self.policy
@@ -156,5 +154,5 @@ class IDQL(OfflineAlgorithm):
 
     def _update_targets(self) -> None:
         policy = self.policy
-        update_ema(policy.ema_actor, policy.actor, self._n_updates, self.ema_start)
+        policy.ema_actor.update(policy.actor, self._n_updates, self.ema_start)
         soft_update(policy.critic_target, policy.critic, self.tau)

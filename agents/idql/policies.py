@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from diffgym.denoisers import ResidualMLPDenoiser
 from diffgym.networks import EnsembleMLP, make_adam
 from diffgym.policies import DiffusionActorPolicy
+from diffgym.rl import min_q
 from diffgym.samplers import Randomness
 
 SELECTIONS = ("argmax", "expectile")
@@ -114,7 +115,7 @@ class IDQLPolicy(DiffusionActorPolicy):
 
     def score_actions(self, features: Tensor, actions: Tensor) -> Tensor:
         """``min(Q'_1, Q'_2)`` (argmax) or ``log w`` (expectile): (B, obs_dim), (B, action_dim) -> (B,)."""
-        q = self.critic_target(features, actions).min(dim=0).values
+        q = min_q(self.critic_target, features, actions)
         if self.selection == "argmax":
             return q
         return expectile_log_weights(q, self.value(features), self.expectile)

@@ -15,9 +15,9 @@ from torch import Tensor
 
 from diffgym.agents.madiff.policies import MADiffPolicy
 from diffgym.data import DatasetLike
-from diffgym.data.multiagent import MultiAgentSegmentDataset, check_agents_and_spaces, dataset_agents
-from diffgym.ema import update_ema
-from diffgym.trajectory import SegmentBatches, SegmentSamples, SequenceAlgorithm, inverse_dynamics_loss
+from diffgym.data.team import MultiAgentSegmentDataset, check_agents_and_spaces, dataset_agents
+from diffgym.planning import PlanningAlgorithm
+from diffgym.trajectory import SegmentBatches, SegmentSamples, SequenceAlgorithm
 from diffgym.wrappers.multiagent import JointAgentEnv
 
 TeamEnv: TypeAlias = ParallelEnv | GymEnv | str | None
@@ -28,7 +28,7 @@ def as_joint_env(env: TeamEnv) -> GymEnv | str | None:
     return JointAgentEnv(env) if isinstance(env, ParallelEnv) else env
 
 
-class MADiff(SequenceAlgorithm):
+class MADiff(PlanningAlgorithm):
     """MADiff (Zhu et al., "MADiff: Offline Multi-agent Learning with Diffusion Models", NeurIPS 2024)
     as an SB3 algorithm over a PettingZoo team, learning offline from a multi-agent dataset
     (:mod:`diffgym.data.multiagent`'s format).
@@ -46,7 +46,8 @@ class MADiff(SequenceAlgorithm):
       classifier-free guidance), the first step inpainted: every agent's (MADiff-C) or one random
       agent's (MADiff-D, ``policy_kwargs=dict(decentralized=True)``);
     - each agent's inverse-dynamics model regresses its ``a_t`` from its ``(o_t, o_{t+1})`` on real steps;
-    - the loss is ``(diffusion + inverse) / 2`` (Decision Diffuser's, which MADiff builds on);
+    - the loss is ``(diffusion + inverse) / 2`` (Decision Diffuser's, which MADiff builds on: the core's
+      :meth:`~diffgym.planning.PlanningAlgorithm._update_return_conditioned`);
     - the EMA starts after ``ema_start`` steps and is updated every ``ema_every`` steps.
 
     Deliberate differences from MADiff: the return condition is the *team* return (the mean of the
@@ -76,7 +77,6 @@ class MADiff(SequenceAlgorithm):
     policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": MADiffPolicy, "MultiInputPolicy": MADiffPolicy}
     action_space_types: ClassVar[tuple[type[spaces.Space], ...]] = (spaces.Dict,)
     policy: MADiffPolicy
-    saved_hyperparameters = (*SequenceAlgorithm.saved_hyperparameters, "ema_start", "ema_every")
 
     def __init__(
         self,
@@ -91,7 +91,6 @@ class MADiff(SequenceAlgorithm):
         policy_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.ema_start, self.ema_every = ema_start, ema_every
         env = as_joint_env(env)
         policy_kwargs = dict(policy_kwargs or {})
         if "agents" not in policy_kwargs:
@@ -100,6 +99,8 @@ class MADiff(SequenceAlgorithm):
             "MultiInputPolicy" if policy == "MlpPolicy" else policy,  # SB3 wants this name for Dict spaces
             env,
             dataset,
+            ema_start=ema_start,
+            ema_every=ema_every,
             learning_rate=learning_rate,
             batch_size=batch_size,
             gamma=gamma,
@@ -147,24 +148,13 @@ class MADiff(SequenceAlgorithm):
 
     def train_step(self, batch: SegmentSamples) -> dict[str, Tensor]:
         policy = self.policy
-        x0 = batch.observations  # (B, H, n, D) normalised
-        own = None
+        x0 = batch.observations  # (B, H, n, D) normalised: a team's plans are its observations
+        own = None  # MADiff-D: one random agent's first observation is inpainted per segment
         if policy.decentralized:
             own = torch.randint(
                 0, policy.n_agents, (x0.shape[0],), generator=self.generator, device=self.device
             )
-        diffusion = policy.model.loss(
-            x0,
-            policy.return_condition(batch.returns),
-            cond_drop_prob=policy.cond_drop_prob,
-            inpainting=policy.conditioning(x0[:, 0], own),
-            generator=self.generator,
-        )
-        inverse = inverse_dynamics_loss(
-            policy.inverse_actions(x0[:, :-1], x0[:, 1:]), batch.actions, batch.mask
-        )
-        policy.optimizer.zero_grad(set_to_none=True)
-        ((diffusion + inverse) / 2).backward()
-        policy.optimizer.step()
-        update_ema(policy.ema, policy.model, self._n_updates, self.ema_start, self.ema_every)
-        return {"diffusion_loss": diffusion, "inverse_loss": inverse}
+        inpainting = policy.inpainting(x0.shape, x0[:, 0], keep=policy.own_agents(x0[:, 0], own))
+        stats = self._update_return_conditioned(batch, x0, inpainting, policy.return_condition(batch.returns))
+        self._update_ema()
+        return stats

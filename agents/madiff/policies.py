@@ -1,4 +1,10 @@
-"""MADiff's networks and how a team plans: centralised (MADiff-C) or decentralised (MADiff-D)."""
+"""MADiff's networks and how a team plans: centralised (MADiff-C) or decentralised (MADiff-D).
+
+MADiff is Decision Diffuser with an agent axis: the core's return-conditioned planner
+(:class:`~diffgym.planning.ReturnConditionedPlanner`) over plans ``(B, H, n, D)``, plus what a team
+adds: per-agent features and action bounds, one inverse-dynamics model per agent, MADiff-D's
+own-agent inpainting and ``predict`` on ``{agent: observation}`` dicts.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +16,21 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
 
-from diffgym.data.multiagent import AgentMismatchError
+from diffgym.data.team import AgentMismatchError
 from diffgym.denoisers import MultiAgentTemporalUnet
-from diffgym.diffusion import GaussianDiffusion, PredictionType
-from diffgym.ema import make_ema
-from diffgym.guidance import ClassifierFreeGuidance, Inpainting
-from diffgym.networks import InverseDynamics, make_adam
-from diffgym.normalizers import NormalizerKind, make_normalizer
-from diffgym.samplers import Sampler, make_sampler
-from diffgym.schedules import NoiseSchedule
-from diffgym.trajectory import PlanState, RecedingHorizonPolicy, SegmentBatches
+from diffgym.diffusion import PredictionType
+from diffgym.networks import InverseDynamics
+from diffgym.normalizers import NormalizerKind
+from diffgym.planning import ReturnConditionedPlanner
+from diffgym.samplers import Randomness
+from diffgym.trajectory import PlanState
 
 #: What ``predict`` returns as actions: one dict per call, or one per env for vectorised observations.
 TeamActions = dict[str, np.ndarray] | list[dict[str, np.ndarray]]
 
 
-class MADiffPolicy(RecedingHorizonPolicy):
+class MADiffPolicy(ReturnConditionedPlanner):
     """Plans every agent's observation trajectory with one return-conditioned diffusion model and
     recovers each agent's actions with its own inverse-dynamics model.
 
@@ -44,7 +47,8 @@ class MADiffPolicy(RecedingHorizonPolicy):
       inpaints one random agent per segment to match.
 
     Plans are conditioned on the team return ``target_return`` (a fraction of the dataset's range of
-    segment returns) with classifier-free guidance.
+    segment returns) with classifier-free guidance. A plan is ``(b, H, n, D)``: each planned step
+    holds every agent's state (``x_dim = state_dim = D``).
 
     Args (``policy_kwargs``):
         agents: agent ids in the env's ``possible_agents`` order (default: the ``Dict`` keys).
@@ -62,24 +66,19 @@ class MADiffPolicy(RecedingHorizonPolicy):
             (MADiff conditions on a hand-set scaled return near 1).
         inverse_hidden: width of each agent's inverse-dynamics MLP (MADiff: 256).
         prediction: what the U-Net predicts, ``"sample"`` (x0, as Diffuser; the default) or ``"epsilon"``
-            (MADiff, Decision Diffuser). At CPU budgets the ε-model fails on MPE spread (expert data): its
-            x0 estimate at the noisiest step is ``(x - s ε̂) / a`` with ``1 / a`` in the thousands for the
-            cosine schedule; after 5k steps its ε error there was still 0.28 and standardised, unclipped
-            plans diverged (score -10); clipped on ``"limits"`` it scored -274 after 12k steps (plans pinned
-            to the range's edges). x0-prediction scored 68.2 after 12k steps (``zoo/results/madiff.md``).
+            (MADiff, Decision Diffuser). At CPU budgets the ε-model fails on MPE spread: its x0 estimate
+            at the noisiest step is ``(x - s ε̂) / a`` with ``1 / a`` in the thousands for the cosine
+            schedule, and its plans diverged unclipped or sat on the range's edges clipped; x0-prediction
+            did not (measured; see zoo/results/README.md).
         normalizer: ``"gaussian"`` (standardise observations, x0 unclipped; the default, as measured) or
             ``"limits"`` (map each entry's data range to [-1, 1] and clip every x0 estimate to it, as
             MADiff's ``clip_denoised`` on its [-1, 1] CDF normaliser).
         deterministic_seed, normalize_observations: see :class:`~diffgym.policies.AgentPolicy`.
     """
 
-    model: GaussianDiffusion
-    ema: AveragedModel
-    sampler: Sampler
     inverse: nn.ModuleList  # one InverseDynamics per agent
     action_low: Tensor  # (n, A) lower action bounds per agent (padding: -1)
     action_high: Tensor  # (n, A) upper action bounds per agent (padding: 1)
-    return_range: Tensor  # (2,) lowest and highest segment return of the dataset
 
     def _check_action_space(self, action_space: spaces.Space) -> None:
         if not isinstance(action_space, spaces.Dict) or not all(
@@ -121,36 +120,35 @@ class MADiffPolicy(RecedingHorizonPolicy):
             raise AgentMismatchError(
                 f"agents {list(self.agents)} are not the spaces' keys {list(obs_spaces.spaces)}"
             )
-        if not 1 <= n_action_steps < horizon:
-            raise ValueError(
-                f"n_action_steps must be in [1, horizon - 1 = {horizon - 1}], got {n_action_steps}"
-            )
         self.n_agents = len(self.agents)
         self.observation_dims = tuple(spaces.flatdim(obs_spaces[a]) for a in self.agents)
         self.action_dims = tuple(spaces.flatdim(act_spaces[a]) for a in self.agents)
         self.agent_obs_dim, self.agent_action_dim = max(self.observation_dims), max(self.action_dims)
         self.obs_dim = self.n_agents * self.agent_obs_dim
         self.action_dim = self.n_agents * self.agent_action_dim
-        self.obs_normalizer, clip_range = make_normalizer(normalizer, self.obs_dim)
-        self.n_obs_steps, self.n_action_steps, self.segment_horizon = 1, n_action_steps, horizon
+        self.x_dim = self.state_dim = self.agent_obs_dim
         self.decentralized = decentralized
-        self.cfg_weight, self.cond_drop_prob, self.target_return = cfg_weight, cond_drop_prob, target_return
         denoiser = MultiAgentTemporalUnet(
             self.n_agents, self.agent_obs_dim, cond_dim=1, dim=dim, dim_mults=dim_mults,
             agent_attention=agent_attention,
         )  # fmt: skip
-        schedule = NoiseSchedule.make("cosine", num_timesteps)  # MADiff's (Decision Diffuser's) schedule
-        self.model = GaussianDiffusion(denoiser, schedule, prediction, clip_range)
-        self.ema = make_ema(self.model, ema_decay)
-        self.sampler = make_sampler(sampler)
-        self.inverse = nn.ModuleList(
+        self._build_planner(
+            denoiser,
+            horizon=horizon,
+            num_timesteps=num_timesteps,  # on the cosine schedule: MADiff's (Decision Diffuser's)
+            prediction=prediction,
+            normalizer=normalizer,
+            sampler=sampler,
+            ema_decay=ema_decay,
+            n_action_steps=n_action_steps,
+        )
+        inverse = nn.ModuleList(
             InverseDynamics(self.agent_obs_dim, self.agent_action_dim, inverse_hidden) for _ in self.agents
         )
+        self._build_return_conditioning(inverse, lr_schedule, cfg_weight, cond_drop_prob, target_return)
         low, high = self._stacked_bounds(act_spaces)
         self.register_buffer("action_low", low)
         self.register_buffer("action_high", high)
-        self.register_buffer("return_range", torch.tensor([0.0, 1.0]))
-        self.optimizer = make_adam([*self.model.parameters(), *self.inverse.parameters()], lr=lr_schedule(1))
 
     def _stacked_bounds(self, act_spaces: spaces.Dict) -> tuple[Tensor, Tensor]:
         """(n, A) bounds in agent order; padded entries get [-1, 1], so scaling leaves them alone."""
@@ -161,13 +159,6 @@ class MADiffPolicy(RecedingHorizonPolicy):
             low[k, : self.action_dims[k]] = box.low.reshape(-1)
             high[k, : self.action_dims[k]] = box.high.reshape(-1)
         return torch.as_tensor(low), torch.as_tensor(high)
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"model": self.optimizer}
-
-    @property
-    def ema_model(self) -> GaussianDiffusion:
-        return self.ema.module  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ shapes and scaling
 
@@ -203,30 +194,14 @@ class MADiffPolicy(RecedingHorizonPolicy):
         low, high = self.action_low.cpu().numpy(), self.action_high.cpu().numpy()
         return low + 0.5 * (scaled_action + 1.0) * (high - low)
 
-    def fit_to_segments(self, data: SegmentBatches) -> None:
-        """Observation statistics per agent entry and the range of the team's segment returns."""
-        self.fit_normalizer(data.step_observations.flatten(1))
-        self.return_range.copy_(torch.stack([data.returns.min(), data.returns.max()]))
-
-    def return_condition(self, returns: Tensor) -> Tensor:
-        """Team returns (B,) -> (B, 1) in [0, 1] over the dataset's range."""
-        low, high = self.return_range
-        return ((returns - low) / (high - low).clamp_min(1e-6)).unsqueeze(1)
-
-    def conditioning(self, first: Tensor, agents: Tensor | None) -> Inpainting:
-        """Fix the first step of each sample to ``first`` (B, n, D): every agent's (``agents`` None,
-        MADiff-C) or only agent ``agents[b]`` of sample ``b`` (MADiff-D)."""
-        b = first.shape[0]
-        mask = torch.zeros(
-            b, self.segment_horizon, self.n_agents, self.agent_obs_dim, dtype=torch.bool, device=first.device
-        )
+    def own_agents(self, first: Tensor, agents: Tensor | None) -> Tensor | None:
+        """Which entries of the current team state ``first`` (B, n, D) a sample inpaints: only agent
+        ``agents[b]``'s in sample ``b`` (MADiff-D) -> (B, n, D) bool; None (MADiff-C): every agent's."""
         if agents is None:
-            mask[:, 0] = True
-        else:
-            mask[torch.arange(b, device=first.device), 0, agents] = True
-        values = torch.zeros(mask.shape, dtype=first.dtype, device=first.device)
-        values[:, 0] = torch.where(mask[:, 0], first, 0.0)
-        return Inpainting(mask, values)
+            return None
+        keep = torch.zeros(first.shape, dtype=torch.bool, device=first.device)
+        keep[torch.arange(first.shape[0], device=first.device), agents] = True
+        return keep
 
     def inverse_actions(self, states: Tensor, next_states: Tensor) -> Tensor:
         """Each agent's inverse dynamics: (B, ..., n, D) twice -> (B, ..., n, A) in [-1, 1]."""
@@ -249,22 +224,11 @@ class MADiffPolicy(RecedingHorizonPolicy):
         index = torch.arange(n, device=current.device)
         return plans[:, index, :, index].permute(1, 2, 0, 3)  # (b, H, n, D): agent i's slot from its own plan
 
-    def _sample(self, current: Tensor, own: Tensor | None, noise: Any) -> Tensor:
+    def _sample(self, current: Tensor, own: Tensor | None, noise: Randomness) -> Tensor:
         """Plans (B, H, n, D) inpainting ``current`` (B, n, D) (all agents, or agent ``own[b]``)."""
-        batch = current.shape[0]
-        return self.ema_model.sample(
-            (batch, *self.plan_shape),
-            current.new_full((batch, 1), self.target_return),
-            sampler=self.sampler,
-            classifier_free=ClassifierFreeGuidance(self.cfg_weight),
-            inpainting=self.conditioning(current, own),
-            generator=noise,
-        )
-
-    def plan_actions(self, plans: Tensor) -> Tensor:
-        """(b, H, n, D) -> (b, n_action_steps, n * A) in [-1, 1]."""
-        k = self.n_action_steps
-        return self.inverse_actions(plans[:, :k], plans[:, 1 : k + 1]).flatten(-2)
+        shape = (current.shape[0], *self.plan_shape)
+        inpainting = self.inpainting(shape, current, keep=self.own_agents(current, own))
+        return self.sample(shape, self.target_condition(current), inpainting, noise)
 
     # ------------------------------------------------------------------ acting on dict observations
 

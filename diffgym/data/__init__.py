@@ -1,5 +1,14 @@
-"""Data layer: Minari loading, transitions, trajectory segments, dataset creation and import."""
+"""Data layer: Minari loading, transitions, trajectory segments, dataset creation and import.
 
+Modules, lowest first (each imports only those before it): :mod:`~diffgym.data.tree`,
+:mod:`~diffgym.data.validation` and :mod:`~diffgym.data.minari_writer`; :mod:`~diffgym.data.collection`
+(datasets from any policy) and :mod:`~diffgym.data.d4rl` (D4RL-layout files); :mod:`~diffgym.data.loading`
+(any dataset into arrays); :mod:`~diffgym.data.segments` (trajectory windows); and the package
+:mod:`diffgym.data.team` (multi-agent data).
+"""
+
+from diffgym.data.collection import collect_dataset
+from diffgym.data.d4rl import import_d4rl, imported_dataset_id
 from diffgym.data.loading import (
     DatasetLike,
     EpisodeArrays,
@@ -10,8 +19,16 @@ from diffgym.data.loading import (
     read_episodes,
     validate_dataset,
 )
-from diffgym.data.making import collect_dataset, import_d4rl, imported_dataset_id
-from diffgym.data.multiagent import (
+from diffgym.data.segments import (
+    SegmentDataset,
+    SegmentLayout,
+    SegmentRows,
+    Segments,
+    discounted_returns_to_go,
+    segment_layout,
+    window_rows,
+)
+from diffgym.data.team import (
     AgentMismatchError,
     JointStep,
     JointStepper,
@@ -30,15 +47,6 @@ from diffgym.data.multiagent import (
     team_reward,
     unstack_agents,
     validate_multiagent_dataset,
-)
-from diffgym.data.segments import (
-    SegmentDataset,
-    SegmentLayout,
-    SegmentRows,
-    Segments,
-    discounted_returns_to_go,
-    segment_layout,
-    window_rows,
 )
 from diffgym.data.validation import (
     DatasetSpaceMismatchError,

@@ -18,8 +18,8 @@ from gymnasium import spaces
 from minari import MinariDataset
 from minari.storage import get_dataset_path
 
-from diffgym.data._tree import ArrayTree, iter_leaves, storage_dtype, tree_map
-from diffgym.data.making import import_d4rl, imported_dataset_id
+from diffgym.data.d4rl import import_d4rl, imported_dataset_id
+from diffgym.data.tree import ArrayTree, iter_leaves, storage_dtype, tree_map
 from diffgym.data.validation import check_episode_lengths, check_finite, check_spaces
 
 __all__ = [

@@ -14,8 +14,8 @@ import numpy as np
 from gymnasium import spaces
 from scipy.signal import lfilter
 
-from diffgym.data._tree import ArrayTree
 from diffgym.data.loading import DatasetLike, EpisodeArrays, flatten_observations, load_dataset, read_episodes
+from diffgym.data.tree import ArrayTree
 
 __all__ = [
     "SegmentDataset",

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from diffgym.agents.madiff import MADiff
 from diffgym.data import load_dataset
-from diffgym.data.multiagent import MultiAgentSegmentDataset
+from diffgym.data.team import MultiAgentSegmentDataset
 from diffgym.networks import make_adam
 from diffgym.scores import get_reference
 from diffgym.wrappers import evaluate_team

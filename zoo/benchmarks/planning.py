@@ -31,10 +31,10 @@ from stable_baselines3.common.monitor import Monitor
 
 from diffgym.agents.diffuser import DiffuserPlanner, DiffuserPolicy
 from diffgym.algorithm import OfflineAlgorithm
-from diffgym.mazes import MAZE_TASKS, make_maze_eval_env
-from diffgym.plotting import animate_denoising, plot_maze_plans
 from diffgym.samplers import make_sampler
 from diffgym.scores import get_reference
+from diffgym.tasks.mazes import MAZE_TASKS, make_maze_eval_env
+from diffgym.tasks.plotting import animate_denoising, plot_maze_plans
 from diffgym.zoo.benchmarks.d4rl import DEFAULT_DATA_DIR, MODELS_DIR
 from diffgym.agents.baselines import IQL
 from diffgym.zoo.benchmarks.report import (
@@ -169,9 +169,7 @@ def evaluate_checkpoint(agent: str, task_name: str, seed: int, episodes: int) ->
     return record | {"checkpoint": saved[-1].name, "train_seconds": None, "gradient_steps_per_second": None}
 
 
-def evaluate(
-    model: OfflineAlgorithm, agent: str, task_name: str, seed: int, episodes: int
-) -> dict[str, Any]:
+def evaluate(model: OfflineAlgorithm, agent: str, task_name: str, seed: int, episodes: int) -> dict[str, Any]:
     """Returns of ``episodes`` deterministic episodes, the normalised score and the time per env step."""
     task = TASKS[task_name]
     env = Monitor(task.make_env())

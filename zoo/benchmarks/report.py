@@ -1,25 +1,23 @@
-"""What every benchmark report carries: the hardware, the software, and JSON + Markdown output."""
+"""What every benchmark report carries: the hardware, latencies, Markdown tables and atomic files."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch.utils import benchmark
 
 from diffgym.serialization import atomic_file
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
-
 
 def hardware() -> dict[str, Any]:
-    """CPU model, core count, memory, and the torch build and threads used."""
+    """CPU model, core count, memory, GPU, and the torch build and threads used."""
     cpu = platform.processor() or "unknown CPU"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -40,6 +38,7 @@ def hardware() -> dict[str, Any]:
 
 
 def hardware_line(info: dict[str, Any]) -> str:
+    """:func:`hardware` in one sentence."""
     gpu = info["gpu"] or "no GPU"
     return (
         f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, {gpu}; "
@@ -47,18 +46,27 @@ def hardware_line(info: dict[str, Any]) -> str:
     )
 
 
-def median_ms(call: Callable[[], Any], repeats: int = 50) -> float:
-    """Median wall time of ``call()`` in milliseconds, after one warm-up call."""
-    call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times)
+def latency_ms(call: Callable[[], Any], min_run_time: float = 0.2) -> float:
+    """Median time of ``call()`` in milliseconds, by ``torch.utils.benchmark`` at the current thread count.
+
+    ``Timer.blocked_autorange`` warms up, picks how many calls make one timed block and repeats
+    blocks for at least ``min_run_time`` seconds; the median is over blocks.
+    """
+    timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads())
+    return float(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
+
+
+def mean_std(values: Sequence[float], digits: int = 1) -> str:
+    """``"m"`` for one value, ``"m ± s"`` (population std) for several, ``"-"`` for none."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -66,21 +74,15 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def write_text(path: Path, content: str) -> None:
     """Replace ``path`` with ``content`` only once it is fully written (a killed run leaves the old file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as file:
         file.write(content.encode())
 
 
 def write_json(path: Path, data: Any) -> None:
     """``data`` as indented JSON at ``path``, written atomically (see :func:`write_text`)."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def write_report(name: str, results: dict[str, Any], markdown: str, directory: Path = RESULTS_DIR) -> Path:
-    """Write ``<name>.json`` and ``<name>.md`` (atomically) and return the Markdown path."""
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    payload = {"benchmark": name, "date": stamp, "hardware": hardware(), **results}
-    write_json(directory / f"{name}.json", payload)
-    write_text(
-        directory / f"{name}.md", f"{markdown}\n\nRun {stamp} on {hardware_line(payload['hardware'])}.\n"
-    )
-    return directory / f"{name}.md"
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())

@@ -6,8 +6,6 @@ per-step arithmetic and Python overhead of the chain.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -19,6 +17,7 @@ from diffgym.denoisers import MLPDenoiser, TemporalUnet
 from diffgym.diffusion import GaussianDiffusion
 from diffgym.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, Sampler
 from diffgym.schedules import NoiseSchedule
+from diffgym.zoo.benchmarks.report import latency_ms
 
 NUM_TIMESTEPS = 100  # training steps T of the benchmarked models; DDPM walks all of them
 SAMPLERS: list[Sampler] = [DDPMSampler(), DDIMSampler(num_steps=10), DPMSolverSampler(num_steps=10)]
@@ -36,18 +35,9 @@ def _models() -> dict[str, tuple[nn.Module, Callable[[int], tuple[int, ...]], in
     }
 
 
-def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def measure(batch_sizes: tuple[int, ...] = (1, 256), repeats: int = 5) -> list[dict[str, Any]]:
-    """One row per (model, batch, sampler): seconds per sample batch and the ratio to the forward."""
+def measure(batch_sizes: tuple[int, ...] = (1, 256)) -> list[dict[str, Any]]:
+    """One row per (model, batch, sampler): time per sample batch and the ratio to the forward, medians
+    by ``torch.utils.benchmark`` (:func:`~diffgym.zoo.benchmarks.report.latency_ms`)."""
     rows = []
     for model_name, (denoiser, shape_of, cond_dim) in _models().items():
         denoiser.eval()
@@ -59,21 +49,19 @@ def measure(batch_sizes: tuple[int, ...] = (1, 256), repeats: int = 5) -> list[d
             cond: Tensor | None = torch.randn(batch, cond_dim) if cond_dim else None
             t = torch.full((batch,), NUM_TIMESTEPS // 2, dtype=torch.long)
             with torch.no_grad():
-                forward = _median_seconds(partial(denoiser, x, t, cond), repeats * 4)
+                forward = latency_ms(partial(denoiser, x, t, cond))
             for sampler in SAMPLERS:
                 steps = sampler.steps(NUM_TIMESTEPS)
-                seconds = _median_seconds(
-                    partial(diffusion.sample, shape_of(batch), cond, sampler=sampler), repeats
-                )
+                sample = latency_ms(partial(diffusion.sample, shape_of(batch), cond, sampler=sampler))
                 rows.append(
                     {
                         "model": model_name,
                         "batch": batch,
                         "sampler": sampler.name,
                         "steps": steps,
-                        "forward_ms": forward * 1e3,
-                        "sample_ms": seconds * 1e3,
-                        "ratio": seconds / (steps * forward),
+                        "forward_ms": forward,
+                        "sample_ms": sample,
+                        "ratio": sample / (steps * forward),
                     }
                 )
     return rows

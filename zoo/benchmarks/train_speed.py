@@ -1,31 +1,46 @@
 """Training speed: gradient steps per second, and how much of a step is spent in torch kernels.
 
-For each agent on the hopper-medium data: steps per second with 1 and 2 torch threads, and,
-from ``torch.profiler`` over the same steps, the share of wall time spent inside ATen kernels
-(matmuls, activations, their backward, the optimiser): what is left is Python and dispatch
-overhead. A share near 100 % means the step runs at the network's own cost, so only smaller
-networks or fewer passes could make it faster. Writes ``zoo/results/train_speed.{json,md}``.
+For each agent on the hopper-medium data (its ``zoo/hyperparams`` settings for that key): steps per
+second with 1 and 2 torch threads, and, from ``torch.profiler`` over the same steps, the share of
+wall time spent inside ATen kernels (matmuls, activations, their backward, the optimiser): what is
+left is Python and dispatch overhead. A share near 100 % means the step runs at the network's own
+cost, so only smaller networks or fewer passes could make it faster. ``--steps`` is the number of
+gradient steps per measurement (after 20 warm-up steps); nothing is evaluated.
 
     diffgym benchmark train_speed
 """
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import gymnasium as gym
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from diffgym.zoo.benchmarks.d4rl import AGENTS, DEFAULT_DATA_DIR, LABELS
-from diffgym.zoo.benchmarks.report import markdown_table, write_report
+from diffgym.zoo.benchmarks.d4rl import SUITE as D4RL
+from diffgym.zoo.benchmarks.harness import Budget, Report, Run, Suite
+from diffgym.zoo.benchmarks.report import markdown_table
+
+THREADS = (1, 2)  # torch thread counts measured
+WARM_UP = 20  # gradient steps before each timing
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block with ``threads`` torch threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def steps_per_second(model: Any, steps: int) -> float:
-    model.learn(20)  # warm-up
+    model.learn(WARM_UP)
     started = time.perf_counter()
     model.learn(steps)
     return steps / (time.perf_counter() - started)
@@ -38,50 +53,45 @@ def kernel_share(model: Any, steps: int) -> float:
         model.learn(steps)
     wall = time.perf_counter() - started
     aten_us = sum(e.self_cpu_time_total for e in profiler.key_averages() if e.key.startswith("aten::"))
-    return aten_us / 1e6 / wall
+    return float(aten_us / 1e6 / wall)
 
 
-def measure(data_dir: Path, steps: int) -> list[dict[str, Any]]:
-    rows = []
-    for name, cls in AGENTS.items():
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            model = cls(
-                "MlpPolicy", gym.make("Hopper-v5"), dataset=str(data_dir / "hopper-medium.hdf5"), seed=0
-            )
-            row = {"agent": name, "threads": threads, "steps_per_second": steps_per_second(model, steps)}
-            if threads == 1:
-                row["kernel_share"] = kernel_share(model, steps)
-            rows.append(row)
-    return rows
+def measure_speed(model: Any, run: Run) -> dict[str, Any]:
+    """The run's procedure: steps per second at each of :data:`THREADS`, the kernel share at 1 thread."""
+    speeds = {}
+    for threads in THREADS:
+        with torch_threads(threads):
+            speeds[str(threads)] = steps_per_second(model, run.steps)
+    with torch_threads(1):
+        share = kernel_share(model, run.steps)
+    return {"steps_per_second": speeds, "kernel_share": share}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffgym benchmark train_speed", description=__doc__)
-    parser.add_argument("--steps", type=int, default=200, help="gradient steps per measurement")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
-    args = parser.parse_args(argv)
-    rows = measure(Path(args.data_dir), args.steps)
-    table = markdown_table(
-        ["agent", "torch threads", "gradient steps / s", "time in torch kernels"],
+def speed_table(report: Report) -> str:
+    rows = [
+        [report.suite.label(r["config"]["agent"]), threads, f"{speed:.1f}",
+         f"{100 * r['kernel_share']:.0f} %" if threads == "1" else "-"]
+        for r in report.runs
+        for threads, speed in r["steps_per_second"].items()
+    ]  # fmt: skip
+    steps = ", ".join(sorted({str(r["budget"]["gradient_steps"]) for r in report.runs}))
+    return "\n\n".join(
         [
-            [
-                LABELS[r["agent"]],
-                r["threads"],
-                f"{r['steps_per_second']:.1f}",
-                f"{100 * r['kernel_share']:.0f} %" if "kernel_share" in r else "-",
-            ]
-            for r in rows
-        ],
-    )
-    text = "\n\n".join(
-        [
-            "# Training speed (hopper-medium, batch 256, default networks)",
-            f"{args.steps} gradient steps per measurement after 20 warm-up steps, machine otherwise idle. "
-            "*time in torch kernels*: self time of `aten::` ops from `torch.profiler` ÷ wall time "
-            "(the profiler's own overhead lowers it slightly).",
-            table,
+            f"{steps} gradient steps per measurement after {WARM_UP} warm-up steps. *time in torch kernels*: "
+            "self time of `aten::` ops from `torch.profiler` ÷ wall time (the profiler's own overhead lowers "
+            "it slightly).",
+            markdown_table(["agent", "torch threads", "gradient steps / s", "time in torch kernels"], rows),
         ]
     )
-    print(write_report("train_speed", {"steps": args.steps, "rows": rows}, text).read_text())
-    return 0
+
+
+SUITE = Suite(
+    name="train_speed",
+    title="Training speed (hopper-medium, default networks)",
+    description="Gradient steps per second of each agent, machine otherwise idle.",
+    datasets=("hopper-medium",),
+    agents=D4RL.agents,
+    budget=Budget(steps=200),
+    procedure=measure_speed,
+    sections=(speed_table,),
+)

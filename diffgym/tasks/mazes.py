@@ -92,7 +92,9 @@ def _robotics() -> Any:
     try:
         import gymnasium_robotics
     except ImportError as error:  # pragma: no cover - depends on the installation
-        raise ImportError("diffgym.mazes needs gymnasium-robotics: pip install 'diffgym[maze]'") from error
+        raise ImportError(
+            "diffgym.tasks.mazes needs gymnasium-robotics: pip install 'diffgym[maze]'"
+        ) from error
     return gymnasium_robotics
 
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from diffgym.mazes import (
+from diffgym.scores import get_reference, normalized_score
+from diffgym.tasks.mazes import (
     MAZE_TASKS,
     cell_to_xy,
     get_maze,
@@ -12,7 +13,6 @@ from diffgym.mazes import (
     shortest_cell_path,
     xy_to_cell,
 )
-from diffgym.scores import get_reference, normalized_score
 
 GOAL_RADIUS = 0.45  # PointMaze's reach distance
 GOAL_NOISE = 0.25  # PointMaze's U(-0.25, 0.25) goal noise per axis (maze_size_scaling 1)

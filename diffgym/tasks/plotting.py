@@ -21,7 +21,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure, SubFigure
 from numpy.typing import ArrayLike
 
-from diffgym.mazes import MazeSource, maze_extent, maze_walls
+from diffgym.tasks.mazes import MazeSource, maze_extent, maze_walls
 
 __all__ = ["animate_denoising", "plot_maze_plans", "plot_trajectories"]
 
@@ -159,7 +159,7 @@ def plot_maze_plans(
 
     Args:
         env_or_maze: a gymnasium-robotics maze env, its ``unwrapped.maze`` or a task name
-            (``"umaze"`` / ``"medium"``, see :mod:`diffgym.mazes`).
+            (``"umaze"`` / ``"medium"``, see :mod:`diffgym.tasks.mazes`).
         plans_xy: ``(N, H, 2)`` world x, y of ``N`` plans of ``H`` steps (or one ``(H, 2)`` plan), e.g.
             ``plans[..., :2]`` of PointMaze observations.
         start: ``(2,)`` x, y marked with a white circle.

@@ -1,4 +1,8 @@
-"""Helpers for observations that are arrays or (nested) dicts of arrays, as ``Dict`` spaces give."""
+"""Helpers for observations that are arrays or (nested) dicts of arrays, as ``Dict`` spaces give.
+
+Shared by the readers (:mod:`diffgym.data.loading`, :mod:`diffgym.data.segments`) and the writers
+(:mod:`diffgym.data.collection`, :mod:`diffgym.data.d4rl`, :mod:`diffgym.data.team`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
+
+__all__ = ["ArrayTree", "iter_leaves", "stack_tree", "storage_dtype", "tree_map"]
 
 #: An array, or a dict of arrays (possibly nested) as Minari returns for ``Dict`` spaces.
 ArrayTree: TypeAlias = np.ndarray | dict[str, "ArrayTree"]

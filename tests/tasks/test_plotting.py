@@ -5,8 +5,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from diffgym.mazes import cell_to_xy
-from diffgym.plotting import animate_denoising, plot_maze_plans, plot_trajectories
+from diffgym.tasks.mazes import cell_to_xy
+from diffgym.tasks.plotting import animate_denoising, plot_maze_plans, plot_trajectories
 
 FREE, WALL = (244, 241, 234), (107, 91, 75)  # MAZE_COLOURS as RGB
 

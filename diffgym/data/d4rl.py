@@ -1,34 +1,49 @@
-"""Make Minari datasets: roll out any policy, or import a D4RL-layout HDF5 file.
+"""Import D4RL's flat HDF5 layout into a new local Minari dataset.
 
-Both build :class:`minari.data_collector.EpisodeBuffer` objects straight from numpy arrays and call
-:func:`minari.create_dataset_from_buffers` (Minari's ``DataCollector`` would need jax).
+Users still hold D4RL's files (and ``../shared/datasets/`` keeps data made the way D4RL made it), so
+:func:`import_d4rl` turns a file of per-transition rows (``observations``, ``actions``, ``rewards``,
+``terminals``, ``timeouts``, ...) into Minari episodes, taking the spaces from the env the file names.
+:func:`~diffgym.data.load_dataset` imports a file once, under :func:`imported_dataset_id`, and loads it
+from the local store afterwards.
+
+The building blocks (episode splitting, space inference, reference returns) are public for
+:mod:`diffgym.data.team.d4rl`, which imports files with an agent axis. That importer builds on this
+module, so this module does not import it: :mod:`diffgym.data.team` registers it with
+:func:`register_agent_axis_importer`, and :func:`import_d4rl` hands such files on to it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import importlib
 import json
 import re
-import shutil
 import warnings
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import h5py
-import minari
 import numpy as np
 from gymnasium import spaces
-from gymnasium.envs.registration import EnvSpec
 from minari import MinariDataset
 from minari.data_collector import EpisodeBuffer
-from minari.storage import get_dataset_path
 
-from diffgym.data._tree import ArrayTree, stack_tree, tree_map
+from diffgym.data.minari_writer import write_dataset
+from diffgym.data.tree import ArrayTree, tree_map
 
-__all__ = ["collect_dataset", "import_d4rl", "imported_dataset_id"]
+__all__ = [
+    "AgentAxisImporter",
+    "action_box",
+    "file_metadata",
+    "fit_space",
+    "float_dtype",
+    "import_d4rl",
+    "imported_dataset_id",
+    "reference_returns",
+    "register_agent_axis_importer",
+    "split_episodes",
+]
 
 #: Part of the cache key of imported files: bump it when the import's result changes.
 #: 2: goal-env files (PointMaze) are stored with the env's ``Dict`` observations instead of a ``Box``.
@@ -41,148 +56,41 @@ _GOAL_KEYS = frozenset({"observation", "achieved_goal", "desired_goal"})
 _GOAL_INFO = "infos/goal"
 #: Seed of the one reset that checks where a goal env puts ``achieved_goal`` in its observation.
 _CHECK_SEED = 0
+#: Packages that register Gymnasium envs when imported: module -> (name, the diffgym extra installing it).
+_ENV_PACKAGES = {
+    "metaworld": ("Meta-World", "metaworld"),
+    "gymnasium_robotics": ("gymnasium-robotics", "maze"),
+}
 
-Policy = Callable[[Any], Any]
+
+class AgentAxisImporter(Protocol):
+    """Imports a D4RL-layout file with an agent axis; :func:`import_d4rl` passes its arguments on."""
+
+    def __call__(
+        self,
+        path: str | Path,
+        dataset_id: str | None = None,
+        *,
+        env_id: str | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+        description: str | None = None,
+    ) -> MinariDataset:
+        """Import the file into a new local Minari dataset."""
+        ...
 
 
-# --------------------------------------------------------------------------- collecting
+#: The importer :func:`import_d4rl` hands files with an agent axis to (see :func:`register_agent_axis_importer`).
+_agent_axis_importer: AgentAxisImporter | None = None
 
 
-def collect_dataset(
-    env: gym.Env | str,
-    policy: Any,
-    dataset_id: str,
-    n_steps: int | None = None,
-    n_episodes: int | None = None,
-    seed: int = 0,
-    deterministic: bool = False,
-    info_keys: Sequence[str] = (),
-    algorithm_name: str | None = None,
-    author: str | None = None,
-    description: str | None = None,
-) -> MinariDataset:
-    """Roll out a policy and store the episodes as a new local Minari dataset.
+def register_agent_axis_importer(importer: AgentAxisImporter) -> None:
+    """Make :func:`import_d4rl` (and so :func:`~diffgym.data.load_dataset`) hand files with an agent axis to ``importer``.
 
-    Episode ``i`` is reset with seed ``seed + i`` (recorded in the dataset); a random policy samples
-    from ``env.action_space`` seeded with ``seed``. Collection stops at ``n_steps`` transitions or
-    ``n_episodes`` episodes, whichever comes first; an episode cut by ``n_steps`` is marked truncated.
-
-    Args:
-        env: a Gymnasium env or env id. An env with a ``spec`` is recorded so that
-            ``dataset.recover_environment()`` works; otherwise only its spaces are stored.
-        policy: an SB3 model (anything with ``.predict(obs, deterministic=...)``), any callable
-            ``obs -> action``, or ``None`` / ``"random"`` for uniform random actions.
-        dataset_id: the new Minari id, e.g. ``"test/pendulum/random-v0"``; must not exist yet.
-        n_steps: stop after this many transitions.
-        n_episodes: stop after this many episodes.
-        seed: seed of the first reset and of random actions.
-        deterministic: passed to an SB3 model's ``predict``.
-        info_keys: step-info fields to record (each present in the reset info and every step info);
-            stored as ``T + 1`` entries per episode, the reset info first, as Minari's ``DataCollector``.
-        algorithm_name, author, description: Minari metadata (defaults describe the policy).
+    :mod:`diffgym.data.team` registers :func:`~diffgym.data.import_multiagent_d4rl` when it is imported,
+    which importing anything from ``diffgym.data`` does.
     """
-    if n_steps is None and n_episodes is None:
-        raise ValueError("give n_steps, n_episodes or both")
-    own_env = isinstance(env, str)
-    env = gym.make(env) if isinstance(env, str) else env
-    try:
-        act, policy_name = _action_function(env, policy, seed, deterministic)
-        buffers = _rollouts(env, act, n_steps, n_episodes, seed, tuple(info_keys))
-        return _create(
-            dataset_id,
-            buffers,
-            env,
-            env.observation_space,
-            env.action_space,
-            algorithm_name=algorithm_name or policy_name,
-            author=author,
-            description=description or f"{policy_name} policy on {_env_name(env)}, seed {seed}",
-        )
-    finally:
-        if own_env:
-            env.close()
-
-
-def _env_name(env: gym.Env) -> str:
-    return env.spec.id if env.spec is not None else type(env.unwrapped).__name__
-
-
-def _action_function(env: gym.Env, policy: Any, seed: int, deterministic: bool) -> tuple[Policy, str]:
-    """Turn the accepted policy forms into ``obs -> action`` and a name for the metadata."""
-    if policy is None or (isinstance(policy, str) and policy == "random"):
-        env.action_space.seed(seed)
-        return (lambda _obs: env.action_space.sample()), "random"
-    if hasattr(policy, "predict"):
-        return (lambda obs: policy.predict(obs, deterministic=deterministic)[0]), type(policy).__name__
-    if callable(policy):
-        return policy, getattr(policy, "__name__", type(policy).__name__)
-    raise TypeError(f"policy must be an SB3 model, a callable, None or 'random', not {policy!r}")
-
-
-def _rollouts(
-    env: gym.Env,
-    act: Policy,
-    n_steps: int | None,
-    n_episodes: int | None,
-    seed: int,
-    info_keys: tuple[str, ...],
-) -> list[EpisodeBuffer]:
-    """Collect episodes until either budget is used up."""
-    buffers: list[EpisodeBuffer] = []
-    total = 0
-    while (n_episodes is None or len(buffers) < n_episodes) and (n_steps is None or total < n_steps):
-        budget = None if n_steps is None else n_steps - total
-        buffer = _rollout(env, act, seed + len(buffers), budget, info_keys, len(buffers))
-        buffers.append(buffer)
-        total += len(buffer)
-    return buffers
-
-
-def _rollout(
-    env: gym.Env,
-    act: Policy,
-    seed: int,
-    budget: int | None,
-    info_keys: tuple[str, ...],
-    episode_id: int,
-) -> EpisodeBuffer:
-    """One episode, cut (and marked truncated) after ``budget`` steps."""
-    obs, info = env.reset(seed=seed)
-    observations, infos = [obs], [_pick_infos(info, info_keys, episode_id)]
-    actions, rewards, terminations, truncations = [], [], [], []
-    while True:
-        action = act(obs)
-        obs, reward, terminated, truncated, info = env.step(action)
-        observations.append(obs)
-        infos.append(_pick_infos(info, info_keys, episode_id))
-        actions.append(action)
-        rewards.append(float(reward))
-        terminations.append(bool(terminated))
-        cut = budget is not None and len(rewards) >= budget
-        truncations.append(bool(truncated) or (cut and not terminated))
-        if terminated or truncated or cut:
-            break
-    return EpisodeBuffer(
-        id=episode_id,
-        seed=seed,
-        observations=stack_tree(observations),
-        actions=np.asarray(actions, dtype=env.action_space.dtype),
-        rewards=np.asarray(rewards, dtype=np.float64),
-        terminations=np.asarray(terminations),
-        truncations=np.asarray(truncations),
-        infos=stack_tree(infos) if info_keys else None,
-    )
-
-
-def _pick_infos(info: dict, keys: tuple[str, ...], episode_id: int) -> dict[str, Any]:
-    """The requested fields of one step's info."""
-    missing = [key for key in keys if key not in info]
-    if missing:
-        raise KeyError(f"info of episode {episode_id} lacks {missing}; it has {sorted(info)}")
-    return {key: info[key] for key in keys}
-
-
-# --------------------------------------------------------------------------- D4RL import
+    global _agent_axis_importer
+    _agent_axis_importer = importer
 
 
 def imported_dataset_id(path: str | Path) -> str:
@@ -249,7 +157,8 @@ def import_d4rl(
       shared maze files, whose README normalises with the controller = 100, random = 0); D4RL's
       ``d4rl_ref``. The choice is recorded in ``ref_score_source``.
     - **Multi-agent files** (per-agent ``rewards`` (N, n > 1), or an ``agents`` list in the metadata) are
-      handed to :func:`diffgym.data.import_multiagent_d4rl` with the same arguments.
+      handed to :func:`diffgym.data.import_multiagent_d4rl` with the same arguments (see
+      :func:`register_agent_axis_importer`).
 
     Args:
         path: the ``.hdf5`` file.
@@ -263,23 +172,23 @@ def import_d4rl(
     """
     path = Path(path)
     with h5py.File(path, "r") as file:
-        file_meta = json.loads(file.attrs.get("metadata", "{}"))
+        file_meta = file_metadata(file)
         multi_agent = _has_agent_axis(file, file_meta)
         arrays = {} if multi_agent else _read_flat(file, path)
     if multi_agent:
-        from diffgym.data.multiagent import import_multiagent_d4rl  # it imports this module
-
-        return import_multiagent_d4rl(
-            path, dataset_id=dataset_id, env_id=env_id, env_kwargs=env_kwargs, description=description
+        if _agent_axis_importer is None:
+            raise ValueError(f"{path} has an agent axis: import diffgym.data.team to import it")
+        return _agent_axis_importer(
+            path, dataset_id, env_id=env_id, env_kwargs=env_kwargs, description=description
         )
     env_id = env_id or file_meta.get("env_id")
     env_kwargs = env_kwargs if env_kwargs is not None else file_meta.get("env_kwargs", {})
     env = _try_make(env_id, env_kwargs) if env_id else None
     try:
         obs_space, action_space, env_matches = _import_spaces(arrays, env)
-        dataset = _create(
+        dataset = write_dataset(
             dataset_id or imported_dataset_id(path),
-            _split_episodes(arrays, obs_space, action_space),
+            split_episodes(arrays, obs_space, action_space),
             env if env_matches else None,
             obs_space,
             action_space,
@@ -296,8 +205,14 @@ def import_d4rl(
         "source_env_kwargs": env_kwargs,
         "source_metadata": file_meta,
     }
-    dataset.storage.update_metadata({**source, **_references(file_meta)})
+    dataset.storage.update_metadata({**source, **reference_returns(file_meta)})
     return dataset
+
+
+def file_metadata(file: h5py.File) -> dict[str, Any]:
+    """The file attribute ``metadata`` (a JSON object: ``env_id``, ``env_kwargs``, ``agents``, reference
+    returns, ...), empty when absent."""
+    return json.loads(file.attrs.get("metadata", "{}"))
 
 
 def _read_flat(file: h5py.File, path: Path) -> dict[str, np.ndarray]:
@@ -337,23 +252,33 @@ def _read_info(arrays: dict[str, np.ndarray], name: str, obj: h5py.HLObject, n: 
 
 
 def _try_make(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env | None:
-    """``gym.make`` the env, registering Meta-World's or gymnasium-robotics' envs if needed; None when impossible."""
+    """``gym.make`` the env, importing the packages that register envs if needed; None when impossible."""
     try:
         return gym.make(env_id, **env_kwargs)
     except gym.error.UnregisteredEnv:  # NameNotFound, or NamespaceNotFound for "Meta-World/MT1"
-        pass  # maybe one of Meta-World's or gymnasium-robotics' envs, registered on import
+        missing = _import_env_packages()  # maybe one of their envs, registered on import
     except Exception as error:
         warnings.warn(f"cannot make env {env_id!r} ({error}); spaces come from the arrays", stacklevel=3)
         return None
     try:
-        import metaworld  # noqa: F401
-
-        with contextlib.suppress(ImportError):  # optional (the maze extra)
-            import gymnasium_robotics  # noqa: F401
         return gym.make(env_id, **env_kwargs)
     except Exception as error:
-        warnings.warn(f"cannot make env {env_id!r} ({error}); spaces come from the arrays", stacklevel=3)
+        hint = "".join(f"; {line}" for line in missing)
+        warnings.warn(
+            f"cannot make env {env_id!r} ({error}{hint}); spaces come from the arrays", stacklevel=3
+        )
         return None
+
+
+def _import_env_packages() -> list[str]:
+    """Import the installed packages of :data:`_ENV_PACKAGES`; for each missing one, how to install it."""
+    missing = []
+    for module, (name, extra) in _ENV_PACKAGES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(f"{name} is not installed, its envs need pip install 'diffgym[{extra}]'")
+    return missing
 
 
 def _import_spaces(
@@ -362,8 +287,8 @@ def _import_spaces(
     """Observation and action spaces for the file, and whether they are the env's."""
     obs, actions = arrays["observations"], arrays["actions"]
     from_arrays = (
-        spaces.Box(-np.inf, np.inf, obs.shape[1:], _float_dtype(obs.dtype)),
-        _action_box(actions),
+        spaces.Box(-np.inf, np.inf, obs.shape[1:], float_dtype(obs.dtype)),
+        action_box(actions),
     )
     if env is None:
         return (*from_arrays, False)
@@ -371,8 +296,8 @@ def _import_spaces(
     if isinstance(env.observation_space, spaces.Dict):
         obs_space, why = _goal_dict_space(env, arrays)
     else:
-        obs_space, why = _with_dtype(env.observation_space, obs), ""
-    action_space = _with_dtype(env.action_space, actions)
+        obs_space, why = fit_space(env.observation_space, obs), ""
+    action_space = fit_space(env.action_space, actions)
     if obs_space is not None and action_space is not None:
         return obs_space, action_space, True
     warnings.warn(
@@ -398,9 +323,9 @@ def _goal_dict_space(env: gym.Env, arrays: dict[str, np.ndarray]) -> tuple[space
         return None, f": a goal-env Dict needs (N, D) observations and an (N, G <= D) {_GOAL_INFO} array"
     goal_dim = goal.shape[1]
     parts = {
-        "observation": _with_dtype(space["observation"], obs),
-        "achieved_goal": _with_dtype(space["achieved_goal"], obs[:, :goal_dim]),
-        "desired_goal": _with_dtype(space["desired_goal"], goal),
+        "observation": fit_space(space["observation"], obs),
+        "achieved_goal": fit_space(space["achieved_goal"], obs[:, :goal_dim]),
+        "desired_goal": fit_space(space["desired_goal"], goal),
     }
     boxes = {key: part for key, part in parts.items() if isinstance(part, spaces.Box)}
     if len(boxes) < len(parts):
@@ -423,20 +348,26 @@ def _achieved_goal_is_prefix(env: gym.Env, goal_dim: int) -> bool:
     )
 
 
-def _action_box(actions: np.ndarray) -> spaces.Box:
-    """``Box(-1, 1)`` (D4RL's and Minari's action range) when the data fits in it, else the data's range."""
+def action_box(actions: np.ndarray) -> spaces.Box:
+    """A Box for actions ``(N, *act_shape)``: ``Box(-1, 1)`` (D4RL's and Minari's action range) when the
+    data fits in it, else the data's per-dimension range; float dtype as :func:`float_dtype`."""
     low, high = actions.min(axis=0), actions.max(axis=0)
     if low.min() >= -1 and high.max() <= 1:
         low, high = -1.0, 1.0
-    return spaces.Box(low, high, actions.shape[1:], _float_dtype(actions.dtype))
+    return spaces.Box(low, high, actions.shape[1:], float_dtype(actions.dtype))
 
 
-def _float_dtype(dtype: np.dtype) -> np.dtype:
+def float_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a file's array is stored with: its own when it is a float, else float32."""
     return dtype if dtype.kind == "f" else np.dtype(np.float32)
 
 
-def _with_dtype(space: spaces.Space, array: np.ndarray) -> spaces.Space | None:
-    """The env's space for data shaped like ``array`` (a Box gets the file's float dtype), or None."""
+def fit_space(space: spaces.Space, array: np.ndarray) -> spaces.Space | None:
+    """The env's ``space`` for rows ``array`` ``(N, *shape)``, or None when they do not fit it.
+
+    A float Box gets the array's float dtype (bounds cast to it); other Boxes and ``Discrete`` spaces are
+    returned as they are; any other space does not fit.
+    """
     if space.shape != array.shape[1:]:
         return None
     if isinstance(space, spaces.Box) and space.dtype.kind == "f" and array.dtype.kind == "f":
@@ -447,10 +378,17 @@ def _with_dtype(space: spaces.Space, array: np.ndarray) -> spaces.Space | None:
     return None
 
 
-def _split_episodes(
+def split_episodes(
     arrays: dict[str, np.ndarray], obs_space: spaces.Space, action_space: spaces.Space
 ) -> list[EpisodeBuffer]:
-    """Cut the flat arrays into episode buffers (see :func:`import_d4rl` for the rules)."""
+    """Cut a file's flat arrays into episode buffers (see :func:`import_d4rl` for the rules).
+
+    Args:
+        arrays: ``observations``, ``actions``, ``rewards``, ``terminals`` and ``timeouts`` with one row per
+            transition, optionally ``next_observations`` and per-step ``infos/<key>`` arrays.
+        obs_space: the space the observations are stored in (a goal-env ``Dict`` builds the dicts).
+        action_space: its dtype is the actions'.
+    """
     n = len(arrays["rewards"])
     ends = np.flatnonzero(arrays["terminals"] | arrays["timeouts"])
     tail = len(ends) == 0 or ends[-1] != n - 1
@@ -551,8 +489,9 @@ def _warn_inconsistent_next(obs: np.ndarray, next_obs: np.ndarray, ends: np.ndar
         )
 
 
-def _references(meta: dict[str, Any]) -> dict[str, Any]:
-    """Minari's reference-return fields from a file's metadata (see :func:`import_d4rl`)."""
+def reference_returns(meta: dict[str, Any]) -> dict[str, Any]:
+    """Minari's reference-return fields (``ref_min_score``, ``ref_max_score``, ``ref_score_source``) from a
+    file's metadata (see :func:`import_d4rl` for the order); empty when it has none."""
     if "ref_min_score" in meta and "ref_max_score" in meta:
         low, high, source = meta["ref_min_score"], meta["ref_max_score"], "file metadata ref_min/max_score"
     elif "eval_random" in meta and "eval_controller" in meta:
@@ -564,54 +503,3 @@ def _references(meta: dict[str, Any]) -> dict[str, Any]:
     else:
         return {}
     return {"ref_min_score": float(low), "ref_max_score": float(high), "ref_score_source": source}
-
-
-# --------------------------------------------------------------------------- shared
-
-
-def _create(
-    dataset_id: str,
-    buffers: list[EpisodeBuffer],
-    env: gym.Env | None,
-    observation_space: spaces.Space,
-    action_space: spaces.Space,
-    algorithm_name: str,
-    author: str | None,
-    description: str,
-) -> MinariDataset:
-    """``minari.create_dataset_from_buffers`` without its warnings about optional metadata.
-
-    The env is recorded only when it has a spec that can be serialised (not e.g. Meta-World's,
-    registered with a callable entry point); otherwise just the spaces are stored.
-    """
-    env = env if env is not None and env.spec is not None and _spec_serialisable(env.spec) else None
-    directory = get_dataset_path(dataset_id)
-    existed = directory.exists()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*is set to None", category=UserWarning)
-            warnings.filterwarnings("ignore", message=r"env_spec is None", category=UserWarning)
-            return minari.create_dataset_from_buffers(
-                dataset_id,
-                buffers,
-                env=env,
-                observation_space=observation_space,
-                action_space=action_space,
-                algorithm_name=algorithm_name,
-                author=author,
-                description=description,
-            )
-    except BaseException:
-        if not existed:  # leave no half-written dataset that a later load would take for complete
-            shutil.rmtree(directory, ignore_errors=True)
-        raise
-
-
-def _spec_serialisable(spec: EnvSpec) -> bool:
-    """Whether Minari can store the env spec (warns when it cannot)."""
-    try:
-        spec.to_json()
-    except (TypeError, ValueError) as error:
-        warnings.warn(f"not recording the env spec in the dataset: {error}", stacklevel=4)
-        return False
-    return True

@@ -1,0 +1,97 @@
+"""``diffgym benchmark SUITE``: run a benchmark suite (on purpose, never in CI) through the harness."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+from diffgym.zoo.benchmarks import SUITES
+
+__all__ = ["add_benchmark_command", "run_benchmark"]
+
+#: the data folder when --data-dir is not given: $DIFFGYM_DATA_DIR, else ./datasets
+DATA_DIR_VARIABLE = "DIFFGYM_DATA_DIR"
+#: the budget fields an option replaces (option dest = field name)
+_BUDGET_OPTIONS = ("seeds", "steps", "eval_every", "eval_episodes", "final_episodes")
+
+
+def add_benchmark_command(subparsers: argparse._SubParsersAction) -> None:
+    """``diffgym benchmark SUITE [--agents ...] [--seeds N] [--steps N] [--data-dir DIR] [--out DIR] [--set ...]``."""
+    bench = subparsers.add_parser(
+        "benchmark",
+        help="run a benchmark suite: one JSON record per run and a Markdown report",
+        description="Run a benchmark suite on real-size data: every (agent, dataset, seed) of its matrix with the "
+        "hyperparameters of zoo/hyperparams/, one JSON record per run under OUT/SUITE/, and OUT/SUITE.md and "
+        "OUT/SUITE.json built from every record there. Budget options replace the suite's defaults.",
+    )
+    bench.add_argument("suite", choices=SUITES, help="which suite")
+    bench.add_argument(
+        "--agents", nargs="+", default=[], metavar="AGENT", help="only these agents of the suite"
+    )
+    bench.add_argument("--datasets", nargs="+", default=[], metavar="DATASET", help="only these datasets")
+    bench.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 per (agent, dataset)")
+    bench.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help="gradient steps of every agent (default: each one's n_timesteps)",
+    )
+    bench.add_argument(
+        "--eval-every", type=int, metavar="N", help="gradient steps between evaluations (0: final only)"
+    )
+    bench.add_argument(
+        "--eval-episodes", type=int, metavar="N", help="episodes per evaluation during training"
+    )
+    bench.add_argument("--final-episodes", type=int, metavar="N", help="episodes of the final evaluation")
+    bench.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get(DATA_DIR_VARIABLE, "datasets")),
+        help=f"folder of the data files (default: ${DATA_DIR_VARIABLE}, else ./datasets)",
+    )
+    bench.add_argument(
+        "--out",
+        type=Path,
+        default=Path("diffgym-results"),
+        help="results folder: records in OUT/SUITE/, the report in OUT/SUITE.md (default: ./diffgym-results)",
+    )
+    bench.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="[TARGET:]KEY=VALUE",
+        help="override a hyperparameter of every agent (KEY=VALUE), of one agent (AGENT:KEY=VALUE), or a "
+        "setting of the suite (suite:KEY=VALUE); values read as YAML, nested keys joined by '.'",
+    )
+    bench.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    bench.add_argument("--save-models", action="store_true", help="also save each model to OUT/SUITE/models/")
+    bench.add_argument(
+        "--report", action="store_true", help="only rebuild the report from the records in OUT"
+    )
+    bench.set_defaults(func=run_benchmark)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """``diffgym benchmark``: run the chosen part of the suite's matrix, then print its report."""
+    import torch
+
+    from diffgym.zoo.benchmarks import load_suite
+    from diffgym.zoo.benchmarks.harness import Session, run_suite
+
+    torch.set_num_threads(args.threads)
+    suite = load_suite(args.suite)
+    chosen = {name: getattr(args, name) for name in _BUDGET_OPTIONS if getattr(args, name) is not None}
+    session = Session(
+        suite,
+        data_dir=args.data_dir,
+        out=args.out,
+        budget=dataclasses.replace(suite.budget, **chosen),
+        overrides=tuple(args.set),
+        save_models=args.save_models,
+    )
+    path = run_suite(session, agents=args.agents, datasets=args.datasets, report_only=args.report)
+    print(path.read_text())
+    return 0

@@ -1,0 +1,141 @@
+"""``diffgym data make | import | info``: make, import and inspect Minari datasets."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+
+__all__ = ["add_data_commands", "data_import", "data_info", "data_make"]
+
+_SB3_ALGOS = ("a2c", "ddpg", "dqn", "ppo", "sac", "td3")
+
+
+def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
+    """``diffgym data make | import | info``."""
+    data = subparsers.add_parser(
+        "data",
+        help="make, import and inspect Minari datasets",
+        description="Make, import and inspect datasets.",
+    )
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    make = commands.add_parser(
+        "make",
+        help="roll out a policy into a new Minari dataset",
+        description="Roll out a policy in a Gymnasium env and store the episodes as a local Minari dataset.",
+    )
+    make.add_argument("--env", required=True, help="Gymnasium env id, e.g. Pendulum-v1")
+    make.add_argument(
+        "--policy",
+        default="random",
+        help="'random' (default) or ALGO:PATH of a saved Stable-Baselines3 model, e.g. sac:models/sac.zip "
+        f"(ALGO one of {', '.join(_SB3_ALGOS)})",
+    )
+    make.add_argument("--steps", type=int, help="number of transitions to collect")
+    make.add_argument("--episodes", type=int, help="number of episodes to collect")
+    make.add_argument(
+        "--id", required=True, dest="dataset_id", help="new Minari id, e.g. test/pendulum/random-v0"
+    )
+    make.add_argument("--seed", type=int, default=0, help="seed of the first reset and of random actions")
+    make.add_argument("--deterministic", action="store_true", help="deterministic SB3 actions")
+    make.add_argument("--overwrite", action="store_true", help="replace a local dataset with the same id")
+    make.set_defaults(func=data_make)
+
+    imp = commands.add_parser(
+        "import",
+        help="import a D4RL-layout HDF5 file into Minari",
+        description="Import a D4RL-layout HDF5 file (observations, actions, rewards, terminals, timeouts, ...) "
+        "into the local Minari store.",
+    )
+    imp.add_argument("file", help="the .hdf5 file")
+    imp.add_argument("--id", dest="dataset_id", help="Minari id (default: imported/<name>-<hash>-v0)")
+    imp.add_argument("--env", dest="env_id", help="env id for the spaces (default: the file's metadata)")
+    imp.set_defaults(func=data_import)
+
+    info = commands.add_parser(
+        "info",
+        help="describe a dataset",
+        description="Spaces, episodes, transitions, returns and reference returns of a dataset.",
+    )
+    info.add_argument("dataset", help="Minari id, Minari dataset directory or D4RL-layout .hdf5 file")
+    info.set_defaults(func=data_info)
+
+
+def _load_policy(spec: str) -> Any:
+    """'random', or ``ALGO:PATH`` loaded with the Stable-Baselines3 class of that name."""
+    if spec == "random":
+        return "random"
+    algo, sep, path = spec.partition(":")
+    if not sep or algo.lower() not in _SB3_ALGOS:
+        raise ValueError(f"--policy must be 'random' or ALGO:PATH with ALGO in {_SB3_ALGOS}, not {spec!r}")
+    import stable_baselines3
+
+    return getattr(stable_baselines3, algo.upper()).load(path, device="cpu")
+
+
+def data_make(args: argparse.Namespace) -> int:
+    """``diffgym data make``."""
+    import minari
+
+    from diffgym.data import collect_dataset
+
+    if args.steps is None and args.episodes is None:
+        raise ValueError("give --steps, --episodes or both")
+    if args.overwrite and args.dataset_id in minari.list_local_datasets():
+        minari.delete_dataset(args.dataset_id)
+    dataset = collect_dataset(
+        args.env,
+        _load_policy(args.policy),
+        args.dataset_id,
+        n_steps=args.steps,
+        n_episodes=args.episodes,
+        seed=args.seed,
+        deterministic=args.deterministic,
+    )
+    print(f"created {dataset.id}: {dataset.total_episodes} episodes, {dataset.total_steps} transitions")
+    print(f"stored in {dataset.storage.data_path}")
+    return 0
+
+
+def data_import(args: argparse.Namespace) -> int:
+    """``diffgym data import``."""
+    from diffgym.data import import_d4rl
+
+    dataset = import_d4rl(args.file, dataset_id=args.dataset_id, env_id=args.env_id)
+    print(
+        f"imported {args.file} as {dataset.id}: {dataset.total_episodes} episodes, {dataset.total_steps} transitions"
+    )
+    print(f"stored in {dataset.storage.data_path}")
+    return 0
+
+
+def data_info(args: argparse.Namespace) -> int:
+    """``diffgym data info``."""
+    from diffgym.data import load_dataset
+    from diffgym.scores import get_reference
+
+    dataset = load_dataset(args.dataset)
+    returns = np.array([episode.rewards.sum() for episode in dataset.iterate_episodes()])
+    lines = [
+        ("id", dataset.id),
+        ("path", str(dataset.storage.data_path)),
+        ("env", dataset.env_spec.id if dataset.env_spec is not None else "-"),
+        ("observation space", str(dataset.observation_space)),
+        ("action space", str(dataset.action_space)),
+        ("episodes", str(dataset.total_episodes)),
+        ("transitions", str(dataset.total_steps)),
+        ("return mean / min / max", f"{returns.mean():.2f} / {returns.min():.2f} / {returns.max():.2f}"),
+    ]
+    try:
+        reference = get_reference(dataset)
+        lines.append(
+            ("reference random / expert", f"{reference.random:g} / {reference.expert:g} ({reference.source})")
+        )
+    except KeyError:
+        lines.append(("reference random / expert", "none"))
+    width = max(len(name) for name, _ in lines)
+    for name, value in lines:
+        print(f"{name:<{width}}  {value}")
+    return 0

@@ -1,0 +1,170 @@
+"""``diffgym train ALGO --env ENV --dataset D``: train an agent offline with its hyperparameter file,
+evaluate it and save it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffgym import registry
+from diffgym.zoo.hyperparameters import resolve_hyperparams, split_config
+
+__all__ = ["add_train_command", "train_agent"]
+
+
+def add_train_command(subparsers: argparse._SubParsersAction) -> None:
+    """``diffgym train ALGO --env ENV --dataset DATASET [--hyperparams KEY] [--set key=value ...]``."""
+    train = subparsers.add_parser(
+        "train",
+        help="train an agent offline on a dataset, evaluate it and save it",
+        description="Train an agent offline (gradient steps on a dataset) with its hyperparameters from "
+        "zoo/hyperparams/ALGO.yml, then evaluate and save it.",
+    )
+    train.add_argument("algo", choices=list(registry.registered()), help="the agent")
+    train.add_argument(
+        "--env",
+        help="Gymnasium env id, e.g. Hopper-v5; for team agents (madiff) a PettingZoo parallel env such as "
+        "mpe2.simple_spread_v3 (default: the one the dataset records)",
+    )
+    train.add_argument(
+        "--env-kwargs", default="{}", help="JSON of the PettingZoo env's arguments (team agents)"
+    )
+    train.add_argument("--dataset", required=True, help="Minari id, Minari directory or D4RL-layout .hdf5")
+    train.add_argument(
+        "--hyperparams",
+        metavar="KEY",
+        help="key of zoo/hyperparams/ALGO.yml (default: the key that fits the dataset's name, else the env "
+        "id, else 'default')",
+    )
+    train.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a hyperparameter, values read as YAML; nested keys joined by '.', e.g. "
+        "--set eta=0.5 policy_kwargs.n_plans=4",
+    )
+    train.add_argument("--steps", type=int, help="gradient steps (default: the hyperparameters' n_timesteps)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    train.add_argument(
+        "--eval-episodes", type=int, default=10, help="evaluation episodes (default: %(default)s)"
+    )
+    train.add_argument("--save", help="where to save the model zip (default: ALGO_ENV.zip)")
+    train.add_argument("--tensorboard", help="TensorBoard log directory")
+    train.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(func=train_agent)
+
+
+def train_agent(args: argparse.Namespace) -> int:
+    """``diffgym train``: read the hyperparameters, learn, evaluate (deterministic actions), report, save."""
+    import gymnasium as gym
+    import torch
+
+    from diffgym.data import load_dataset
+    from diffgym.serialization import model_path
+
+    torch.set_num_threads(args.threads)
+    spec = registry.get(args.algo)
+    dataset = load_dataset(args.dataset, download=True)
+    if spec.team:
+        env, evaluate = _team_env(args, dataset)
+    elif args.env is None:
+        raise ValueError(f"diffgym train {args.algo}: --env is required")
+    else:
+        env, evaluate = gym.make(args.env), _single_agent_evaluation(args)
+    names = [_dataset_name(args.dataset), dataset.id, args.env or ""]
+    key, config = resolve_hyperparams(spec.hyperparams_name, names, key=args.hyperparams, overrides=args.set)
+    n_timesteps, policy, kwargs = split_config(config)
+    steps = args.steps or n_timesteps
+    print(f"hyperparameters: zoo/hyperparams/{spec.hyperparams_name}.yml, key {key!r}: {json.dumps(config)}")
+    behaviour = np.mean([episode.rewards.sum() for episode in dataset.iterate_episodes()])
+    print(f"dataset {dataset.id}: {dataset.total_steps} transitions, mean episode return {behaviour:.1f}")
+    model = spec.make(
+        policy, env, dataset=dataset, seed=args.seed, tensorboard_log=args.tensorboard, **kwargs
+    )
+    started = time.perf_counter()
+    model.learn(steps, progress_bar=not args.no_progress)
+    seconds = time.perf_counter() - started
+    print(f"trained {spec.class_name}: {steps} gradient steps in {seconds:.0f} s ({steps / seconds:.1f}/s)")
+    returns = evaluate(model)
+    mean, std = float(np.mean(returns)), float(np.std(returns))
+    print(
+        f"evaluation over {args.eval_episodes} episodes: return {mean:.1f} ± {std:.1f} (dataset: {behaviour:.1f})"
+    )
+    _print_score(dataset, mean)
+    path = model_path(args.save or f"{args.algo}_{args.env or dataset.id.replace('/', '_')}")
+    model.save(path)
+    print(f"saved {path}")
+    return 0
+
+
+def _dataset_name(dataset: str) -> str:
+    """A file's or folder's name without its suffix; a Minari id as it is."""
+    path = Path(dataset)
+    return path.stem if path.suffix == ".hdf5" or path.is_dir() else dataset
+
+
+def _print_score(dataset: Any, mean_return: float) -> None:
+    """The normalised score of ``mean_return``, if the dataset's task has reference returns."""
+    from diffgym.scores import get_reference, normalized_score
+
+    try:
+        reference = get_reference(dataset)
+    except KeyError:
+        return
+    score = normalized_score(dataset, mean_return, reference=reference)
+    print(f"normalised score {score:.1f} (references: {reference.source})")
+
+
+def _single_agent_evaluation(args: argparse.Namespace) -> Callable[[Any], list[float]]:
+    """Episode returns of ``args.eval_episodes`` deterministic episodes in a fresh ``args.env``."""
+    import gymnasium as gym
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+
+    def evaluate(model: Any) -> list[float]:
+        eval_env = Monitor(gym.make(args.env))
+        eval_env.reset(seed=args.seed + 1000)
+        returns, _ = evaluate_policy(
+            model,
+            eval_env,
+            n_eval_episodes=args.eval_episodes,
+            deterministic=True,
+            return_episode_rewards=True,
+        )
+        return list(returns)  # type: ignore[arg-type]
+
+    return evaluate
+
+
+def _team_env(args: argparse.Namespace, dataset: Any) -> tuple[Any, Callable[[Any], list[float]]]:
+    """The PettingZoo env of a team agent (``--env`` or the dataset's) and its team-return evaluation."""
+    from diffgym.data import make_parallel_env, recover_parallel_env
+    from diffgym.wrappers import evaluate_team
+
+    env = (
+        make_parallel_env(args.env, json.loads(args.env_kwargs))
+        if args.env
+        else recover_parallel_env(dataset)
+    )
+
+    def evaluate(model: Any) -> list[float]:
+        returns, _ = evaluate_team(
+            model,
+            env,
+            args.eval_episodes,
+            deterministic=True,
+            seed=args.seed + 1000,
+            return_episode_rewards=True,
+        )
+        return list(returns)  # type: ignore[arg-type]
+
+    return env, evaluate

@@ -1,0 +1,10 @@
+"""Task-suite helpers: what one family of benchmark tasks needs beyond the core.
+
+- :mod:`diffgym.tasks.mazes`: D4RL's maze2d evaluation task on gymnasium-robotics' PointMaze and maze
+  geometry (needs ``pip install 'diffgym[maze]'``);
+- :mod:`diffgym.tasks.plotting`: plans drawn over a maze, and animations of a plan being denoised.
+
+A dependency that only one task suite needs is an extra (``maze``, ``mpe``, ``metaworld`` in
+``pyproject.toml``), imported on first use with an error naming the ``pip install`` command. The
+modules are not re-exported here: import them by name, so that importing this package needs no extra.
+"""

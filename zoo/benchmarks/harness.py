@@ -1,0 +1,743 @@
+"""The benchmark harness: a suite's run matrix (agent × dataset × seed), one JSON record per run, and
+a Markdown report built from the records.
+
+A :class:`Suite` declares what to run: its datasets, its agents (:class:`Contender`: a registered
+agent, its hyperparameter file ``zoo/hyperparams/<stem>.yml`` and how it acts when evaluated), the
+env of a dataset, how an episode batch is evaluated, the budget, and what is specific to it (extra
+measurements per run, studies once per session, extra report sections). :func:`run_suite` then, for
+every run of the matrix:
+
+1. builds the agent from the registry with the hyperparameters of its (agent, dataset) key,
+   ``--set`` overrides applied;
+2. trains it for the budget's gradient steps, evaluating every ``eval_every`` steps (the curve),
+   then evaluates the final model; scores are :func:`diffgym.scores.normalized_score` of the
+   mean return (the suite's metric may be another, e.g. a success rate); "best" is the best of
+   the curve and the final point, "last" the final point;
+3. times ``predict`` at batch 1 with ``torch.utils.benchmark``;
+4. writes ``<out>/<suite>/<agent>_<dataset>_s<seed>.json`` atomically: the config (agent, class,
+   hyperparameter key and values), the budget, the data, the hardware, the curve, final and best,
+   the wall times and the suite's extra measurements.
+
+The report (``<out>/<suite>.md`` and ``<out>/<suite>.json``) is rebuilt from every record in the
+folder, so a long matrix can be split over processes or sessions. During a session the Minari store
+(``MINARI_DATASETS_PATH``) is a scratch folder removed at the end: data files are imported there,
+never into the user's own store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import h5py
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+
+import diffgym
+from diffgym import registry
+from diffgym.registry import AgentSpec
+from diffgym.scores import get_reference, normalized_score
+from diffgym.zoo.benchmarks.report import (
+    hardware,
+    hardware_line,
+    latency_ms,
+    markdown_table,
+    mean_std,
+    read_json,
+    write_json,
+    write_text,
+)
+from diffgym.zoo.hyperparameters import parse_override, resolve_hyperparams, split_config
+
+__all__ = [
+    "EVAL_SEED",
+    "Budget",
+    "Contender",
+    "Dataset",
+    "Evaluation",
+    "Metric",
+    "Report",
+    "Run",
+    "Session",
+    "Suite",
+    "build_report",
+    "evaluate_episodes",
+    "evaluate_team_episodes",
+    "read_d4rl_file",
+    "run_suite",
+]
+
+#: episode seeds of evaluations start here (plus the run's seed), apart from any seed used in training
+EVAL_SEED = 10_000
+#: the version of the record layout; records of another layout in the folder are left out of reports
+RECORD_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    """One agent of a suite: a registered agent under a name, with its settings.
+
+    Args:
+        name: its name in records, tables and ``--agents`` (``"madiff-d"``).
+        agent: the registry name (default: ``name``).
+        hyperparams: the stem of its file ``zoo/hyperparams/<stem>.yml`` (default: the agent's).
+        overrides: ``key=value`` settings fixed for this contender, applied after the file's.
+        deterministic: ``predict(..., deterministic=...)`` when evaluated.
+        datasets: the datasets it runs on (default: all of the suite's).
+        title: its name in tables (default: the class name, "(baseline)" for baselines).
+    """
+
+    name: str
+    agent: str = ""
+    hyperparams: str = ""
+    overrides: tuple[str, ...] = ()
+    deterministic: bool = True
+    datasets: tuple[str, ...] = ()
+    title: str = ""
+
+    @property
+    def spec(self) -> AgentSpec:
+        return registry.get(self.agent or self.name)
+
+    @property
+    def stem(self) -> str:
+        return self.hyperparams or self.spec.hyperparams_name
+
+    @property
+    def label(self) -> str:
+        spec = self.spec
+        return self.title or spec.class_name + (" (baseline)" if spec.baseline else "")
+
+    def runs_on(self, dataset: str) -> bool:
+        return not self.datasets or dataset in self.datasets
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How much a suite trains and evaluates; ``diffgym benchmark`` options replace each field.
+
+    Args:
+        seeds: seeds per (agent, dataset): 0, 1, ...
+        steps: gradient steps of every agent; None: each agent's ``n_timesteps`` from its file.
+        eval_every: gradient steps between evaluations during training (0: final only).
+        eval_episodes: episodes per evaluation during training.
+        final_episodes: episodes of the final evaluation.
+    """
+
+    seeds: int = 1
+    steps: int | None = None
+    eval_every: int = 0
+    eval_episodes: int = 5
+    final_episodes: int = 10
+
+
+class Metric(NamedTuple):
+    """What "last" and "best" compare: a key of an evaluation point, its label, and a display scale."""
+
+    key: str = "score"
+    label: str = "normalised score"
+    scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A prepared dataset: its name, what agents get as ``dataset=``, and what the record keeps."""
+
+    name: str
+    data: Any  # a path, Minari id or MinariDataset
+    info: dict[str, Any]  # env id, mean return, transitions, file, ... (JSON)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Episodes of one evaluation: their returns, the env steps they took, and other metrics."""
+
+    returns: list[float]
+    env_steps: int
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+#: (model, run, episodes) -> the evaluation of that many episodes
+Evaluator = Callable[[Any, "Run", int], Evaluation]
+#: (model, run) -> a measurement kept in the record's "extra" ({} when it does not apply)
+Measure = Callable[[Any, "Run"], dict[str, Any]]
+#: (model, run) -> the record's results (train_and_evaluate: curve, final, best, wall times, latency)
+Procedure = Callable[[Any, "Run"], dict[str, Any]]
+#: (session, prepared datasets) -> a record of a measurement made once per session
+Study = Callable[["Session", list[Dataset]], dict[str, Any]]
+#: report -> a Markdown section
+Section = Callable[["Report"], str]
+
+
+def read_d4rl_file(name: str, session: Session) -> Dataset:
+    """``<data dir>/<name>.hdf5`` (D4RL layout) with the env id and mean return of its metadata."""
+    path = session.data_dir / f"{name}.hdf5"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: give --data-dir (or set DIFFGYM_DATA_DIR) to the folder of the D4RL-layout files"
+        )
+    with h5py.File(path, "r") as file:
+        metadata = _json_attribute(file, "metadata")
+        transitions = int(file["rewards"].shape[0])
+    info = {"file": str(path), "transitions": transitions, "env_id": metadata.get("env_id")}
+    return Dataset(name, str(path), info | {"mean_return": metadata.get("mean_return")})
+
+
+def env_from_metadata(dataset: Dataset) -> gym.Env:
+    """``gym.make`` of the env id the dataset's metadata records."""
+    return gym.make(dataset.info["env_id"])
+
+
+def evaluate_episodes(model: Any, run: Run, episodes: int) -> Evaluation:
+    """``evaluate_policy`` on a fresh env of the dataset, first reset with ``EVAL_SEED + seed``."""
+    env = Monitor(run.make_env())
+    env.reset(seed=EVAL_SEED + run.seed)
+    returns, lengths = evaluate_policy(
+        model,
+        env,
+        n_eval_episodes=episodes,
+        deterministic=run.contender.deterministic,
+        return_episode_rewards=True,
+    )
+    env.close()
+    return Evaluation([float(r) for r in returns], int(np.sum(lengths)))  # type: ignore[union-attr, arg-type]
+
+
+def evaluate_team_episodes(model: Any, run: Run, episodes: int) -> Evaluation:
+    """:func:`diffgym.wrappers.evaluate_team` (team returns) on a fresh PettingZoo env of the dataset."""
+    from diffgym.wrappers import evaluate_team
+
+    returns, lengths = evaluate_team(
+        model,
+        run.make_env(),
+        episodes,
+        run.contender.deterministic,
+        seed=EVAL_SEED + run.seed,
+        return_episode_rewards=True,
+    )
+    return Evaluation([float(r) for r in returns], int(np.sum(lengths)))
+
+
+def train_and_evaluate(model: Any, run: Run) -> dict[str, Any]:
+    """Train for the run's budget with the evaluation curve, evaluate the final model, time ``predict``."""
+    budget = run.session.budget
+    curve = EvaluationCurve(run, budget.eval_every, budget.eval_episodes)
+    started = time.perf_counter()
+    model.learn(run.steps, callback=curve)
+    train_seconds = time.perf_counter() - started - curve.seconds
+    final = run.assess(model, budget.final_episodes)
+    metric = run.session.suite.metric.key
+    best = max([*curve.points, final], key=lambda point: -np.inf if point[metric] is None else point[metric])
+    return {
+        "curve": curve.points,
+        "final": final,
+        "best": {"step": best["step"], metric: best[metric]},
+        "wall_time": {"train_seconds": train_seconds, "eval_seconds": curve.seconds + final["seconds"]},
+        "gradient_steps_per_second": run.steps / train_seconds,
+        "latency": {"predict_ms": predict_latency(model, run)},
+    }
+
+
+def predict_latency(model: Any, run: Run) -> float:
+    """Median ``predict`` of the first observation of a fresh env at batch 1, a new decision each call."""
+    observation = run.make_env().reset(seed=0)[0]
+    return latency_ms(lambda: model.predict(observation, deterministic=run.contender.deterministic))
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A benchmark: its matrix, how it is evaluated and reported, and what is specific to it.
+
+    Args:
+        name: ``diffgym benchmark NAME``; its records go to ``<out>/<name>/``.
+        title: the report's heading.
+        description: the report's first paragraph (what is compared, on what data, how).
+        datasets: dataset names, prepared by ``prepare`` (default: ``<data dir>/<name>.hdf5``).
+        agents: the contenders (``str``: a registered agent by its name).
+        budget: default budget (``diffgym benchmark`` options replace its fields).
+        params: suite-specific settings, replaced by ``--set suite:key=value``.
+        prepare: ``(dataset name, session) -> Dataset``.
+        make_env: ``Dataset -> env`` (a Gymnasium env, or a PettingZoo env for team agents).
+        evaluate: the :data:`Evaluator`.
+        reference: ``Dataset -> name`` for :func:`diffgym.scores.get_reference`, None: no score.
+        metric: what "last" and "best" compare.
+        score_data: show the dataset's own mean return, normalised, next to the agents.
+        procedure: what a run does with its built agent (default :func:`train_and_evaluate`).
+        measures: per-run measurements after the procedure, kept under ``extra``.
+        studies: measurements made once per session, each kept in ``<out>/<name>/studies/``.
+        sections: Markdown sections appended to the report.
+    """
+
+    name: str
+    title: str
+    description: str
+    datasets: tuple[str, ...] = ()
+    agents: tuple[Contender | str, ...] = ()
+    budget: Budget = Budget()
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    prepare: Callable[[str, Session], Dataset] = read_d4rl_file
+    make_env: Callable[[Dataset], Any] = env_from_metadata
+    evaluate: Evaluator = evaluate_episodes
+    reference: Callable[[Dataset], str | None] = lambda dataset: dataset.name
+    metric: Metric = dataclasses.field(default_factory=Metric)
+    score_data: bool = True
+    procedure: Procedure = train_and_evaluate
+    measures: Mapping[str, Measure] = dataclasses.field(default_factory=dict)
+    studies: Mapping[str, Study] = dataclasses.field(default_factory=dict)
+    sections: tuple[Section, ...] = ()
+
+    @property
+    def contenders(self) -> tuple[Contender, ...]:
+        return tuple(a if isinstance(a, Contender) else Contender(a) for a in self.agents)
+
+    def contender(self, name: str) -> Contender:
+        """The contender called ``name``.
+
+        Raises:
+            KeyError: none; the message lists the suite's agents.
+        """
+        for contender in self.contenders:
+            if contender.name == name:
+                return contender
+        known = ", ".join(c.name for c in self.contenders) or "none"
+        raise KeyError(f"suite {self.name!r} has no agent {name!r}; its agents: {known}")
+
+    def label(self, name: str) -> str:
+        """The table name of the contender called ``name`` (``name`` itself if it is no longer one)."""
+        return next((c.label for c in self.contenders if c.name == name), name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """One ``diffgym benchmark`` invocation: the suite, where data and results live, budget and overrides.
+
+    ``overrides`` are ``[TARGET:]key=value``: without a target for every agent, with an agent's
+    name (or registry name) for that agent, with ``suite:`` for :attr:`Suite.params`.
+    """
+
+    suite: Suite
+    data_dir: Path
+    out: Path
+    budget: Budget
+    overrides: tuple[str, ...] = ()
+    save_models: bool = False
+    scratch: Path | None = None  # the session's scratch folder (run_suite makes one)
+
+    @property
+    def folder(self) -> Path:
+        """Where the suite's records go: ``<out>/<suite>/``."""
+        return self.out / self.suite.name
+
+    @property
+    def workdir(self) -> Path:
+        """The scratch folder of a running session (removed when it ends)."""
+        if self.scratch is None:
+            raise RuntimeError("the session is not running: use run_suite")
+        return self.scratch
+
+    @functools.cached_property
+    def params(self) -> dict[str, Any]:
+        """The suite's params with the ``suite:`` overrides applied."""
+        params = dict(self.suite.params)
+        for key, value in (parse_override(text) for target, text in self._targets() if target == "suite"):
+            if len(key) != 1 or key[0] not in params:
+                raise KeyError(
+                    f"suite {self.suite.name!r} has no setting {'.'.join(key)!r}; its settings: "
+                    f"{', '.join(params) or 'none'}"
+                )
+            params[key[0]] = value
+        return params
+
+    def validate(self) -> None:
+        """Fail before anything runs on an override whose target or suite setting is unknown."""
+        contenders = self.suite.contenders
+        known = {"suite", *(c.name for c in contenders), *(c.agent or c.name for c in contenders)}
+        unknown = sorted({target for target, _ in self._targets() if target is not None} - known)
+        if unknown:
+            raise KeyError(f"--set targets {unknown} are neither 'suite' nor agents of {self.suite.name!r}")
+        self.params  # noqa: B018  (parsing the suite: overrides checks them)
+
+    def overrides_for(self, contender: Contender) -> list[str]:
+        """The overrides that apply to ``contender``, in order."""
+        names = {None, contender.name, contender.agent or contender.name}
+        return [text for target, text in self._targets() if target in names]
+
+    def _targets(self) -> list[tuple[str | None, str]]:
+        pairs: list[tuple[str | None, str]] = []
+        for override in self.overrides:
+            head, sep, tail = override.partition(":")
+            targeted = sep and "=" not in head
+            pairs.append((head, tail) if targeted else (None, override))
+        return pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One cell of the matrix: a contender on a dataset with a seed."""
+
+    session: Session
+    contender: Contender
+    dataset: Dataset
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.contender.name}_{self.dataset.name}_s{self.seed}"
+
+    @functools.cached_property
+    def hyperparameters(self) -> tuple[str, dict[str, Any]]:
+        """``(key, merged settings)`` from the contender's file, its and the session's overrides applied."""
+        names = [self.dataset.name, str(self.dataset.info.get("env_id") or "")]
+        overrides = [*self.contender.overrides, *self.session.overrides_for(self.contender)]
+        return resolve_hyperparams(self.contender.stem, names, overrides=overrides)
+
+    @property
+    def steps(self) -> int:
+        """The budget's steps, else the hyperparameters' ``n_timesteps``."""
+        steps = self.session.budget.steps or split_config(self.hyperparameters[1])[0]
+        if not steps:
+            raise ValueError(
+                f"{self.name}: no budget (give --steps or n_timesteps in {self.contender.stem}.yml)"
+            )
+        return int(steps)
+
+    def make_env(self) -> Any:
+        return self.session.suite.make_env(self.dataset)
+
+    def build(self) -> Any:
+        """The agent, built from the registry with this run's hyperparameters and seed."""
+        _, policy, kwargs = split_config(self.hyperparameters[1])
+        return self.contender.spec.make(
+            policy, self.make_env(), dataset=self.dataset.data, seed=self.seed, **kwargs
+        )
+
+    def score(self, mean_return: float | None) -> float | None:
+        """:func:`diffgym.scores.normalized_score` of a mean return (None without a reference)."""
+        reference = self.session.suite.reference(self.dataset)
+        if mean_return is None or reference is None:
+            return None
+        return float(normalized_score(reference, mean_return))
+
+    def assess(self, model: Any, episodes: int) -> dict[str, Any]:
+        """One evaluation point: step, returns, mean return, score, metrics, seconds, ms per env step."""
+        started = time.perf_counter()
+        evaluation = self.session.suite.evaluate(model, self, episodes)
+        seconds = time.perf_counter() - started
+        mean = float(np.mean(evaluation.returns)) if evaluation.returns else None
+        return {
+            "step": int(model.num_timesteps),
+            "returns": evaluation.returns,
+            "mean_return": mean,
+            "score": self.score(mean),
+            **evaluation.metrics,
+            "seconds": seconds,
+            "ms_per_env_step": 1e3 * seconds / max(evaluation.env_steps, 1),
+        }
+
+
+class EvaluationCurve(BaseCallback):
+    """Evaluates the model every ``every`` gradient steps (offline, callbacks fire once per step),
+    keeping each point and the time spent evaluating."""
+
+    def __init__(self, run: Run, every: int, episodes: int) -> None:
+        super().__init__()
+        self.run, self.every, self.episodes = run, every, episodes
+        self.points: list[dict[str, Any]] = []
+        self.seconds = 0.0
+
+    def _on_step(self) -> bool:
+        if self.every > 0 and self.n_calls % self.every == 0:
+            point = self.run.assess(self.model, self.episodes)
+            self.points.append(point)
+            self.seconds += point["seconds"]
+        return True
+
+
+# ----------------------------------------------------------------------------- sessions
+
+
+def run_suite(
+    session: Session, agents: Sequence[str] = (), datasets: Sequence[str] = (), report_only: bool = False
+) -> Path:
+    """Run the matrix (or the chosen ``agents`` and ``datasets`` of it) and the studies, write a record
+    per run, then the report; returns the Markdown report's path."""
+    suite = session.suite
+    chosen = [suite.contender(name) for name in agents] or list(suite.contenders)
+    unknown = sorted(set(datasets) - set(suite.datasets))
+    if unknown:
+        raise KeyError(
+            f"suite {suite.name!r} has no dataset {unknown}; its datasets: {', '.join(suite.datasets)}"
+        )
+    names = [name for name in suite.datasets if not datasets or name in datasets]
+    session.validate()
+    if not report_only:
+        with scratch_space() as scratch:
+            _run_matrix(dataclasses.replace(session, scratch=scratch), chosen, names)
+    return build_report(session)
+
+
+def _run_matrix(session: Session, contenders: list[Contender], names: list[str]) -> None:
+    prepared = {name: session.suite.prepare(name, session) for name in names}
+    for name, dataset in prepared.items():
+        for contender in (c for c in contenders if c.runs_on(name)):
+            for seed in range(session.budget.seeds):
+                run = Run(session, contender, dataset, seed)
+                path, record = session.folder / f"{run.name}.json", execute(run)
+                write_json(path, record)
+                _log(f"{run.name}: {_summary(record, session.suite.metric)} -> {path}")
+    for study_name, study in session.suite.studies.items():
+        path = session.folder / "studies" / f"{study_name}.json"
+        write_json(path, _timed_record(functools.partial(study, session, list(prepared.values()))))
+        _log(f"study {study_name} -> {path}")
+
+
+def execute(run: Run) -> dict[str, Any]:
+    """Build, run and measure one run; returns its record."""
+    suite, started = run.session.suite, time.perf_counter()
+    model = run.build()
+    build_seconds = time.perf_counter() - started
+    results = suite.procedure(model, run)
+    extra = {name: measure(model, run) for name, measure in suite.measures.items()}
+    if run.session.save_models:
+        model.save(run.session.folder / "models" / run.name)
+    key, values = run.hyperparameters
+    wall_time = {"build_seconds": build_seconds, **results.pop("wall_time", {})}
+    return {
+        "format": RECORD_FORMAT,
+        "suite": suite.name,
+        "run": run.name,
+        "date": _now(),
+        "diffgym": diffgym.__version__,
+        "config": {
+            "agent": run.contender.name,
+            "registry_name": run.contender.spec.name,
+            "class": run.contender.spec.class_name,
+            "dataset": run.dataset.name,
+            "seed": run.seed,
+            "hyperparams": {"file": f"{run.contender.stem}.yml", "key": key, "values": values},
+            "deterministic": run.contender.deterministic,
+            "reference": _reference(suite.reference(run.dataset)),
+        },
+        "budget": {**dataclasses.asdict(run.session.budget), "gradient_steps": run.steps},
+        "data": {**run.dataset.info, "score": run.score(run.dataset.info.get("mean_return"))},
+        "hardware": hardware(),
+        **results,
+        "wall_time": wall_time | {"total_seconds": time.perf_counter() - started},
+        "extra": extra,
+    }
+
+
+@contextlib.contextmanager
+def scratch_space() -> Iterator[Path]:
+    """A temporary folder, with the Minari store inside it while the block runs."""
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    with tempfile.TemporaryDirectory(prefix="diffgym-bench-") as folder:
+        os.environ["MINARI_DATASETS_PATH"] = str(Path(folder) / "minari")
+        try:
+            yield Path(folder)
+        finally:
+            if previous is None:
+                os.environ.pop("MINARI_DATASETS_PATH", None)
+            else:
+                os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+def _timed_record(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    started = time.perf_counter()
+    result = measure()
+    return {
+        "format": RECORD_FORMAT,
+        "date": _now(),
+        "hardware": hardware(),
+        "seconds": time.perf_counter() - started,
+        "result": result,
+    }
+
+
+def _reference(name: str | None) -> dict[str, Any] | None:
+    if name is None:
+        return None
+    try:
+        return {"name": name, **get_reference(name)._asdict()}
+    except KeyError:
+        return None
+
+
+def _summary(record: dict[str, Any], metric: Metric) -> str:
+    if "final" not in record:
+        return f"done in {record['wall_time']['total_seconds']:.0f} s"
+    last, best = record["final"][metric.key], record["best"][metric.key]
+    return f"last {metric.key} {_scaled(last, metric)}, best {_scaled(best, metric)}"
+
+
+def _scaled(value: float | None, metric: Metric) -> str:
+    return "-" if value is None else f"{value * metric.scale:.1f}"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _json_attribute(file: h5py.File, name: str) -> dict[str, Any]:
+    return json.loads(file.attrs[name]) if name in file.attrs else {}
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """The records a report is built from: the runs (in suite order) and the studies by name."""
+
+    suite: Suite
+    runs: list[dict[str, Any]]
+    studies: dict[str, dict[str, Any]]
+
+    def runs_of(self, agent: str | None = None, dataset: str | None = None) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.runs
+            if agent in (None, r["config"]["agent"]) and dataset in (None, r["config"]["dataset"])
+        ]
+
+    def study(self, name: str) -> dict[str, Any] | None:
+        """The result of a study (None if it has not run)."""
+        record = self.studies.get(name)
+        return None if record is None else record["result"]
+
+    @property
+    def hardware(self) -> dict[str, Any] | None:
+        records = [*self.runs, *self.studies.values()]
+        return records[0]["hardware"] if records else None
+
+
+def load_report(session: Session) -> Report:
+    """Every record of the current layout in the suite's folder, in the suite's order."""
+    suite, folder = session.suite, session.folder
+    runs = [r for r in map(read_json, sorted(folder.glob("*.json"))) if r.get("format") == RECORD_FORMAT]
+    agents = [c.name for c in suite.contenders]
+    order = {name: i for i, name in enumerate(suite.datasets)}
+    runs.sort(
+        key=lambda r: (order.get(r["config"]["dataset"], len(order)), _index(agents, r), r["config"]["seed"])
+    )
+    studies = {p.stem: read_json(p) for p in sorted((folder / "studies").glob("*.json"))}
+    return Report(suite, runs, studies)
+
+
+def build_report(session: Session) -> Path:
+    """Write ``<out>/<suite>.json`` (every record) and ``<out>/<suite>.md``; returns the Markdown path."""
+    report = load_report(session)
+    if not report.runs and not report.studies:
+        raise FileNotFoundError(f"no records in {session.folder}: run the benchmark first")
+    name = session.suite.name
+    write_json(
+        session.out / f"{name}.json",
+        {
+            "suite": name,
+            "date": _now(),
+            "hardware": report.hardware,
+            "runs": report.runs,
+            "studies": report.studies,
+        },
+    )
+    path = session.out / f"{name}.md"
+    write_text(path, render_markdown(report) + "\n")
+    return path
+
+
+def render_markdown(report: Report) -> str:
+    """Title, description, the scores table, budget, the suite's sections, hardware."""
+    suite = report.suite
+    parts = [f"# {suite.title}", suite.description]
+    if any("final" in r for r in report.runs):
+        parts += [scores_table(report), budget_line(report)]
+    parts += [section(report) for section in suite.sections]
+    if report.hardware is not None:
+        parts.append(f"Hardware: {hardware_line(report.hardware)}.")
+    return "\n\n".join(part for part in parts if part)
+
+
+def scores_table(report: Report) -> str:
+    """One row per (dataset, agent): last and best (mean ± std over seeds), budget, speed."""
+    metric = report.suite.metric
+    rows = []
+    for dataset in dict.fromkeys(r["config"]["dataset"] for r in report.runs):
+        for agent in dict.fromkeys(r["config"]["agent"] for r in report.runs_of(dataset=dataset)):
+            runs = [r for r in report.runs_of(agent, dataset) if "final" in r]
+            if runs:
+                rows.append(_score_row(report, runs, metric))
+    header = [
+        "dataset",
+        "agent",
+        f"last {metric.label}",
+        f"best {metric.label}",
+        "seeds",
+        "gradient steps",
+        "steps / s",
+        "predict ms",
+        "ms per env step",
+    ]
+    if report.suite.score_data:
+        header.insert(2, "data's own")
+    return markdown_table(header, rows)
+
+
+def _score_row(report: Report, runs: list[dict[str, Any]], metric: Metric) -> list[Any]:
+    first = runs[0]
+
+    def values(part: str) -> list[float]:
+        return [r[part][metric.key] * metric.scale for r in runs if r[part][metric.key] is not None]
+
+    row = [
+        first["config"]["dataset"],
+        report.suite.label(first["config"]["agent"]),
+        mean_std(values("final")),
+        mean_std(values("best")),
+        len(runs),
+        f"{first['budget']['gradient_steps']:,}",
+        mean_std([r["gradient_steps_per_second"] for r in runs]),
+        mean_std([r["latency"]["predict_ms"] for r in runs], digits=2),
+        mean_std([r["final"]["ms_per_env_step"] for r in runs], digits=2),
+    ]
+    if report.suite.score_data:
+        score = first["data"].get("score")
+        row.insert(2, "-" if score is None else f"{score:.1f}")
+    return row
+
+
+def budget_line(report: Report) -> str:
+    """The budget the table's runs had, from their records."""
+    budgets = [r["budget"] for r in report.runs if "final" in r]
+    steps = sorted({b["gradient_steps"] for b in budgets})
+    first = budgets[0]
+    periodic = (
+        f"evaluated every {first['eval_every']:,} gradient steps over {first['eval_episodes']} episodes and "
+        if first["eval_every"]
+        else ""
+    )
+    return (
+        f"Budget: {', '.join(f'{s:,}' for s in steps)} gradient steps per run, up to {max(b['seeds'] for b in budgets)} "
+        f"seed(s); {periodic}the final model over {first['final_episodes']} episodes. *last* = the final model "
+        "(mean ± std over seeds); *best* = the best of the final and the periodic evaluations, which flatters. "
+        "*predict ms*: `predict` of one observation at batch 1 (median, `torch.utils.benchmark`)."
+    )
+
+
+def _index(names: list[str], record: dict[str, Any]) -> int:
+    name = record["config"]["agent"]
+    return names.index(name) if name in names else len(names)
