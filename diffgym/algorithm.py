@@ -26,7 +26,6 @@ Every gradient step's statistics stay on the device; they are read (one sync) ev
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 import time
@@ -47,6 +46,7 @@ from torch import Tensor
 import diffgym
 from diffgym.batches import OfflineBatches
 from diffgym.data import DatasetLike, check_spaces, load_dataset, load_transitions
+from diffgym.lr_schedules import cosine_decay
 from diffgym.monitor import TrainingMonitor
 from diffgym.policies import AgentPolicy
 from diffgym.rl import iql_reward_scale
@@ -201,9 +201,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         super()._setup_lr_schedule()
         if self.lr_decay:
             constant = self.lr_schedule
-            self.lr_schedule = lambda progress: (
-                constant(progress) * 0.5 * (1 + math.cos(math.pi * (1 - progress)))
-            )
+            self.lr_schedule = lambda progress: constant(progress) * cosine_decay(progress)
 
     def set_dataset(self, dataset: DatasetLike) -> None:
         """Load and validate a dataset; on first use, fit the observation normaliser to it.

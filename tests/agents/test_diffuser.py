@@ -8,7 +8,7 @@ from gymnasium import spaces
 from torch import nn
 
 from diffgym import DiffuserPlanner
-from diffgym.agents.diffuser import DiffuserPolicy
+from diffgym.agents.diffuser import DecisionDiffuserPolicy, DiffuserPolicy, SingleAgentPlanner
 from diffgym.data import collect_dataset
 
 GOAL_SPACE = spaces.Dict(
@@ -21,8 +21,12 @@ ACTIONS = spaces.Box(-1.0, 1.0, (2,), np.float32)
 TINY = dict(horizon=8, num_timesteps=10, dim=16, dim_mults=(1, 2), value_dim=16, value_dim_mults=(1, 2))
 
 
-def make_policy(observation_space=GOAL_SPACE, **kwargs) -> DiffuserPolicy:
-    policy = DiffuserPolicy(observation_space, ACTIONS, lambda _: 1e-3, **{**TINY, **kwargs})
+def make_policy(observation_space=GOAL_SPACE, mode="diffuser", **kwargs) -> SingleAgentPlanner:
+    if mode == "diffuser":
+        policy = DiffuserPolicy(observation_space, ACTIONS, lambda _: 1e-3, **{**TINY, **kwargs})
+    else:  # Decision Diffuser has no value network
+        tiny = {key: value for key, value in TINY.items() if not key.startswith("value_")}
+        policy = DecisionDiffuserPolicy(observation_space, ACTIONS, lambda _: 1e-3, **{**tiny, **kwargs})
     policy.sampling_generator = torch.Generator().manual_seed(0)
     data = torch.randn(100, policy.obs_dim, generator=torch.Generator().manual_seed(9))
     policy.fit_normalizer(data * 2 + 1)  # non-trivial normalisation: exactness is not an accident of identity

@@ -1,13 +1,14 @@
 """Training speed: gradient steps per second, and how much of a step is spent in torch kernels.
 
 For each agent on the hopper-medium data (its ``zoo/hyperparams`` settings for that key): steps per
-second with 1 and 2 torch threads, and, from ``torch.profiler`` over the same steps, the share of
+second at each thread count of ``suite:threads`` (1 and 2), and, from ``torch.profiler`` over the same steps, the share of
 wall time spent inside ATen kernels (matmuls, activations, their backward, the optimiser): what is
 left is Python and dispatch overhead. A share near 100 % means the step runs at the network's own
 cost, so only smaller networks or fewer passes could make it faster. ``--steps`` is the number of
 gradient steps per measurement (after 20 warm-up steps); nothing is evaluated.
 
     diffgym benchmark train_speed
+    diffgym benchmark train_speed --steps 20 --set "suite:threads=[1]"
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from diffgym.zoo.benchmarks.d4rl import SUITE as D4RL
 from diffgym.zoo.benchmarks.harness import Budget, Report, Run, Suite
 from diffgym.zoo.benchmarks.report import markdown_table
 
-THREADS = (1, 2)  # torch thread counts measured
 WARM_UP = 20  # gradient steps before each timing
 
 
@@ -57,9 +57,9 @@ def kernel_share(model: Any, steps: int) -> float:
 
 
 def measure_speed(model: Any, run: Run) -> dict[str, Any]:
-    """The run's procedure: steps per second at each of :data:`THREADS`, the kernel share at 1 thread."""
+    """The run's procedure: steps per second at each of the suite's thread counts, the kernel share at 1."""
     speeds = {}
-    for threads in THREADS:
+    for threads in run.session.params["threads"]:
         with torch_threads(threads):
             speeds[str(threads)] = steps_per_second(model, run.steps)
     with torch_threads(1):
@@ -92,6 +92,7 @@ SUITE = Suite(
     datasets=("hopper-medium",),
     agents=D4RL.agents,
     budget=Budget(steps=200),
+    params={"threads": [1, 2]},  # torch thread counts measured
     procedure=measure_speed,
     sections=(speed_table,),
 )
