@@ -88,3 +88,26 @@ def test_a_state_for_another_number_of_envs_is_refused():
     _, state = policy.predict(np.zeros((2, 1), np.float32))
     with pytest.raises(ValueError, match="the state holds 2 envs but 3 observations"):
         policy.predict(np.zeros((3, 1), np.float32), state)
+
+
+def test_sb3s_stateless_entry_point_plans_from_scratch():
+    """``_predict`` (what SB3 calls without a state) plans from the observation alone, every call."""
+    policy = make(n_obs_steps=2, n_action_steps=3)
+    for _ in range(2):
+        with torch.no_grad():
+            action = policy._predict(torch.tensor([[4.0]]))
+        assert torch.allclose(action * 100, torch.tensor([[policy.calls * 1.0]]))
+    np.testing.assert_array_equal(policy.histories[-1][0, :, 0], [4.0, 4.0])
+    assert policy.warm == [False, False]
+
+
+def test_predict_keeps_sb3s_shapes_and_bounds():
+    """One observation gives one action, a batch one per row, rescaled to the action space."""
+    space = spaces.Box(-100.0, 100.0, (1,), np.float32)
+    policy = CountingPlanner(space, spaces.Box(-2.0, 2.0, (1,), np.float32), lambda _: 0.0)
+    single, _ = policy.predict(np.array([0.0], np.float32))
+    batch, state = policy.predict(np.zeros((3, 1), np.float32))
+    assert single.shape == (1,) and batch.shape == (3, 1) and len(state[0]) == 3
+    assert single[0] == pytest.approx(2.0 * 0.01)  # the plan's first action 1 / 100, scaled to [-2, 2]
+    with pytest.raises(ValueError, match="mixing Gym API with SB3 VecEnv API"):
+        policy.predict((np.zeros(1, np.float32), {}))

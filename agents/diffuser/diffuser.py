@@ -26,8 +26,16 @@ POLICIES: dict[Mode, type[SingleAgentPlanner]] = {
 
 
 def _mode_settings(mode: Mode) -> set[str]:
-    """The ``policy_kwargs`` only ``mode``'s policy takes (its ``_build_mode``'s arguments)."""
+    """The settings only ``mode``'s policy takes (its ``_build_mode``'s arguments)."""
     return set(inspect.signature(POLICIES[mode]._build_mode).parameters) - {"self", "lr_schedule"}
+
+
+def _settings_of_mode(mode: Mode, policy_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``policy_kwargs`` without the settings only the other mode's policy takes, so that one dict
+    can serve both modes (as the policy of one class did before the modes had a class each)."""
+    others = {name for other in POLICIES if other != mode for name in _mode_settings(other)}
+    ignored = others - _mode_settings(mode)
+    return {key: value for key, value in (policy_kwargs or {}).items() if key not in ignored}
 
 
 class DiffuserPlanner(PlanningAlgorithm):
@@ -116,9 +124,6 @@ class DiffuserPlanner(PlanningAlgorithm):
         if not isinstance(policy, str) and not issubclass(policy, POLICIES[mode]):
             raise TypeError(f"mode {mode!r} plans with a {POLICIES[mode].__name__}, got {policy.__name__}")
         self.mode = mode
-        others = {name for other in POLICIES if other != mode for name in _mode_settings(other)}
-        ignored = others - _mode_settings(mode)
-        policy_kwargs = {k: v for k, v in (policy_kwargs or {}).items() if k not in ignored}
         super().__init__(
             policy,
             env,
@@ -128,7 +133,7 @@ class DiffuserPlanner(PlanningAlgorithm):
             learning_rate=learning_rate,
             batch_size=batch_size,
             gamma=gamma,
-            policy_kwargs=policy_kwargs,
+            policy_kwargs=_settings_of_mode(mode, policy_kwargs),
             **kwargs,
         )
 
@@ -138,10 +143,14 @@ class DiffuserPlanner(PlanningAlgorithm):
         return POLICIES[self.mode]
 
     def train_step(self, batch: SegmentSamples) -> dict[str, Tensor]:
+        """One gradient step: the segments' plans ``x0`` with their first state (and, for goal tasks,
+        their last) inpainted, as planning will; then Decision Diffuser's return-conditioned step, or
+        Diffuser's diffusion and value steps; then the EMA."""
         policy = self.policy
         x0 = policy.trajectories(batch.observations, batch.actions)  # (B, H, x_dim)
         states = policy.states_of(x0)
-        first, last = states[:, 0], states[:, -1] if policy.goal_slice is not None else None
+        first = states[:, 0]
+        last = states[:, -1] if policy.goal_slice is not None else None  # the goal state
         inpainting = policy.inpainting(x0.shape, first, last)
         if isinstance(policy, DecisionDiffuserPolicy):
             cond = policy.unet_condition(first, last, policy.return_condition(batch.returns))

@@ -8,7 +8,12 @@ from gymnasium import spaces
 from torch import nn
 
 from diffgym import DiffuserPlanner
-from diffgym.agents.diffuser import DecisionDiffuserPolicy, DiffuserPolicy, SingleAgentPlanner
+from diffgym.agents.diffuser import (
+    DecisionDiffuser,
+    DecisionDiffuserPolicy,
+    DiffuserPolicy,
+    SingleAgentPlanner,
+)
 from diffgym.data import collect_dataset
 
 GOAL_SPACE = spaces.Dict(
@@ -250,3 +255,28 @@ def test_decision_diffuser_plans_stay_in_the_data_range_by_default():
             :, 1:
         ]
     assert (wild.abs() > data.abs().max()).any()  # what the clipping prevents
+
+
+def test_decision_diffuser_is_the_planner_in_its_mode_and_the_mode_round_trips(minari_store, tmp_path):
+    env = LinearSystem()
+    dataset = collect_dataset(env, None, "test/linear/modes-v0", n_steps=300, seed=0)
+    kwargs = dict(
+        dataset=dataset, batch_size=16, gamma=0.99, seed=0, policy_kwargs=TINY
+    )  # value_*: Diffuser's
+    planner = DiffuserPlanner("MlpPolicy", env, mode="decision_diffuser", **kwargs).learn(5)
+    alias = DecisionDiffuser("MlpPolicy", env, **kwargs).learn(5)
+    assert type(planner.policy) is type(alias.policy) is DecisionDiffuserPolicy
+    assert "value_dim" not in planner.policy_kwargs  # the other mode's settings are dropped
+    obs = np.array([0.3, -0.2, 0.1], np.float32)
+    action, _ = planner.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(alias.predict(obs, deterministic=True)[0], action)
+    planner.save(tmp_path / "planner")
+    alias.save(tmp_path / "alias")
+    loaded = DiffuserPlanner.load(tmp_path / "planner", env=env)
+    assert loaded.mode == "decision_diffuser" and type(loaded.policy) is DecisionDiffuserPolicy
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], action)
+    np.testing.assert_array_equal(
+        DecisionDiffuser.load(tmp_path / "alias").predict(obs, deterministic=True)[0], action
+    )
+    with pytest.raises(TypeError, match="plans with a DecisionDiffuserPolicy"):
+        DiffuserPlanner(DiffuserPolicy, env, mode="decision_diffuser")
