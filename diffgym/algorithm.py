@@ -46,7 +46,7 @@ from torch import Tensor
 import diffgym
 from diffgym.batches import OfflineBatches
 from diffgym.data import DatasetLike, check_spaces, load_dataset, load_transitions
-from diffgym.lr_schedules import cosine_decay
+from diffgym.lr_schedules import cosine_decay, linear_warmup
 from diffgym.monitor import TrainingMonitor
 from diffgym.policies import AgentPolicy
 from diffgym.rl import iql_reward_scale
@@ -92,6 +92,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         explode_above: a training statistic beyond this magnitude counts as divergence.
         lr_decay: anneal every learning rate to 0 along a cosine over each ``learn`` call
             (Diffusion-QL's ``lr_decay``; SB3's progress drives it).
+        lr_warmup_steps: gradient steps of linear learning-rate warm-up (Diffusion Policy's); 0: none.
         policy_kwargs, tensorboard_log, verbose, seed, device: as in SB3.
     """
 
@@ -117,6 +118,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         "check_every",
         "explode_above",
         "lr_decay",
+        "lr_warmup_steps",
     )
 
     def __init__(
@@ -137,6 +139,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         check_every: int = 100,
         explode_above: float = 1e8,
         lr_decay: bool = False,
+        lr_warmup_steps: int = 0,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
         verbose: int = 0,
@@ -174,6 +177,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.check_every = check_every
         self.explode_above = explode_above
         self.lr_decay = lr_decay
+        self.lr_warmup_steps = lr_warmup_steps
         self._offline: Any = None  # the dataset on the device: OfflineBatches, or a subclass's own
         self._learning_offline = False
         self._monitor = TrainingMonitor(check_every, explode_above)
@@ -198,10 +202,14 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self.set_dataset(self.dataset)
 
     def _setup_lr_schedule(self) -> None:
+        """SB3's schedule, times the cosine decay (``lr_decay``) and the warm-up (``lr_warmup_steps``)."""
         super()._setup_lr_schedule()
-        if self.lr_decay:
-            constant = self.lr_schedule
-            self.lr_schedule = lambda progress: constant(progress) * cosine_decay(progress)
+        base = self.lr_schedule
+        self.lr_schedule = lambda progress: (
+            base(progress)
+            * (cosine_decay(progress) if self.lr_decay else 1.0)
+            * linear_warmup(getattr(self, "_n_updates", 0), self.lr_warmup_steps)  # Python ints: no sync
+        )
 
     def set_dataset(self, dataset: DatasetLike) -> None:
         """Load and validate a dataset; on first use, fit the observation normaliser to it.

@@ -35,6 +35,7 @@ from diffgym.data.minari_writer import write_dataset
 from diffgym.denoisers import ResidualMLPDenoiser
 from diffgym.diffusion import GaussianDiffusion, PredictionType
 from diffgym.ema import EMA
+from diffgym.lr_schedules import cosine_decay
 from diffgym.normalizers import GaussianNormalizer
 from diffgym.samplers import Sampler, make_sampler
 from diffgym.schedules import NoiseSchedule
@@ -252,7 +253,9 @@ class TransitionDiffusion(nn.Module):
         c = self.config
         model = GaussianDiffusion(self.denoiser, self.schedule, prediction=c.prediction)
         optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=c.learning_rate, betas=c.adam_betas)
-        annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, c.train_steps)
+        annealing = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_decay(1 - step / c.train_steps)
+        )
         self.ema_denoiser = EMA(self.denoiser, c.ema_decay)
         params: list[Tensor] = list(self.denoiser.parameters())
         self.denoiser.train()

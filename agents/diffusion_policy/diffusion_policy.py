@@ -83,7 +83,6 @@ class DiffusionPolicy(SequenceAlgorithm):
         "MultiInputPolicy": DiffusionPolicyNet,
     }
     policy: DiffusionPolicyNet
-    saved_hyperparameters = (*SequenceAlgorithm.saved_hyperparameters, "lr_warmup_steps")
 
     def __init__(
         self,
@@ -96,27 +95,16 @@ class DiffusionPolicy(SequenceAlgorithm):
         lr_decay: bool = True,
         **kwargs: Any,
     ) -> None:
-        self.lr_warmup_steps = lr_warmup_steps
         super().__init__(
             policy,
             env,
             dataset,
             learning_rate=learning_rate,
             batch_size=batch_size,
+            lr_warmup_steps=lr_warmup_steps,
             lr_decay=lr_decay,
             **kwargs,
         )
-
-    def _setup_lr_schedule(self) -> None:
-        """The base schedule (constant, or cosine with ``lr_decay``) times a linear warm-up."""
-        super()._setup_lr_schedule()
-        if self.lr_warmup_steps > 0:
-            schedule = self.lr_schedule
-            self.lr_schedule = lambda progress: schedule(progress) * self._warmup_factor()
-
-    def _warmup_factor(self) -> float:
-        """``(updates so far + 1) / lr_warmup_steps``, up to 1 (Python ints: no device sync)."""
-        return min(1.0, (getattr(self, "_n_updates", 0) + 1) / self.lr_warmup_steps)
 
     def train_step(self, batch: SegmentSamples) -> dict[str, Tensor]:
         policy = self.policy

@@ -13,8 +13,7 @@ Every denoiser is an ``nn.Module`` called as ``model(x, t, cond=None, cond_mask=
   null condition is the zero vector.
 
 The output has the shape of ``x`` (an epsilon or x0 prediction, as the engine decides).
-:func:`diffgym.ema.make_ema` wraps any of them in torch's ``AveragedModel`` for an exponential
-moving average.
+:class:`diffgym.ema.EMA` keeps an exponential moving average of any of them.
 
 Modules: ``embeddings`` (time embeddings, condition helpers), ``mlp`` (Diffusion-QL),
 ``residual_mlp`` (IDQL, SynthER), ``unet_blocks`` and ``temporal_unet`` (Diffuser, Decision
