@@ -84,7 +84,10 @@ def train_agent(args: argparse.Namespace) -> int:
     key, config = resolve_hyperparams(spec.hyperparams_name, names, key=args.hyperparams, overrides=args.set)
     n_timesteps, policy, kwargs = split_config(config)
     steps = args.steps or n_timesteps
-    print(f"hyperparameters: zoo/hyperparams/{spec.hyperparams_name}.yml, key {key!r}: {json.dumps(config)}")
+    if not steps:
+        raise ValueError(f"diffgym train {args.algo}: give --steps (no n_timesteps in its hyperparameters)")
+    source = "no file: the class defaults" if key is None else f"key {key!r}"
+    print(f"hyperparameters: zoo/hyperparams/{spec.hyperparams_name}.yml, {source}: {json.dumps(config)}")
     behaviour = np.mean([episode.rewards.sum() for episode in dataset.iterate_episodes()])
     print(f"dataset {dataset.id}: {dataset.total_steps} transitions, mean episode return {behaviour:.1f}")
     model = spec.make(

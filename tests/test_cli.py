@@ -2,7 +2,9 @@ import h5py
 import numpy as np
 import pytest
 
-from diffgym.cli import build_parser, data_info, main
+from diffgym.cli import build_parser, main
+from diffgym.cli.benchmark import run_benchmark
+from diffgym.cli.data import data_info
 
 
 @pytest.fixture(autouse=True)
@@ -64,11 +66,12 @@ def test_errors_are_reported_not_raised(capsys):
 def test_train_evaluates_and_saves(tmp_path, capsys):
     make = ["data", "make", "--env", "Pendulum-v1", "--steps", "300", "--id", "test/pendulum/random-v0"]
     assert main(make) == 0
-    small = '{"batch_size": 32, "policy_kwargs": {"num_candidates": 4, "actor_hidden": 32}}'
+    small = ["batch_size=32", "policy_kwargs.num_candidates=4", "policy_kwargs.actor_hidden=32"]
     argv = ["train", "dql", "--env", "Pendulum-v1", "--dataset", "test/pendulum/random-v0", "--steps", "20"]
-    argv += ["--eval-episodes", "1", "--kwargs", small, "--save", str(tmp_path / "dql"), "--no-progress"]
+    argv += ["--eval-episodes", "1", "--set", *small, "--save", str(tmp_path / "dql"), "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
+    assert "hyperparameters: zoo/hyperparams/dql.yml, key 'default'" in out and '"batch_size": 32' in out
     assert "trained DiffusionQL: 20 gradient steps" in out and "evaluation over 1 episodes" in out
     assert (tmp_path / "dql.zip").exists()
 
@@ -83,9 +86,10 @@ def test_train_madiff_on_the_env_its_dataset_records(tmp_path, capsys):
         simple_spread_v3.parallel_env(**kwargs), None, "test/spread/random-v0", n_episodes=4,
         env_id="mpe2.simple_spread_v3", env_kwargs=kwargs,
     )  # fmt: skip
-    small = '{"policy_kwargs": {"horizon": 4, "dim": 16, "dim_mults": [1, 2], "sampler": {"name": "ddim", "num_steps": 2}}}'
+    small = ["policy_kwargs.horizon=4", "policy_kwargs.dim=16", "policy_kwargs.dim_mults=[1, 2]",
+             "policy_kwargs.sampler={name: ddim, num_steps: 2}"]  # fmt: skip
     argv = ["train", "madiff", "--dataset", "test/spread/random-v0", "--steps", "5", "--eval-episodes", "1"]
-    argv += ["--kwargs", small, "--save", str(tmp_path / "team"), "--no-progress", "--threads", "1"]
+    argv += ["--set", *small, "--save", str(tmp_path / "team"), "--no-progress", "--threads", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "trained MADiff: 5 gradient steps" in out and "evaluation over 1 episodes" in out
@@ -98,3 +102,25 @@ def test_data_make_overwrite(capsys):
     assert main(make) == 0
     assert main(make) == 1  # the id exists: a clear error, nothing replaced
     assert main([*make, "--overwrite"]) == 0
+
+
+def test_benchmark_options(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFGYM_DATA_DIR", str(tmp_path))
+    args = build_parser().parse_args(
+        ["benchmark", "d4rl", "--steps", "30", "--set", "eta=2", "dql:grad_norm=1"]
+    )
+    assert args.func is run_benchmark and args.data_dir == tmp_path and args.steps == 30
+    assert args.out.parts == ("diffgym-results",) and not args.out.is_absolute()  # the current folder
+    assert args.set == ["eta=2", "dql:grad_norm=1"] and args.seeds is None  # the suite's default
+    assert build_parser().parse_args(["benchmark", "d4rl"]).data_dir is not None
+
+
+def test_benchmark_refuses_unknown_suites_and_agents(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark", "nope"])
+    assert exit_info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+    assert main(["benchmark", "d4rl", "--agents", "nope", "--out", str(tmp_path)]) == 1
+    assert (
+        "diffgym: error: suite 'd4rl' has no agent 'nope'; its agents: td3bc, dql, idql"
+        in capsys.readouterr().err
+    )

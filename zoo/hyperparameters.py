@@ -42,6 +42,7 @@ __all__ = [
 HYPERPARAMS_DIR = Path(__file__).resolve().with_name("hyperparams")
 #: the entry every other key is merged over
 DEFAULT_KEY = "default"
+_EXPONENT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 def hyperparams_file(stem: str) -> Path:
@@ -80,9 +81,12 @@ def load_hyperparams(stem: str, key: str = DEFAULT_KEY) -> dict[str, Any]:
 
 def resolve_hyperparams(
     stem: str, names: Iterable[str], key: str | None = None, overrides: Iterable[str] = ()
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str | None, dict[str, Any]]:
     """``(key, settings)``: ``key`` if given, else the key that fits ``names`` (see :func:`select_key`),
-    else ``default``; its settings merged over ``default`` with ``overrides`` applied."""
+    else ``default``; its settings merged over ``default`` with ``overrides`` applied. An agent
+    without a file (a plugin's) gets ``(None, overrides)``: its class defaults apply."""
+    if key is None and not (HYPERPARAMS_DIR / f"{stem}.yml").exists():
+        return None, apply_overrides({}, overrides)
     if key is None:
         key = select_key(read_hyperparams(stem), [name for name in names if name]) or DEFAULT_KEY
     return key, apply_overrides(load_hyperparams(stem, key), overrides)
@@ -125,12 +129,20 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 def parse_override(assignment: str) -> tuple[list[str], Any]:
     """``"policy_kwargs.n_plans=4"`` -> ``(["policy_kwargs", "n_plans"], 4)``; the value is read as
-    YAML (``1e-3``, ``true``, ``null``, ``[1, 2]``, ``{name: ddim, num_steps: 10}``)."""
+    YAML (``0.5``, ``true``, ``null``, ``[1, 2]``, ``{name: ddim, num_steps: 10}``), and ``1e-3``
+    as a number too (YAML 1.1 reads exponents without a dot as strings).
+
+    >>> parse_override("learning_rate=1e-3"), parse_override("sampler={name: ddim, num_steps: 5}")
+    ((['learning_rate'], 0.001), (['sampler'], {'name': 'ddim', 'num_steps': 5}))
+    """
     path, sep, text = assignment.partition("=")
     keys = path.strip().split(".")
     if not sep or not all(keys):
         raise ValueError(f"--set takes key=value (nested keys joined by '.'), not {assignment!r}")
-    return keys, yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _EXPONENT.fullmatch(value):
+        value = float(value)
+    return keys, value
 
 
 def apply_overrides(config: Mapping[str, Any], assignments: Iterable[str]) -> dict[str, Any]:

@@ -21,7 +21,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from diffgym.agents.diffuser import DiffuserPolicy
+from diffgym.agents.diffuser import DiffuserPolicy, SingleAgentPlanner
+from diffgym.planning import ReturnConditionedPlanner
 from diffgym.samplers import make_sampler
 from diffgym.tasks.mazes import MAZE_TASKS, make_maze_eval_env
 from diffgym.tasks.plotting import animate_denoising, plot_maze_plans
@@ -53,7 +54,7 @@ def planning_latency(model: Any, run: Run) -> dict[str, Any]:
     """Time of one decision (``policy.plan`` of one observation) per sampler, and one U-Net forward at
     the decision's batch (``n_plans`` rows, doubled by classifier-free guidance); {} for non-planners."""
     policy = model.policy
-    if not isinstance(policy, DiffuserPolicy):
+    if not isinstance(policy, SingleAgentPlanner):
         return {}
     policy.set_training_mode(False)
     observation, _ = run.make_env().reset(seed=0)
@@ -77,8 +78,8 @@ def planning_latency(model: Any, run: Run) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def _unet_forward_ms(policy: DiffuserPolicy) -> float:
-    batch = policy.n_plans * (2 if policy.mode == "decision_diffuser" else 1)
+def _unet_forward_ms(policy: SingleAgentPlanner) -> float:
+    batch = policy.n_plans * (2 if isinstance(policy, ReturnConditionedPlanner) else 1)
     x = torch.zeros(batch, policy.segment_horizon, policy.x_dim)
     t = torch.zeros(batch, dtype=torch.long)
     unet = policy.ema_model.denoiser
@@ -90,7 +91,7 @@ def _unet_forward_ms(policy: DiffuserPolicy) -> float:
 def maze_pictures(model: Any, run: Run) -> dict[str, Any]:
     """For Diffuser on a maze task (seed 0): 8 plans from one start (PNG) and their denoising (GIF)."""
     maze, policy = _maze(run.dataset), model.policy
-    if maze is None or run.seed != 0 or not isinstance(policy, DiffuserPolicy) or policy.mode != "diffuser":
+    if maze is None or run.seed != 0 or not isinstance(policy, DiffuserPolicy):
         return {}
     env = run.make_env()
     policy.set_training_mode(False)

@@ -2,45 +2,35 @@
 
 1. Upsample the dataset with :func:`~diffgym.wrappers.synthesize_dataset` (SynthER's offline
    recipe: a diffusion model of ``[s, a, r, s', done]``, the agent then trains on synthetic data
-   only) into a Minari dataset in a scratch store.
-2. Quality of the synthetic transitions: for synthetic (s, a), how far is synthetic s' from the
-   simulator's s'? MuJoCo locomotion observations omit the x position and the dynamics do not
-   depend on it, so the simulator is put in the state ``qpos = [0, obs[:nq-1]]``,
+   only) into a Minari dataset in the session's scratch store: the dataset ``<name>-synther``,
+   ``suite:synthetic`` transitions from a model trained ``suite:diffusion_steps`` steps.
+2. Quality of the synthetic transitions (a study): for synthetic (s, a), how far is synthetic s'
+   from the simulator's s'? MuJoCo locomotion observations omit the x position and the dynamics
+   do not depend on it, so the simulator is put in the state ``qpos = [0, obs[:nq-1]]``,
    ``qvel = obs[nq-1:]`` and stepped with a. The same figure for real dataset transitions is the
    floor (float32 storage, Hopper's velocity clip), and ``s' = s`` on the synthetic (s, a) a naive
    baseline. Also: reward error, agreement of ``done`` with the simulator's termination, and how
    far each dimension's mean and spread are from the real data's.
-3. TD3+BC (``zoo/benchmarks/td3bc.py``) on the real data and on the synthetic data, the same
-   gradient steps and seeds, evaluated as the d4rl benchmark does (D4RL-normalised).
+3. TD3+BC (``zoo/hyperparams/td3bc.yml``) on the real and on the synthetic data, the same gradient
+   steps and seeds, evaluated as the d4rl suite does (D4RL-normalised).
 
-    diffgym benchmark synther --dataset hopper-medium --synthetic 200000 --steps 40000 --seeds 0 1
+    diffgym benchmark synther --steps 40000 --seeds 2 --set suite:synthetic=200000
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
-from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.monitor import Monitor
 
 from diffgym.data import load_dataset, load_transitions
-from diffgym.scores import get_reference
 from diffgym.wrappers import SynthERConfig, synthesize_dataset
-from diffgym.zoo.benchmarks.d4rl import DEFAULT_DATA_DIR, _TimedEval, dataset_info
-from diffgym.zoo.benchmarks.report import hardware, hardware_line, markdown_table, write_report
-from diffgym.agents.baselines import TD3BC
+from diffgym.zoo.benchmarks.harness import Budget, Dataset, Report, Session, Suite, read_d4rl_file
+from diffgym.zoo.benchmarks.report import markdown_table
 
 Arrays = dict[str, np.ndarray]
-
+SUFFIX = "-synther"  # dataset name of the synthetic upsampling of a file
 
 # --------------------------------------------------------------------------- simulator check
 
@@ -136,205 +126,100 @@ def quality_table(env_id: str, synthetic: Arrays, real: Arrays) -> dict[str, Any
     }
 
 
-# --------------------------------------------------------------------------- TD3+BC runs
+# --------------------------------------------------------------------------- the suite
 
 
-def train(
-    label: str, dataset: Any, transitions: int, env_id: str, seed: int, args: argparse.Namespace
-) -> dict[str, Any]:
-    """TD3+BC on ``dataset`` for ``args.steps`` gradient steps, evaluated as the d4rl benchmark does."""
-    started = time.perf_counter()
-    model = TD3BC("MlpPolicy", gym.make(env_id), dataset=dataset, seed=seed)
-    load_seconds = time.perf_counter() - started
-    evaluation = _TimedEval(
-        Monitor(gym.make(env_id)),
-        eval_freq=args.eval_every,
-        n_eval_episodes=args.eval_episodes,
-        deterministic=True,
-        verbose=0,
-    )
-    started = time.perf_counter()
-    model.learn(args.steps, callback=evaluation)
-    train_seconds = time.perf_counter() - started - evaluation.seconds
-    eval_env = Monitor(gym.make(env_id))
-    eval_env.reset(seed=10_000 + seed)
-    returns, _ = evaluate_policy(
-        model, eval_env, n_eval_episodes=args.final_episodes, deterministic=True, return_episode_rewards=True
-    )
-    normalise = _normaliser(args.dataset)
-    last = normalise(float(np.mean(returns)))
-    periodic = [normalise(r) for r in evaluation.mean_returns]
-    return {
-        "data": label,
-        "seed": seed,
-        "transitions": transitions,
-        "gradient_steps": args.steps,
-        "final_returns": [float(r) for r in returns],  # type: ignore[union-attr]
-        "last_score": last,
-        "periodic_scores": periodic,
-        "best_score": max([*periodic, last]),
-        "load_seconds": load_seconds,
-        "train_seconds": train_seconds,
-        "gradient_steps_per_second": args.steps / train_seconds,
-    }
+def prepare(name: str, session: Session) -> Dataset:
+    """A data file, or (``<file>-synther``) its synthetic upsampling, made in the session's Minari store."""
+    if not name.endswith(SUFFIX):
+        return read_d4rl_file(name, session)
+    source = read_d4rl_file(name.removesuffix(SUFFIX), session)
+    n = session.params["synthetic"]
+    config = SynthERConfig(train_steps=session.params["diffusion_steps"])
+    synthetic = synthesize_dataset(source.data, f"synther/{source.name}-{n}-v0", n, config=config, seed=0)
+    synthesis = {**synthetic.storage.metadata["synthesis"], "config": config.to_json()}
+    info = {"source": source.info["file"], "env_id": source.info["env_id"], "transitions": n}
+    return Dataset(name, synthetic, info | {"mean_return": None, "synthesis": synthesis})
 
 
-def _normaliser(dataset: str) -> Any:
-    reference = get_reference(dataset.split("-")[0])
-    return lambda value: 100 * (value - reference.random) / (reference.expert - reference.random)
-
-
-# --------------------------------------------------------------------------- report
-
-
-def _fmt(values: list[float]) -> str:
-    return f"{values[0]:.1f}" if len(values) == 1 else f"{np.mean(values):.1f} ± {np.std(values):.1f}"
-
-
-def _markdown(results: dict[str, Any]) -> str:
-    runs, args, synthesis = results["runs"], results["settings"], results["synthesis"]
-    rows = []
-    for label in ("real", "synthetic"):
-        mine = [r for r in runs if r["data"] == label]
-        if not mine:
-            continue
-        rows.append(
-            [
-                f"{label} ({mine[0]['transitions']:,} transitions)",
-                ", ".join(f"{r['last_score']:.1f}" for r in mine),
-                _fmt([r["last_score"] for r in mine]),
-                _fmt([r["best_score"] for r in mine]),
-                f"{np.mean([r['gradient_steps_per_second'] for r in mine]):.0f}",
-                f"{np.mean([r['load_seconds'] for r in mine]):.0f}",
-            ]
+def quality_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
+    """:func:`quality_table` of each synthetic dataset against a sample of its source."""
+    results = {}
+    for dataset in (d for d in datasets if d.name.endswith(SUFFIX)):
+        n = min(session.params["quality_samples"], dataset.info["transitions"])
+        synthetic = read_synthetic(dataset.data.id, n)
+        results[dataset.name] = quality_table(
+            dataset.info["env_id"], synthetic, real_sample(dataset.info["source"], n, 0)
         )
-    scores = markdown_table(
-        ["TD3+BC trained on", "last, per seed", "last", "best", "grad steps / s", "load s"], rows
+    return results
+
+
+def synthesis_section(report: Report) -> str:
+    """How each synthetic dataset was made and how close its transitions are to the simulator's."""
+    quality = report.study("quality") or {}
+    parts = []
+    for run in {
+        r["config"]["dataset"]: r for r in report.runs if r["config"]["dataset"].endswith(SUFFIX)
+    }.values():
+        parts += [_synthesis_text(run["data"]), *_quality_text(quality.get(run["config"]["dataset"]))]
+    return "\n\n".join(parts)
+
+
+def _synthesis_text(data: dict[str, Any]) -> str:
+    synthesis, config = data["synthesis"], data["synthesis"]["config"]
+    return (
+        f"## Synthetic data\n\n{data['transitions']:,} transitions from `diffgym.wrappers.synthesize_dataset` "
+        f"(SynthER's offline recipe: the agent sees synthetic data only) fitted on the {synthesis['source_transitions']:,} "
+        f"transitions of `{data['source']}`: a residual MLP of width {config['hidden_dim']} × {config['num_blocks']} "
+        f"blocks (expansion {config['expansion']}) trained {config['train_steps']:,} steps at batch "
+        f"{config['batch_size']} ({synthesis['fit_seconds'] / 60:.1f} min, final loss {synthesis['fit_loss']:.3f}), "
+        f"sampled with {config['sampler']} ({synthesis['generate_seconds'] / 60:.1f} min); writing the Minari dataset "
+        f"took {synthesis['store_seconds'] / 60:.1f} min. SynthER: width 2048 × 6, 100k steps, 5M samples, GPU."
     )
-    q = results["quality"]
-    quality_rows = [
-        [
-            name,
-            f"{q[name]['next_obs_error_mean']:.4f}",
-            f"{q[name]['next_obs_error_median']:.4f}",
-            f"{q[name]['reward_abs_error']:.3f}" if "reward_abs_error" in q[name] else "-",
-            f"{q[name]['done_agreement']:.4f}" if "done_agreement" in q[name] else "-",
-            f"{q[name]['done_rate']:.4f} / {q[name]['simulator_done_rate']:.4f}"
-            if "done_rate" in q[name]
-            else "-",
-        ]
+
+
+def _quality_text(q: dict[str, Any] | None) -> list[str]:
+    if q is None:
+        return []
+    rows = [
+        [name, f"{q[name]['next_obs_error_mean']:.4f}", f"{q[name]['next_obs_error_median']:.4f}",
+         f"{q[name]['reward_abs_error']:.3f}" if "reward_abs_error" in q[name] else "-",
+         f"{q[name]['done_agreement']:.4f}" if "done_agreement" in q[name] else "-",
+         f"{q[name]['done_rate']:.4f} / {q[name]['simulator_done_rate']:.4f}" if "done_rate" in q[name] else "-"]
         for name in ("synthetic", "naive s' = s on synthetic (s, a)", "real (floor)")
-    ]
-    quality_md = markdown_table(
-        [
-            "transitions",
-            "s' error (mean)",
-            "s' error (median)",
-            "reward error (abs)",
-            "done = sim's",
-            "done rate / sim's",
-        ],
-        quality_rows,
-    )
+    ]  # fmt: skip
+    header = ["transitions", "s' error (mean)", "s' error (median)", "reward error (abs)", "done = sim's",
+              "done rate / sim's"]  # fmt: skip
     m = q["marginals"]
-    config = synthesis["config"]
-    return "\n\n".join(
-        [
-            f"# SynthER offline: TD3+BC on {args['dataset']}, real vs synthetic",
-            f"Real data: `{args['dataset']}.hdf5` from `../shared/datasets/` ({synthesis['source_transitions']:,} "
-            f"transitions). Synthetic: {args['synthetic']:,} transitions from "
-            "`diffgym.wrappers.synthesize_dataset` (SynthER's offline recipe: the agent sees synthetic data "
-            f"only), a residual MLP of width {config['hidden_dim']} × {config['num_blocks']} blocks "
-            f"(expansion {config['expansion']}) trained {config['train_steps']:,} steps at batch "
-            f"{config['batch_size']} ({synthesis['fit_seconds'] / 60:.1f} min, final loss "
-            f"{synthesis['fit_loss']:.3f}), sampled with {config['sampler']} "
-            f"({synthesis['generate_seconds'] / 60:.1f} min); writing the Minari dataset took "
-            f"{synthesis['store_seconds'] / 60:.1f} min. SynthER: width 2048 × 6, 100k steps, 5M samples, GPU.",
-            "## Scores",
-            f"TD3+BC (`zoo/benchmarks/td3bc.py`, paper defaults), {args['steps']:,} gradient steps per run, "
-            f"seeds {args['seeds']}, same run. D4RL-normalised return of deterministic actions: *last* = "
-            f"final model over {args['final_episodes']} episodes; *best* = best of that and the evaluations "
-            f"every {args['eval_every']:,} steps ({args['eval_episodes']} episodes), which flatters. Mean ± std "
-            f"over seeds. The behaviour data's own mean: {results['dataset_score']:.1f}. *load s*: building "
-            "the agent, i.e. reading the dataset (one-step Minari episodes are slow to read).",
-            scores,
-            "## Quality of the synthetic transitions",
-            f"{q['n']:,} transitions each. *s' error*: squared error between s' and the simulator's s' after "
-            "setting the state to s and stepping with a, per dimension in units of the real s' standard "
-            "deviation, averaged over dimensions (mean over transitions, and the median transition). "
-            "*done = sim's*: share whose done flag equals the simulator's termination. The real data's "
-            "error is the floor (float32 storage, Hopper's velocity clip in the observation).",
-            quality_md,
-            f"Marginals of s, a, r, s' (synthetic vs real): largest mean gap {m['max_mean_gap_in_std']:.3f} "
-            f"real std; std ratios {m['std_ratio_min']:.3f}–{m['std_ratio_max']:.3f}.",
-            f"Hardware: {hardware_line(results['hardware_at_start'])}; one process.",
-        ]
-    )
+    return [
+        f"Quality: {q['n']:,} transitions each. *s' error*: squared error between s' and the simulator's s' "
+        "after setting the state to s and stepping with a, per dimension in units of the real s' standard "
+        "deviation, averaged over dimensions (mean over transitions, and the median transition). *done = "
+        "sim's*: share whose done flag equals the simulator's termination. The real data's error is the floor "
+        "(float32 storage, Hopper's velocity clip in the observation).",
+        markdown_table(header, rows),
+        f"Marginals of s, a, r, s' (synthetic vs real): largest mean gap {m['max_mean_gap_in_std']:.3f} real std; "
+        f"std ratios {m['std_ratio_min']:.3f}–{m['std_ratio_max']:.3f}.",
+    ]
 
 
-# --------------------------------------------------------------------------- main
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffgym benchmark synther", description=__doc__)
-    parser.add_argument("--dataset", default="hopper-medium", help="a D4RL-layout file in --data-dir")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
-    parser.add_argument("--synthetic", type=int, default=200_000, help="synthetic transitions to generate")
-    parser.add_argument(
-        "--diffusion-steps", type=int, default=10_000, help="training steps of the diffusion model"
-    )
-    parser.add_argument("--steps", type=int, default=40_000, help="TD3+BC gradient steps per run")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--eval-every", type=int, default=10_000)
-    parser.add_argument("--eval-episodes", type=int, default=5)
-    parser.add_argument("--final-episodes", type=int, default=10)
-    parser.add_argument("--quality-samples", type=int, default=5_000)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--store", default=None, help="Minari store for the data (default: a temporary one)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    store = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="synther-minari-"))
-    os.environ["MINARI_DATASETS_PATH"] = str(store)
-    try:
-        run(args)
-    finally:
-        if args.store is None:
-            shutil.rmtree(store, ignore_errors=True)
-    return 0
-
-
-def run(args: argparse.Namespace) -> Path:
-    path = Path(args.data_dir) / f"{args.dataset}.hdf5"
-    info = dataset_info(path)
-    results: dict[str, Any] = {
-        "settings": {k: v for k, v in vars(args).items() if k != "store"},
-        "hardware_at_start": hardware(),
-        "dataset_score": _normaliser(args.dataset)(info["mean_return"]),
-        "runs": [],
-    }
-    source = load_dataset(str(path))
-    synthetic_id = f"synther/{args.dataset}-{args.synthetic}-v0"
-    config = SynthERConfig(train_steps=args.diffusion_steps)
-    _log(f"fitting the diffusion model ({config.train_steps} steps) and writing {args.synthetic} transitions")
-    synthetic = synthesize_dataset(source, synthetic_id, args.synthetic, config=config, seed=0)
-    results["synthesis"] = {**synthetic.storage.metadata["synthesis"], "config": config.to_json()}
-    _log(f"synthesis: {results['synthesis']}")
-    sample = read_synthetic(synthetic_id, args.quality_samples)
-    results["quality"] = quality_table(
-        info["env_id"], sample, real_sample(str(path), args.quality_samples, 0)
-    )
-    _log(f"quality: {results['quality']}")
-    for seed in args.seeds:
-        for label, dataset, n in (
-            ("real", str(path), source.total_steps),
-            ("synthetic", synthetic_id, args.synthetic),
-        ):
-            record = train(label, dataset, n, info["env_id"], seed, args)
-            results["runs"].append(record)
-            _log(f"{label} seed {seed}: last {record['last_score']:.1f}, best {record['best_score']:.1f}")
-            write_report("synther", results, _markdown(results))
-    return write_report("synther", results, _markdown(results))
-
-
-def _log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+SUITE = Suite(
+    name="synther",
+    title="SynthER offline: TD3+BC on real vs synthetic data",
+    description=(
+        "TD3+BC with the same gradient steps and seeds on the real data and on its SynthER upsampling "
+        "(`<name>-synther`), D4RL-normalised returns of deterministic actions. *data's own*: the real data's "
+        "mean episode return, normalised (synthetic transitions have no episodes)."
+    ),
+    datasets=("hopper-medium", "hopper-medium" + SUFFIX),
+    agents=("td3bc",),
+    budget=Budget(seeds=2, steps=40_000, eval_every=10_000, eval_episodes=5, final_episodes=10),
+    params={
+        "synthetic": 200_000,  # synthetic transitions to generate
+        "diffusion_steps": 10_000,  # training steps of the diffusion model
+        "quality_samples": 5_000,  # transitions compared with the simulator
+    },
+    prepare=prepare,
+    studies={"quality": quality_study},
+    sections=(synthesis_section,),
+)

@@ -1,0 +1,42 @@
+"""``diffgym train`` reads ``zoo/hyperparams/ALGO.yml``: the key that fits the data, ``--hyperparams``, ``--set``."""
+
+import pytest
+
+from diffgym.agents.dql import DiffusionQL
+from diffgym.cli import main
+
+#: small networks, so that training and one evaluation episode take a second
+SMALL = ["policy_kwargs.num_candidates=2", "policy_kwargs.actor_hidden=16", "policy_kwargs.critic_hidden=16"]
+
+
+@pytest.fixture
+def train(hopper_file, minari_store, tmp_path, capsys):
+    """``diffgym train dql --env Hopper-v5 --dataset hopper-medium-replay.hdf5 ...`` -> (output, model)."""
+
+    def run(*options):
+        argv = ["train", "dql", "--env", "Hopper-v5", "--dataset", str(hopper_file), "--steps", "2"]
+        argv += ["--eval-episodes", "1", "--save", str(tmp_path / "dql"), "--no-progress", "--threads", "1"]
+        assert main([*argv, "--set", *SMALL, *options]) == 0
+        return capsys.readouterr().out, DiffusionQL.load(tmp_path / "dql")
+
+    return run
+
+
+def test_the_key_that_fits_the_dataset(train):
+    out, model = train()
+    assert "hyperparameters: zoo/hyperparams/dql.yml, key 'hopper-medium-replay'" in out
+    assert (
+        '"grad_norm": 4.0' in out and model.grad_norm == 4.0
+    )  # Diffusion-QL's clip for hopper-medium-replay
+    assert model.policy_kwargs["actor_hidden"] == 16
+
+
+def test_a_chosen_key_and_overrides(train):
+    out, model = train("eta=0.5", "--hyperparams", "default")
+    assert "key 'default'" in out and model.grad_norm == 9.0 and model.eta == 0.5
+
+
+def test_an_unknown_key_is_an_error(hopper_file, minari_store, capsys):
+    argv = ["train", "dql", "--env", "Hopper-v5", "--dataset", str(hopper_file), "--hyperparams", "nope"]
+    assert main(argv) == 1
+    assert "dql.yml has no key 'nope'" in capsys.readouterr().err
