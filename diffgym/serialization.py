@@ -23,6 +23,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,6 +143,8 @@ def load_model_file(
             }
     except zipfile.BadZipFile as error:
         raise ModelFileError(f"{target} is not a diffgym model file (not a valid zip: {error})") from error
+    except (zlib.error, EOFError) as error:  # a flipped byte inside a compressed member
+        raise ModelFileError(f"{target} is corrupt: a member does not decompress ({error})") from error
     return manifest, members
 
 

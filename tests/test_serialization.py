@@ -97,3 +97,17 @@ def test_failed_save_leaves_the_good_file(saved, monkeypatch):
         save_model_file(path, {"algorithm": "Test"}, {"policy": {"weight": torch.ones(1)}})
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left behind
+
+
+def test_a_corrupt_compressed_member_is_a_model_file_error(tmp_path):
+    """A flipped byte inside a deflated member breaks decompression before any checksum is read."""
+    path = tmp_path / "model.zip"
+    save_model_file(path, {"algorithm": "X"}, {"policy": {"w": torch.zeros(4096)}})
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("policy.pt")
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    data = bytearray(path.read_bytes())
+    data[info.header_offset + 30 + len(info.filename) + 2] ^= 0xFF  # inside the deflate stream
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="does not decompress"):
+        load_model_file(path)
