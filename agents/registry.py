@@ -10,7 +10,12 @@ AGENTS = (
     AgentSpec("dql", "diffgym.agents.dql:DiffusionQL", tasks=("offline", "online")),
     AgentSpec("idql", "diffgym.agents.idql:IDQL", tasks=("offline", "online")),
     AgentSpec("diffuser", "diffgym.agents.diffuser:DiffuserPlanner", tasks=("offline", "planning", "goal")),
-    AgentSpec("diffusion_policy", "diffgym.agents.diffusion_policy:DiffusionPolicy", tasks=("offline", "imitation")),
+    AgentSpec(
+        "decision_diffuser", "diffgym.agents.diffuser:DecisionDiffuser", tasks=("offline", "planning", "goal")
+    ),
+    AgentSpec(
+        "diffusion_policy", "diffgym.agents.diffusion_policy:DiffusionPolicy", tasks=("offline", "imitation")
+    ),
     AgentSpec("madiff", "diffgym.agents.madiff:MADiff", tasks=("offline", "planning", "team")),
     AgentSpec("td3bc", "diffgym.agents.baselines:TD3BC", tasks=("offline", "online"), baseline=True),
     AgentSpec("iql", "diffgym.agents.baselines:IQL", tasks=("offline", "online"), baseline=True),

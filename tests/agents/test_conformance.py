@@ -66,6 +66,11 @@ SETTINGS = {
         {"diffusion_loss", "value_loss"},
         {"learning_rate": 1e12},
     ),
+    "decision_diffuser": Settings(
+        dict(TINY, ema_start=5, policy_kwargs=TINY_UNET),
+        {"diffusion_loss", "inverse_loss"},
+        {"learning_rate": 1e12},
+    ),
     "diffusion_policy": Settings(
         dict(
             TINY, lr_warmup_steps=5, policy_kwargs=dict(TINY_CHUNKS, sampler={"name": "ddim", "num_steps": 4})
@@ -85,14 +90,6 @@ SETTINGS = {
 }
 #: further runs of a registered agent in another configuration: id -> (registry name, settings)
 VARIANTS = {
-    "decision_diffuser": (
-        "diffuser",
-        Settings(
-            dict(TINY, mode="decision_diffuser", ema_start=5, policy_kwargs=TINY_UNET),
-            {"diffusion_loss", "inverse_loss"},
-            {"learning_rate": 1e12},
-        ),
-    ),
     "diffusion_policy_ensemble": (
         "diffusion_policy",
         Settings(

@@ -18,8 +18,8 @@ every run of the matrix:
    hyperparameter key and values), the budget, the data, the hardware, the curve, final and best,
    the wall times and the suite's extra measurements.
 
-The report (``<out>/<suite>.md`` and ``<out>/<suite>.json``) is rebuilt from every record in the
-folder, so a long matrix can be split over processes or sessions. During a session the Minari store
+The report (``<out>/<suite>.md`` and ``<out>/<suite>.json``, :mod:`~diffgym.zoo.benchmarks.reporting`)
+is rebuilt from every record in the folder, so a long matrix can be split over processes or sessions. During a session the Minari store
 (``MINARI_DATASETS_PATH``) is a scratch folder removed at the end: data files are imported there,
 never into the user's own store.
 """
@@ -48,16 +48,8 @@ import diffgym
 from diffgym import registry
 from diffgym.registry import AgentSpec
 from diffgym.scores import get_reference, normalized_score
-from diffgym.zoo.benchmarks.report import (
-    hardware,
-    hardware_line,
-    latency_ms,
-    markdown_table,
-    mean_std,
-    read_json,
-    write_json,
-    write_text,
-)
+from diffgym.zoo.benchmarks.report import hardware, latency_ms, now, write_json
+from diffgym.zoo.benchmarks.reporting import RECORD_FORMAT, Report, build_report
 from diffgym.zoo.hyperparameters import parse_override, resolve_hyperparams, split_config
 
 __all__ = [
@@ -80,8 +72,6 @@ __all__ = [
 
 #: episode seeds of evaluations start here (plus the run's seed), apart from any seed used in training
 EVAL_SEED = 10_000
-#: the version of the record layout; records of another layout in the folder are left out of reports
-RECORD_FORMAT = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +80,7 @@ class Contender:
 
     Args:
         name: its name in records, tables and ``--agents`` (``"madiff-d"``).
-        agent: the registry name (default: ``name``).
+        agent: the registry name (default: ``name``), or the spec of an agent the suite defines itself.
         hyperparams: the stem of its file ``zoo/hyperparams/<stem>.yml`` (default: the agent's).
         overrides: ``key=value`` settings fixed for this contender, applied after the file's.
         deterministic: ``predict(..., deterministic=...)`` when evaluated.
@@ -99,7 +89,7 @@ class Contender:
     """
 
     name: str
-    agent: str = ""
+    agent: str | AgentSpec = ""
     hyperparams: str = ""
     overrides: tuple[str, ...] = ()
     deterministic: bool = True
@@ -108,7 +98,7 @@ class Contender:
 
     @property
     def spec(self) -> AgentSpec:
-        return registry.get(self.agent or self.name)
+        return self.agent if isinstance(self.agent, AgentSpec) else registry.get(self.agent or self.name)
 
     @property
     def stem(self) -> str:
@@ -362,7 +352,7 @@ class Session:
     def validate(self) -> None:
         """Fail before anything runs on an override whose target or suite setting is unknown."""
         contenders = self.suite.contenders
-        known = {"suite", *(c.name for c in contenders), *(c.agent or c.name for c in contenders)}
+        known = {"suite", *(c.name for c in contenders), *(c.spec.name for c in contenders)}
         unknown = sorted({target for target, _ in self._targets() if target is not None} - known)
         if unknown:
             raise KeyError(f"--set targets {unknown} are neither 'suite' nor agents of {self.suite.name!r}")
@@ -370,7 +360,7 @@ class Session:
 
     def overrides_for(self, contender: Contender) -> list[str]:
         """The overrides that apply to ``contender``, in order."""
-        names = {None, contender.name, contender.agent or contender.name}
+        names = {None, contender.name, contender.spec.name}
         return [text for target, text in self._targets() if target in names]
 
     def _targets(self) -> list[tuple[str | None, str]]:
@@ -517,7 +507,7 @@ def execute(run: Run) -> dict[str, Any]:
         "format": RECORD_FORMAT,
         "suite": suite.name,
         "run": run.name,
-        "date": _now(),
+        "date": now(),
         "diffgym": diffgym.__version__,
         "config": {
             "agent": run.contender.name,
@@ -530,7 +520,10 @@ def execute(run: Run) -> dict[str, Any]:
             "reference": _reference(suite.reference(run.dataset)),
         },
         "budget": {**dataclasses.asdict(run.session.budget), "gradient_steps": run.steps},
-        "data": {**run.dataset.info, "score": run.score(run.dataset.info.get("mean_return"))},
+        "data": {
+            **run.dataset.info,
+            "score": run.score(run.dataset.info.get("mean_return")) if suite.score_data else None,
+        },
         "hardware": hardware(),
         **results,
         "wall_time": wall_time | {"total_seconds": time.perf_counter() - started},
@@ -558,7 +551,7 @@ def _timed_record(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     result = measure()
     return {
         "format": RECORD_FORMAT,
-        "date": _now(),
+        "date": now(),
         "hardware": hardware(),
         "seconds": time.perf_counter() - started,
         "result": result,
@@ -585,159 +578,9 @@ def _scaled(value: float | None, metric: Metric) -> str:
     return "-" if value is None else f"{value * metric.scale:.1f}"
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-
-
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def _json_attribute(file: h5py.File, name: str) -> dict[str, Any]:
     return json.loads(file.attrs[name]) if name in file.attrs else {}
-
-
-# ----------------------------------------------------------------------------- reports
-
-
-@dataclasses.dataclass(frozen=True)
-class Report:
-    """The records a report is built from: the runs (in suite order) and the studies by name."""
-
-    suite: Suite
-    runs: list[dict[str, Any]]
-    studies: dict[str, dict[str, Any]]
-
-    def runs_of(self, agent: str | None = None, dataset: str | None = None) -> list[dict[str, Any]]:
-        return [
-            r
-            for r in self.runs
-            if agent in (None, r["config"]["agent"]) and dataset in (None, r["config"]["dataset"])
-        ]
-
-    def study(self, name: str) -> dict[str, Any] | None:
-        """The result of a study (None if it has not run)."""
-        record = self.studies.get(name)
-        return None if record is None else record["result"]
-
-    @property
-    def hardware(self) -> dict[str, Any] | None:
-        records = [*self.runs, *self.studies.values()]
-        return records[0]["hardware"] if records else None
-
-
-def load_report(session: Session) -> Report:
-    """Every record of the current layout in the suite's folder, in the suite's order."""
-    suite, folder = session.suite, session.folder
-    runs = [r for r in map(read_json, sorted(folder.glob("*.json"))) if r.get("format") == RECORD_FORMAT]
-    agents = [c.name for c in suite.contenders]
-    order = {name: i for i, name in enumerate(suite.datasets)}
-    runs.sort(
-        key=lambda r: (order.get(r["config"]["dataset"], len(order)), _index(agents, r), r["config"]["seed"])
-    )
-    studies = {p.stem: read_json(p) for p in sorted((folder / "studies").glob("*.json"))}
-    return Report(suite, runs, studies)
-
-
-def build_report(session: Session) -> Path:
-    """Write ``<out>/<suite>.json`` (every record) and ``<out>/<suite>.md``; returns the Markdown path."""
-    report = load_report(session)
-    if not report.runs and not report.studies:
-        raise FileNotFoundError(f"no records in {session.folder}: run the benchmark first")
-    name = session.suite.name
-    write_json(
-        session.out / f"{name}.json",
-        {
-            "suite": name,
-            "date": _now(),
-            "hardware": report.hardware,
-            "runs": report.runs,
-            "studies": report.studies,
-        },
-    )
-    path = session.out / f"{name}.md"
-    write_text(path, render_markdown(report) + "\n")
-    return path
-
-
-def render_markdown(report: Report) -> str:
-    """Title, description, the scores table, budget, the suite's sections, hardware."""
-    suite = report.suite
-    parts = [f"# {suite.title}", suite.description]
-    if any("final" in r for r in report.runs):
-        parts += [scores_table(report), budget_line(report)]
-    parts += [section(report) for section in suite.sections]
-    if report.hardware is not None:
-        parts.append(f"Hardware: {hardware_line(report.hardware)}.")
-    return "\n\n".join(part for part in parts if part)
-
-
-def scores_table(report: Report) -> str:
-    """One row per (dataset, agent): last and best (mean ± std over seeds), budget, speed."""
-    metric = report.suite.metric
-    rows = []
-    for dataset in dict.fromkeys(r["config"]["dataset"] for r in report.runs):
-        for agent in dict.fromkeys(r["config"]["agent"] for r in report.runs_of(dataset=dataset)):
-            runs = [r for r in report.runs_of(agent, dataset) if "final" in r]
-            if runs:
-                rows.append(_score_row(report, runs, metric))
-    header = [
-        "dataset",
-        "agent",
-        f"last {metric.label}",
-        f"best {metric.label}",
-        "seeds",
-        "gradient steps",
-        "steps / s",
-        "predict ms",
-        "ms per env step",
-    ]
-    if report.suite.score_data:
-        header.insert(2, "data's own")
-    return markdown_table(header, rows)
-
-
-def _score_row(report: Report, runs: list[dict[str, Any]], metric: Metric) -> list[Any]:
-    first = runs[0]
-
-    def values(part: str) -> list[float]:
-        return [r[part][metric.key] * metric.scale for r in runs if r[part][metric.key] is not None]
-
-    row = [
-        first["config"]["dataset"],
-        report.suite.label(first["config"]["agent"]),
-        mean_std(values("final")),
-        mean_std(values("best")),
-        len(runs),
-        f"{first['budget']['gradient_steps']:,}",
-        mean_std([r["gradient_steps_per_second"] for r in runs]),
-        mean_std([r["latency"]["predict_ms"] for r in runs], digits=2),
-        mean_std([r["final"]["ms_per_env_step"] for r in runs], digits=2),
-    ]
-    if report.suite.score_data:
-        score = first["data"].get("score")
-        row.insert(2, "-" if score is None else f"{score:.1f}")
-    return row
-
-
-def budget_line(report: Report) -> str:
-    """The budget the table's runs had, from their records."""
-    budgets = [r["budget"] for r in report.runs if "final" in r]
-    steps = sorted({b["gradient_steps"] for b in budgets})
-    first = budgets[0]
-    periodic = (
-        f"evaluated every {first['eval_every']:,} gradient steps over {first['eval_episodes']} episodes and "
-        if first["eval_every"]
-        else ""
-    )
-    return (
-        f"Budget: {', '.join(f'{s:,}' for s in steps)} gradient steps per run, up to {max(b['seeds'] for b in budgets)} "
-        f"seed(s); {periodic}the final model over {first['final_episodes']} episodes. *last* = the final model "
-        "(mean ± std over seeds); *best* = the best of the final and the periodic evaluations, which flatters. "
-        "*predict ms*: `predict` of one observation at batch 1 (median, `torch.utils.benchmark`)."
-    )
-
-
-def _index(names: list[str], record: dict[str, Any]) -> int:
-    name = record["config"]["agent"]
-    return names.index(name) if name in names else len(names)

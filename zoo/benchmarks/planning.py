@@ -153,13 +153,7 @@ SUITE = Suite(
     datasets=("maze2d-umaze", "maze2d-medium", "hopper-medium"),
     agents=(
         Contender("diffuser", title="Diffuser"),
-        Contender(
-            "decision_diffuser",
-            agent="diffuser",
-            hyperparams="decision_diffuser",
-            datasets=("hopper-medium",),
-            title="Decision Diffuser",
-        ),
+        Contender("decision_diffuser", datasets=("hopper-medium",), title="Decision Diffuser"),
         Contender("iql", title="IQL (baseline)"),
     ),
     budget=Budget(final_episodes=20),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,11 @@ def write_text(path: Path, content: str) -> None:
 def write_json(path: Path, data: Any) -> None:
     """``data`` as indented JSON at ``path``, written atomically (see :func:`write_text`)."""
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def now() -> str:
+    """The time of a record, in UTC to the minute."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
 def read_json(path: Path) -> Any:

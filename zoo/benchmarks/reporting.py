@@ -1,0 +1,171 @@
+"""Benchmark reports: ``<out>/<suite>.md`` and ``<out>/<suite>.json`` built from the records in
+``<out>/<suite>/`` (:mod:`diffgym.zoo.benchmarks.harness` writes them): a table of last and best
+(mean ± std over seeds) per (dataset, agent) with the budget and speed, the suite's own sections,
+and the hardware."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diffgym.zoo.benchmarks.report import (
+    hardware_line,
+    markdown_table,
+    mean_std,
+    now,
+    read_json,
+    write_json,
+    write_text,
+)
+
+if TYPE_CHECKING:
+    from diffgym.zoo.benchmarks.harness import Metric, Session, Suite
+
+__all__ = ["RECORD_FORMAT", "Report", "build_report", "load_report", "render_markdown"]
+
+#: the version of the record layout; records of another layout in the folder are left out of reports
+RECORD_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """The records a report is built from: the runs (in suite order) and the studies by name."""
+
+    suite: Suite
+    runs: list[dict[str, Any]]
+    studies: dict[str, dict[str, Any]]
+
+    def runs_of(self, agent: str | None = None, dataset: str | None = None) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.runs
+            if agent in (None, r["config"]["agent"]) and dataset in (None, r["config"]["dataset"])
+        ]
+
+    def study(self, name: str) -> dict[str, Any] | None:
+        """The result of a study (None if it has not run)."""
+        record = self.studies.get(name)
+        return None if record is None else record["result"]
+
+    @property
+    def hardware(self) -> dict[str, Any] | None:
+        records = [*self.runs, *self.studies.values()]
+        return records[0]["hardware"] if records else None
+
+
+def load_report(session: Session) -> Report:
+    """Every record of the current layout in the suite's folder, in the suite's order."""
+    suite, folder = session.suite, session.folder
+    runs = [r for r in map(read_json, sorted(folder.glob("*.json"))) if r.get("format") == RECORD_FORMAT]
+    agents = [c.name for c in suite.contenders]
+    order = {name: i for i, name in enumerate(suite.datasets)}
+    runs.sort(
+        key=lambda r: (order.get(r["config"]["dataset"], len(order)), _index(agents, r), r["config"]["seed"])
+    )
+    studies = {p.stem: read_json(p) for p in sorted((folder / "studies").glob("*.json"))}
+    return Report(suite, runs, studies)
+
+
+def build_report(session: Session) -> Path:
+    """Write ``<out>/<suite>.json`` (every record) and ``<out>/<suite>.md``; returns the Markdown path."""
+    report = load_report(session)
+    if not report.runs and not report.studies:
+        raise FileNotFoundError(f"no records in {session.folder}: run the benchmark first")
+    name = session.suite.name
+    write_json(
+        session.out / f"{name}.json",
+        {
+            "suite": name,
+            "date": now(),
+            "hardware": report.hardware,
+            "runs": report.runs,
+            "studies": report.studies,
+        },
+    )
+    path = session.out / f"{name}.md"
+    write_text(path, render_markdown(report) + "\n")
+    return path
+
+
+def render_markdown(report: Report) -> str:
+    """Title, description, the scores table, budget, the suite's sections, hardware."""
+    suite = report.suite
+    parts = [f"# {suite.title}", suite.description]
+    if any("final" in r for r in report.runs):
+        parts += [scores_table(report), budget_line(report)]
+    parts += [section(report) for section in suite.sections]
+    if report.hardware is not None:
+        parts.append(f"Hardware: {hardware_line(report.hardware)}.")
+    return "\n\n".join(part for part in parts if part)
+
+
+def scores_table(report: Report) -> str:
+    """One row per (dataset, agent): last and best (mean ± std over seeds), budget, speed."""
+    metric = report.suite.metric
+    rows = []
+    for dataset in dict.fromkeys(r["config"]["dataset"] for r in report.runs):
+        for agent in dict.fromkeys(r["config"]["agent"] for r in report.runs_of(dataset=dataset)):
+            runs = [r for r in report.runs_of(agent, dataset) if "final" in r]
+            if runs:
+                rows.append(_score_row(report, runs, metric))
+    header = [
+        "dataset",
+        "agent",
+        f"last {metric.label}",
+        f"best {metric.label}",
+        "seeds",
+        "gradient steps",
+        "steps / s",
+        "predict ms",
+        "ms per env step",
+    ]
+    if report.suite.score_data:
+        header.insert(2, "data's own")
+    return markdown_table(header, rows)
+
+
+def _score_row(report: Report, runs: list[dict[str, Any]], metric: Metric) -> list[Any]:
+    first = runs[0]
+
+    def values(part: str) -> list[float]:
+        return [r[part][metric.key] * metric.scale for r in runs if r[part][metric.key] is not None]
+
+    row = [
+        first["config"]["dataset"],
+        report.suite.label(first["config"]["agent"]),
+        mean_std(values("final")),
+        mean_std(values("best")),
+        len(runs),
+        f"{first['budget']['gradient_steps']:,}",
+        mean_std([r["gradient_steps_per_second"] for r in runs]),
+        mean_std([r["latency"]["predict_ms"] for r in runs], digits=2),
+        mean_std([r["final"]["ms_per_env_step"] for r in runs], digits=2),
+    ]
+    if report.suite.score_data:
+        score = first["data"].get("score")
+        row.insert(2, "-" if score is None else f"{score:.1f}")
+    return row
+
+
+def budget_line(report: Report) -> str:
+    """The budget the table's runs had, from their records."""
+    budgets = [r["budget"] for r in report.runs if "final" in r]
+    steps = sorted({b["gradient_steps"] for b in budgets})
+    first = budgets[0]
+    periodic = (
+        f"evaluated every {first['eval_every']:,} gradient steps over {first['eval_episodes']} episodes and "
+        if first["eval_every"]
+        else ""
+    )
+    return (
+        f"Budget: {', '.join(f'{s:,}' for s in steps)} gradient steps per run, up to {max(b['seeds'] for b in budgets)} "
+        f"seed(s); {periodic}the final model over {first['final_episodes']} episodes. *last* = the final model "
+        "(mean ± std over seeds); *best* = the best of the final and the periodic evaluations, which flatters. "
+        "*predict ms*: `predict` of one observation at batch 1 (median, `torch.utils.benchmark`)."
+    )
+
+
+def _index(names: list[str], record: dict[str, Any]) -> int:
+    name = record["config"]["agent"]
+    return names.index(name) if name in names else len(names)
