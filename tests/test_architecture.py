@@ -12,7 +12,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: source folder -> installed package, in dependency order (each may import only those after it)
-ROOMS = {"cli": "diffgym.cli", "zoo": "diffgym.zoo", "agents": "diffgym.agents", "wrappers": "diffgym.wrappers"}
+ROOMS = {
+    "cli": "diffgym.cli",
+    "zoo": "diffgym.zoo",
+    "agents": "diffgym.agents",
+    "wrappers": "diffgym.wrappers",
+}
 LAYERS = ["cli", "zoo", "agents", "wrappers", "core"]
 
 

@@ -1,4 +1,4 @@
-"""The benchmark's IQL baseline: its Gaussian actor, learning, model files, and AWR picking the better arm."""
+"""The IQL baseline: its Gaussian actor, learning, model files, and AWR picking the better arm."""
 
 import gymnasium as gym
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from diffgym.data import collect_dataset
 from diffgym.agents.baselines import IQL
+from diffgym.data import collect_dataset
 
 SMALL = dict(batch_size=32, check_every=10, seed=0, policy_kwargs=dict(hidden_dim=32))
 ARM = 0.5  # the bandit's two behaviour actions are ±ARM

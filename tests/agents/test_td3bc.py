@@ -1,11 +1,11 @@
-"""The benchmark's TD3+BC baseline: its BC term imitates, its Q term improves on the data."""
+"""The TD3+BC baseline: its BC term imitates, its Q term improves on the data."""
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from diffgym.data import collect_dataset, load_transitions
 from diffgym.agents.baselines import TD3BC
+from diffgym.data import collect_dataset, load_transitions
 
 
 def constant_action_dataset(action, dataset_id):
