@@ -90,9 +90,12 @@ def train_agent(args: argparse.Namespace) -> int:
     print(f"hyperparameters: zoo/hyperparams/{spec.hyperparams_name}.yml, {source}: {json.dumps(config)}")
     behaviour = np.mean([episode.rewards.sum() for episode in dataset.iterate_episodes()])
     print(f"dataset {dataset.id}: {dataset.total_steps} transitions, mean episode return {behaviour:.1f}")
-    model = spec.make(
-        policy, env, dataset=dataset, seed=args.seed, tensorboard_log=args.tensorboard, **kwargs
-    )
+    try:
+        model = spec.make(
+            policy, env, dataset=dataset, seed=args.seed, tensorboard_log=args.tensorboard, **kwargs
+        )
+    except TypeError as error:  # a key of the file or of --set that the class does not take
+        raise ValueError(f"{spec.class_name} does not take these hyperparameters: {error}") from error
     started = time.perf_counter()
     model.learn(steps, progress_bar=not args.no_progress)
     seconds = time.perf_counter() - started

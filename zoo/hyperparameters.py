@@ -139,7 +139,10 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     keys = path.strip().split(".")
     if not sep or not all(keys):
         raise ValueError(f"--set takes key=value (nested keys joined by '.'), not {assignment!r}")
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"--set {path.strip()}: the value {text!r} is not valid YAML ({error})") from error
     if isinstance(value, str) and _EXPONENT.fullmatch(value):
         value = float(value)
     return keys, value

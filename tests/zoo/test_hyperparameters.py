@@ -154,6 +154,11 @@ def test_malformed_overrides_are_refused(bad):
         parse_override(bad)
 
 
+def test_an_override_that_is_not_yaml_is_named():
+    with pytest.raises(ValueError, match=r"--set sampler: the value '\{name: ddim' is not valid YAML"):
+        parse_override("sampler={name: ddim")
+
+
 def test_an_override_cannot_descend_into_a_value():
     with pytest.raises(ValueError, match=r"policy_kwargs\.sampler is not a mapping"):
         apply_overrides({"policy_kwargs": {"sampler": "ddpm"}}, ["policy_kwargs.sampler.name=ddim"])

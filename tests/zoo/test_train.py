@@ -36,6 +36,12 @@ def test_a_chosen_key_and_overrides(train):
     assert "key 'default'" in out and model.grad_norm == 9.0 and model.eta == 0.5
 
 
+def test_a_hyperparameter_the_agent_does_not_take_is_an_error(hopper_file, minari_store, capsys):
+    argv = ["train", "dql", "--env", "Hopper-v5", "--dataset", str(hopper_file), "--set", "etaa=0.5"]
+    assert main(argv) == 1
+    assert "DiffusionQL does not take these hyperparameters" in capsys.readouterr().err
+
+
 def test_an_unknown_key_is_an_error(hopper_file, minari_store, capsys):
     argv = ["train", "dql", "--env", "Hopper-v5", "--dataset", str(hopper_file), "--hyperparams", "nope"]
     assert main(argv) == 1
