@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar
 
 import torch
-from gymnasium import spaces
-from minari import MinariDataset
-from pettingzoo import ParallelEnv
-from stable_baselines3.common.type_aliases import GymEnv
-from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from diffgym.agents.madiff.policies import MADiffPolicy
 from diffgym.data import DatasetLike
-from diffgym.data.team import MultiAgentSegmentDataset, check_agents_and_spaces, dataset_agents
 from diffgym.planning import PlanningAlgorithm
-from diffgym.trajectory import SegmentBatches, SegmentSamples, SequenceAlgorithm
+from diffgym.team import TeamAlgorithm, TeamEnv
+from diffgym.trajectory import SegmentSamples
 from diffgym.wrappers.multiagent import JointAgentEnv
 
-TeamEnv: TypeAlias = ParallelEnv | GymEnv | str | None
 
-
-def as_joint_env(env: TeamEnv) -> GymEnv | str | None:
-    """A ``ParallelEnv`` as a :class:`~diffgym.wrappers.JointAgentEnv`; anything else unchanged."""
-    return JointAgentEnv(env) if isinstance(env, ParallelEnv) else env
-
-
-class MADiff(PlanningAlgorithm):
+class MADiff(TeamAlgorithm, PlanningAlgorithm):
     """MADiff (Zhu et al., "MADiff: Offline Multi-agent Learning with Diffusion Models", NeurIPS 2024)
     as an SB3 algorithm over a PettingZoo team, learning offline from a multi-agent dataset
-    (:mod:`diffgym.data.multiagent`'s format).
+    (:mod:`diffgym.data.team`'s format), on the core's team base (:class:`~diffgym.team.TeamAlgorithm`).
 
     ``MADiff("MlpPolicy", parallel_env, dataset=...)``: the ``ParallelEnv`` is stepped through
     :class:`~diffgym.wrappers.JointAgentEnv` (``Dict`` spaces keyed by agent; SB3 wraps that in a
@@ -75,7 +62,7 @@ class MADiff(PlanningAlgorithm):
     """
 
     policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": MADiffPolicy, "MultiInputPolicy": MADiffPolicy}
-    action_space_types: ClassVar[tuple[type[spaces.Space], ...]] = (spaces.Dict,)
+    joint_env = JointAgentEnv
     policy: MADiffPolicy
 
     def __init__(
@@ -91,12 +78,8 @@ class MADiff(PlanningAlgorithm):
         policy_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        env = as_joint_env(env)
-        policy_kwargs = dict(policy_kwargs or {})
-        if "agents" not in policy_kwargs:
-            policy_kwargs["agents"] = self._team_order(env, dataset)
         super().__init__(
-            "MultiInputPolicy" if policy == "MlpPolicy" else policy,  # SB3 wants this name for Dict spaces
+            policy,
             env,
             dataset,
             ema_start=ema_start,
@@ -107,42 +90,6 @@ class MADiff(PlanningAlgorithm):
             policy_kwargs=policy_kwargs,
             **kwargs,
         )
-
-    @staticmethod
-    def _team_order(env: GymEnv | str | None, dataset: DatasetLike | None) -> list[str] | None:
-        """The agent order: the dataset's when there is one (it is the training data's), else the env's."""
-        if dataset is not None:
-            if isinstance(env, JointAgentEnv):
-                check_agents_and_spaces(dataset, env)  # names the agent that differs
-            return list(dataset_agents(dataset))
-        agents = env.get_attr("agents")[0] if isinstance(env, VecEnv) else getattr(env, "agents", None)
-        return list(agents) if agents is not None else None
-
-    @staticmethod
-    def _wrap_env(env: Any, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
-        return SequenceAlgorithm._wrap_env(as_joint_env(env), verbose, monitor_wrapper)  # type: ignore[arg-type]
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls, path: str | os.PathLike, env: TeamEnv = None, **kwargs: Any
-    ) -> MADiff:
-        """:meth:`~diffgym.algorithm.OfflineAlgorithm.load`, also taking a ``ParallelEnv``."""
-        return super().load(path, env=as_joint_env(env), **kwargs)  # type: ignore[arg-type]
-
-    # ------------------------------------------------------------------ data
-
-    def _offline_data(self, dataset: MinariDataset) -> SegmentBatches:
-        """The team's segments on the device, agents in the model's order."""
-        segments = MultiAgentSegmentDataset(dataset, self.policy.segment_horizon, discount=self.gamma)
-        if len(segments) == 0:
-            raise ValueError(f"{dataset.id} has no segment of {self.policy.segment_horizon} steps")
-        order = [segments.agents.index(agent) for agent in self.policy.agents]
-        rows = segments.rows()
-        rows = rows._replace(observations=rows.observations[:, order], actions=rows.actions[:, order])
-        return SegmentBatches(rows, segments.horizon, self.policy, self.device)
-
-    def _prepare_batch(self, batch: SegmentSamples) -> SegmentSamples:
-        return batch._replace(observations=self.policy.normalize_team(batch.observations))
 
     # ------------------------------------------------------------------ learning
 
