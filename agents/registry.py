@@ -20,4 +20,5 @@ AGENTS = (
     AgentSpec("td3bc", "diffgym.agents.baselines:TD3BC", tasks=("offline", "online"), baseline=True),
     AgentSpec("iql", "diffgym.agents.baselines:IQL", tasks=("offline", "online"), baseline=True),
     AgentSpec("bc", "diffgym.agents.baselines:HistoryBC", tasks=("offline", "imitation"), baseline=True),
+    AgentSpec("team_bc", "diffgym.agents.baselines:TeamBC", tasks=("offline", "team"), baseline=True),
 )

@@ -34,14 +34,25 @@ def toy():
 
 def test_every_shipped_agent_is_registered_once_with_a_loadable_class():
     agents = registry.registered()
-    expected = {"dql", "idql", "diffuser", "diffusion_policy", "madiff", "td3bc", "iql", "bc"}
+    expected = {
+        "dql",
+        "idql",
+        "diffuser",
+        "decision_diffuser",
+        "diffusion_policy",
+        "madiff",
+        "td3bc",
+        "iql",
+        "bc",
+        "team_bc",
+    }
     assert expected <= set(agents)
     for name, spec in agents.items():
         cls = spec.load()
         assert registry.get(spec.class_name) is spec and cls.__name__ == spec.class_name
         assert {"MlpPolicy"} <= set(spec.policies), name
     baselines = {name for name, spec in agents.items() if spec.baseline}
-    assert {"td3bc", "iql", "bc"} <= baselines and "dql" not in baselines
+    assert {"td3bc", "iql", "bc", "team_bc"} <= baselines and "dql" not in baselines
 
 
 def test_facade_finds_a_registered_agent(toy):

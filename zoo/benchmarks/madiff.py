@@ -10,7 +10,7 @@ local_ratio=0.5, max_cycles=25, continuous_actions=True)``, the files' env. Scor
   CPU; the file names the paper's values); MADiff-D also sets ``policy_kwargs.decentralized``
   (trained with one agent's observation inpainted, acting from each agent's own observation).
   Fresh sampling noise when acting (``deterministic=False``), as MADiff evaluates.
-- **Per-agent BC** (:class:`PerAgentBC`, defined here until ``agents/`` has a team BC agent): an
+- **Per-agent BC** (:class:`~diffgym.agents.baselines.TeamBC`, ``zoo/hyperparams/team_bc.yml``): an
   independent MLP (2 × 256, ReLU, tanh output) per agent from its own observation, MSE on actions
   scaled to [−1, 1], Adam 1e-3, batch 256, 20k gradient steps.
 - Every agent of a dataset trains on the same data in the same run and is evaluated on the same
@@ -29,18 +29,10 @@ from __future__ import annotations
 from typing import Any
 
 import imageio.v2 as imageio
-import numpy as np
 import torch
 from pettingzoo import ParallelEnv
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.logger import configure
-from torch import Tensor, nn
 
 from diffgym.agents.madiff import MADiff
-from diffgym.data import load_dataset
-from diffgym.data.team import MultiAgentSegmentDataset
-from diffgym.networks import EnsembleMLP, make_adam
-from diffgym.registry import AgentSpec
 from diffgym.wrappers import evaluate_team
 from diffgym.zoo.benchmarks.harness import (
     EVAL_SEED,
@@ -61,89 +53,6 @@ def make_env(dataset: Dataset, render_mode: str | None = None) -> ParallelEnv:
     from mpe2 import simple_spread_v3
 
     return simple_spread_v3.parallel_env(**ENV_KWARGS, render_mode=render_mode)
-
-
-class PerAgentBC(nn.Module):
-    """One MLP per agent, ``a_k = f_k(o_k)``, each trained by MSE on its own agent's actions.
-
-    Built and trained as the harness builds agents (``PerAgentBC(policy, env, dataset=..., seed=...)``,
-    ``learn(steps, callback)``, SB3 callbacks called once per gradient step) and acting through
-    ``predict({agent: obs}, state, episode_start, deterministic)`` as :func:`evaluate_team` calls it.
-    """
-
-    mean: Tensor  # (n, obs_dim) observation mean per agent
-    std: Tensor  # (n, obs_dim) observation std per agent
-
-    def __init__(
-        self,
-        policy: str,
-        env: ParallelEnv,
-        dataset: str,
-        seed: int = 0,
-        hidden: int = 256,
-        learning_rate: float = 1e-3,
-        batch_size: int = 256,
-    ) -> None:
-        super().__init__()
-        segments = MultiAgentSegmentDataset(load_dataset(dataset), horizon=1)
-        self.agents = segments.agents
-        self.observations = torch.as_tensor(segments.observations, dtype=torch.float32)  # (N, n, obs_dim)
-        actions = torch.as_tensor(segments.actions, dtype=torch.float32)
-        self.actions = actions * 2 - 1  # (N, n, action_dim): MPE's [0, 1] scaled to the tanh's [-1, 1]
-        torch.manual_seed(seed)
-        obs_dim, action_dim = self.observations.shape[-1], self.actions.shape[-1]
-        self.nets = EnsembleMLP(
-            obs_dim, action_dim, len(self.agents), hidden, num_hidden=2, activation=nn.ReLU
-        )
-        self.register_buffer("mean", self.observations.mean(0))
-        self.register_buffer("std", self.observations.std(0).clamp_min(1e-3))
-        self.generator = torch.Generator().manual_seed(seed)
-        self.optimizer = make_adam(self.parameters(), lr=learning_rate)
-        self.batch_size, self.num_timesteps = batch_size, 0
-        self.logger = configure(None, [])  # what SB3 callbacks read
-
-    def forward(self, observations: Tensor) -> Tensor:
-        """(B, n, obs_dim) -> (B, n, action_dim) in [-1, 1]: agent k's MLP on agent k's observation."""
-        x = (observations - self.mean) / self.std
-        return torch.tanh(self.nets(x.transpose(0, 1))).transpose(0, 1)
-
-    def get_env(self) -> None:
-        return None
-
-    def learn(self, total_timesteps: int, callback: BaseCallback | None = None) -> PerAgentBC:
-        """``total_timesteps`` gradient steps on random batches of the data."""
-        callback = callback or CallbackList([])
-        callback.init_callback(self)  # type: ignore[arg-type]
-        callback.on_training_start(locals(), globals())
-        for _ in range(total_timesteps):
-            index = torch.randint(0, len(self.observations), (self.batch_size,), generator=self.generator)
-            loss = ((self(self.observations[index]) - self.actions[index]) ** 2).mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.num_timesteps += 1
-            if not callback.on_step():
-                break
-        callback.on_training_end()
-        return self
-
-    def predict(
-        self,
-        observation: dict[str, np.ndarray],
-        state: Any = None,
-        episode_start: Any = None,
-        deterministic: bool = True,
-    ) -> tuple[dict[str, np.ndarray], None]:
-        stacked = torch.as_tensor(np.stack([observation[a] for a in self.agents]), dtype=torch.float32)[None]
-        with torch.no_grad():
-            scaled = self(stacked)[0].numpy()
-        return {
-            a: ((scaled[k] + 1) / 2).astype(np.float32) for k, a in enumerate(self.agents)
-        }, None  # Box(0, 1)
-
-
-#: per-agent BC as the harness builds agents (this suite's own; not in the registry)
-PER_AGENT_BC = AgentSpec("per_agent_bc", PerAgentBC, tasks=("offline", "team"), baseline=True)
 
 
 def unet_latency(model: Any, run: Run) -> dict[str, float]:
@@ -221,7 +130,7 @@ SUITE = Suite(
             deterministic=False,
             title="MADiff-D",
         ),
-        Contender("bc", agent=PER_AGENT_BC, overrides=("n_timesteps=20000",), title="per-agent BC"),
+        Contender("bc", agent="team_bc", title="per-agent BC"),
     ),
     budget=Budget(final_episodes=50),
     make_env=make_env,
