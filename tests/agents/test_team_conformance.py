@@ -103,7 +103,7 @@ def test_evaluate_team_runs(trained):
 
 
 def test_a_dataset_of_another_team_is_refused(case, team_dataset):
-    with pytest.raises(AgentMismatchError, match="has 2 agents .* but the env has 3"):
+    with pytest.raises(AgentMismatchError, match=r"has 2 agents .* but the env has 3"):
         case.make(spread(n_agents=3), dataset=team_dataset)
 
 
