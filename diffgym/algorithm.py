@@ -90,8 +90,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             first dataset (:func:`iql_reward_scale`) and saved as that number.
         check_every: gradient steps between divergence checks and log averages (one sync each).
         explode_above: a training statistic beyond this magnitude counts as divergence.
-        lr_decay: anneal every learning rate to 0 along a cosine over each ``learn`` call
-            (Diffusion-QL's ``lr_decay``; SB3's progress drives it).
+        lr_decay_steps: anneal the scheduled learning rates to 0 along a cosine over this many
+            gradient steps, counted across ``learn`` calls (the model's ``_n_updates``, saved with
+            it), then hold them at 0; None: no decay. A horizon the user states, never the length of
+            one ``learn`` call, so that training in several calls follows one curve.
         lr_warmup_steps: gradient steps of linear learning-rate warm-up (Diffusion Policy's); 0: none.
         policy_kwargs, tensorboard_log, verbose, seed, device: as in SB3.
     """
@@ -102,7 +104,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     #: action spaces the agent accepts (a team of agents has a ``Dict`` of per-agent spaces)
     action_space_types: ClassVar[tuple[type[spaces.Space], ...]] = (spaces.Box,)
     #: the optimizers (by their name in ``policy.optimizers()``) that the learning-rate schedule and
-    #: ``lr_decay`` drive; None: all of them (IDQL and IQL anneal the actor only)
+    #: ``lr_decay_steps`` drive; None: all of them (IDQL and IQL anneal the actor only)
     scheduled_optimizers: ClassVar[tuple[str, ...] | None] = None
     #: constructor arguments saved in the model file (besides ``policy_kwargs``)
     saved_hyperparameters: ClassVar[tuple[str, ...]] = (
@@ -117,7 +119,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         "reward_bias",
         "check_every",
         "explode_above",
-        "lr_decay",
+        "lr_decay_steps",
         "lr_warmup_steps",
     )
 
@@ -138,7 +140,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         reward_bias: float = 0.0,
         check_every: int = 100,
         explode_above: float = 1e8,
-        lr_decay: bool = False,
+        lr_decay_steps: int | None = None,
         lr_warmup_steps: int = 0,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
@@ -176,7 +178,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.reward_bias = reward_bias
         self.check_every = check_every
         self.explode_above = explode_above
-        self.lr_decay = lr_decay
+        if lr_decay_steps is not None and lr_decay_steps <= 0:
+            raise ValueError(
+                f"lr_decay_steps must be a positive number of gradient steps or None, got {lr_decay_steps}"
+            )
+        self.lr_decay_steps = lr_decay_steps
         self.lr_warmup_steps = lr_warmup_steps
         self._offline: Any = None  # the dataset on the device: OfflineBatches, or a subclass's own
         self._learning_offline = False
@@ -202,14 +208,22 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             self.set_dataset(self.dataset)
 
     def _setup_lr_schedule(self) -> None:
-        """SB3's schedule, times the cosine decay (``lr_decay``) and the warm-up (``lr_warmup_steps``)."""
+        """SB3's schedule, times the cosine decay (``lr_decay_steps``) and the warm-up
+        (``lr_warmup_steps``), both driven by the gradient steps taken so far (Python ints: no sync)."""
         super()._setup_lr_schedule()
         base = self.lr_schedule
         self.lr_schedule = lambda progress: (
             base(progress)
-            * (cosine_decay(progress) if self.lr_decay else 1.0)
-            * linear_warmup(getattr(self, "_n_updates", 0), self.lr_warmup_steps)  # Python ints: no sync
+            * self._lr_decay_factor()
+            * linear_warmup(getattr(self, "_n_updates", 0), self.lr_warmup_steps)
         )
+
+    def _lr_decay_factor(self) -> float:
+        """The cosine factor after ``_n_updates`` of ``lr_decay_steps`` gradient steps (1 without decay)."""
+        if self.lr_decay_steps is None:
+            return 1.0
+        done = min(getattr(self, "_n_updates", 0) / self.lr_decay_steps, 1.0)
+        return cosine_decay(1.0 - done)
 
     def set_dataset(self, dataset: DatasetLike) -> None:
         """Load and validate a dataset; on first use, fit the observation normaliser to it.

@@ -1,7 +1,8 @@
 """Learning-rate multipliers shared by every agent and SynthER: one cosine decay, one linear warm-up.
 
-SB3 drives an algorithm's learning rate by ``progress_remaining`` (1 at the start of a ``learn``
-call, 0 at its end); :class:`~diffgym.algorithm.OfflineAlgorithm` multiplies its base rate by these.
+:class:`~diffgym.algorithm.OfflineAlgorithm` multiplies its base rate by these, both driven by the
+gradient steps taken so far (never by the progress of one ``learn`` call), so that a run split into
+several ``learn`` calls follows the same curve as one call.
 
 >>> cosine_decay(1.0), cosine_decay(0.5), cosine_decay(0.0)
 (1.0, 0.5, 0.0)

@@ -65,7 +65,8 @@ class HistoryBCPolicy(RecedingHorizonPolicy):
 
 class HistoryBC(SequenceAlgorithm):
     """MSE behaviour cloning of ``a_t`` from the last ``n_obs_steps`` observations (Adam, lr 1e-3,
-    batch 256, cosine decay over each ``learn`` call). The window whose current step is past an
+    batch 256; ``lr_decay_steps`` anneals along a cosine over that many gradient steps, None: a
+    constant rate, the default). The window whose current step is past an
     episode's end (its action is padding) is masked out of the loss."""
 
     policy_aliases: ClassVar[dict[str, type]] = {
@@ -80,10 +81,9 @@ class HistoryBC(SequenceAlgorithm):
         env: GymEnv | str | None,
         dataset: DatasetLike | None = None,
         learning_rate: float = 1e-3,
-        lr_decay: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(policy, env, dataset, learning_rate=learning_rate, lr_decay=lr_decay, **kwargs)
+        super().__init__(policy, env, dataset, learning_rate=learning_rate, **kwargs)
 
     def train_step(self, batch: SegmentSamples) -> dict[str, Tensor]:
         current = self.policy.n_obs_steps - 1

@@ -118,12 +118,13 @@ class IQL(OfflineAlgorithm):
             the official code's ``temperature``). 0 is plain behaviour cloning.
         reward_scale: a number, or ``"iql"`` for ``1000 / (max - min)`` of the dataset's episode
             returns (IQL's locomotion normalisation; needs a dataset).
-        lr_decay: cosine decay of the actor's learning rate over each ``learn`` call (official:
-            the actor only; critic and value keep a constant rate).
+        lr_decay_steps: gradient steps over which the actor's learning rate is cosine-annealed to
+            0 (official: the whole 1M-step run; critic and value keep a constant rate). Set it to
+            your total budget to anneal as the paper does; None: constant.
     """
 
     policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": IQLPolicy, "MultiInputPolicy": IQLPolicy}
-    #: the schedule (and ``lr_decay``) drives the actor only, as in the official code
+    #: the schedule (and ``lr_decay_steps``) drives the actor only, as in the official code
     scheduled_optimizers = ("actor",)
     policy: IQLPolicy
     saved_hyperparameters = (*OfflineAlgorithm.saved_hyperparameters, "expectile", "beta")
@@ -136,12 +137,14 @@ class IQL(OfflineAlgorithm):
         expectile: float = 0.7,
         beta: float = 3.0,
         reward_scale: float | str = "iql",
-        lr_decay: bool = True,
+        lr_decay_steps: int | None = 1_000_000,
         **kwargs: Any,
     ) -> None:
         self.expectile = expectile
         self.beta = beta
-        super().__init__(policy, env, dataset, reward_scale=reward_scale, lr_decay=lr_decay, **kwargs)
+        super().__init__(
+            policy, env, dataset, reward_scale=reward_scale, lr_decay_steps=lr_decay_steps, **kwargs
+        )
 
     def train_step(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         policy = self.policy

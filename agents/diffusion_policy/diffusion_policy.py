@@ -68,14 +68,18 @@ class DiffusionPolicy(SequenceAlgorithm):
       but windows may start at every step of an episode (DP's stop ``n_action_steps - 1`` steps
       after its end), so once per episode the current observation is the final one and every
       action is padding.
-    - The cosine decay spans each ``learn`` call, warm-up included (DP: the steps after warm-up).
+    - DP anneals along a cosine over its whole run (its ``num_epochs`` × batches per epoch), which
+      only the user knows: pass ``lr_decay_steps`` = the total gradient steps (the Meta-World keys
+      of ``zoo/hyperparams/diffusion_policy.yml`` do); the default None keeps the rate constant
+      after warm-up. The cosine spans the warm-up too (DP: the steps after warm-up).
     - Offline only: ``learn(online=True)`` raises; ``total_timesteps`` counts gradient steps.
 
     Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
         learning_rate: AdamW's peak learning rate (DP: 1e-4).
         batch_size: windows per gradient step (DP: 256).
         lr_warmup_steps: gradient steps of linear learning-rate warm-up (DP: 500); 0 for none.
-        lr_decay: cosine decay of the learning rate to 0 over each ``learn`` call (DP: cosine).
+        lr_decay_steps: gradient steps of the cosine decay to 0, across ``learn`` calls (DP: its
+            whole run); None: no decay.
     """
 
     policy_aliases: ClassVar[dict[str, type]] = {
@@ -92,7 +96,6 @@ class DiffusionPolicy(SequenceAlgorithm):
         learning_rate: float = 1e-4,
         batch_size: int = 256,
         lr_warmup_steps: int = 500,
-        lr_decay: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -102,7 +105,6 @@ class DiffusionPolicy(SequenceAlgorithm):
             learning_rate=learning_rate,
             batch_size=batch_size,
             lr_warmup_steps=lr_warmup_steps,
-            lr_decay=lr_decay,
             **kwargs,
         )
 

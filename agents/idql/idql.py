@@ -47,26 +47,27 @@ class IDQL(OfflineAlgorithm):
     (:class:`~diffgym.agents.idql.IDQLPolicy`: greedy ``argmax`` or the paper's ``expectile``
     importance weights).
 
-    Defaults, from the official code (``philippe-eecs/IDQL``, ``DDPMIQLLearner`` and the offline
-    launcher): ``expectile=0.7`` on locomotion (0.9 on antmaze); every learning rate 3e-4;
-    ``gamma=0.99``; ``tau=0.005``; critics 256 × 2; T = 5, ``vp`` schedule, LN-ResNet 256 wide,
-    3 blocks, dropout 0.1; EMA 0.999 (``actor_tau=0.001``); N = 64; cosine decay of the actor's
-    learning rate (``decay_steps``, here the length of each ``learn`` call). Rewards: locomotion
-    uses ``reward_scale="iql"`` (the default); antmaze uses ``reward_scale=1.0, reward_bias=-1.0``
-    and ``expectile=0.9``.
+    Defaults, from the official code's final version (``philippe-eecs/IDQL``: the
+    ``ddpm_iql_simple`` learner and ``launcher/examples/train_ddpm_iql_offline.py``, project
+    ``offline_schedule_final``): ``expectile=0.7`` on locomotion (0.9 on antmaze); every learning
+    rate 3e-4; one batch of 512 for actor, value and critics; ``gamma=0.99``; ``tau=0.005``;
+    critics 256 × 2; T = 5, ``vp`` schedule; an LN-ResNet 256 wide, 3 blocks, dropout 0.1, swish,
+    128 learned Fourier time features; V with a LayerNorm on its input; the actor by AdamW
+    (weight decay 1e-4), its rate cosine-annealed over the 3M-step run (``lr_decay_steps``);
+    EMA 0.999 (``actor_tau=0.001``); N = 64 candidates (see
+    :class:`~diffgym.agents.idql.IDQLPolicy` for the network settings and the paper-era learner's
+    values). Rewards: locomotion uses ``reward_scale="iql"`` (the default); antmaze uses
+    ``reward_scale=1.0, reward_bias=-1.0`` and ``expectile=0.9``.
 
     Deliberate differences:
 
-    - One batch of ``batch_size`` (256) for actor and critics. The official critic sees 256 rows
-      and the actor 512 (final launcher) or 1024 (earlier one, whose "two actor steps per critic
-      step" split the batch into itself and an empty half).
     - torch's default initialisation where jaxrl5 uses Xavier-uniform; the actor loss averages
       over action dimensions where the official one sums them (a constant factor, absorbed by
-      Adam); Adam where the actor's official optimiser is AdamW (weight decay 0 in the paper-era
-      learner, optax's default 1e-4 in the later ``ddpm_iql_simple``).
+      Adam's normalisation).
     - The sampler clips the x0 estimate to [-1, 1] at each step with the posterior variance
-      ``beta~_t`` (Diffusion-QL's sampler); the official one clips ``x_t`` and adds
-      ``sqrt(beta_t)`` noise.
+      ``beta~_t`` (Diffusion-QL's sampler, shared with every action-diffusion agent here); the
+      official one clips ``x_t`` and adds ``sqrt(beta_t)`` noise, so its candidates are more spread
+      before the critic picks one.
     - The EMA copies the actor for the first ``ema_start`` steps instead of starting from the
       random initial weights, so short runs act with a trained model (the official 3M steps
       make the difference vanish).
@@ -81,13 +82,15 @@ class IDQL(OfflineAlgorithm):
         reward_scale: a number, or ``"iql"`` for ``1000 / (max - min)`` of the dataset's episode
             returns (IQL's and IDQL's locomotion normalisation; needs a dataset).
         ema_start: gradient steps during which the EMA actor copies the actor (1000).
-        lr_decay: cosine decay of the actor's learning rate over each ``learn`` call (official:
-            the actor only; critics keep a constant rate). ``learning_rate`` schedules also
+        batch_size: transitions per gradient step, shared by actor, value and critics (512).
+        lr_decay_steps: gradient steps over which the actor's learning rate is cosine-annealed to
+            0 (official: 3M, the whole run; critics keep a constant rate). Set it to your total
+            budget to anneal as the paper does; None: constant. ``learning_rate`` schedules also
             drive the actor only.
     """
 
     policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": IDQLPolicy, "MultiInputPolicy": IDQLPolicy}
-    #: the schedule (and ``lr_decay``) drives the actor only, as in the official code
+    #: the schedule (and ``lr_decay_steps``) drives the actor only, as in the official code
     scheduled_optimizers = ("actor",)
     policy: IDQLPolicy
     saved_hyperparameters = (*OfflineAlgorithm.saved_hyperparameters, "expectile", "ema_start")
@@ -100,12 +103,21 @@ class IDQL(OfflineAlgorithm):
         expectile: float = 0.7,
         reward_scale: float | str = "iql",
         ema_start: int = 1000,
-        lr_decay: bool = True,
+        batch_size: int = 512,
+        lr_decay_steps: int | None = 3_000_000,
         **kwargs: Any,
     ) -> None:
         self.expectile = expectile
         self.ema_start = ema_start
-        super().__init__(policy, env, dataset, reward_scale=reward_scale, lr_decay=lr_decay, **kwargs)
+        super().__init__(
+            policy,
+            env,
+            dataset,
+            reward_scale=reward_scale,
+            batch_size=batch_size,
+            lr_decay_steps=lr_decay_steps,
+            **kwargs,
+        )
 
     def _setup_model(self) -> None:
         super()._setup_model()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from gymnasium import spaces
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
@@ -15,6 +16,7 @@ from diffgym.rl import min_q
 from diffgym.samplers import Randomness
 
 SELECTIONS = ("argmax", "expectile")
+ACTIVATIONS: dict[str, type[nn.Module]] = {"swish": nn.SiLU, "mish": nn.Mish}
 
 
 def expectile_log_weights(q: Tensor, v: Tensor, expectile: float, min_gap: float = 1e-6) -> Tensor:
@@ -44,10 +46,11 @@ class IDQLPolicy(DiffusionActorPolicy):
 
     ``expectile`` (τ) is the algorithm's; :class:`~diffgym.agents.idql.IDQL` sets it here.
 
-    Network arguments (``policy_kwargs``), with the defaults of the official code
-    (``philippe-eecs/IDQL``: ``DDPMIQLLearner`` and ``launcher/examples/train_ddpm_iql_offline.py``):
+    Network arguments (``policy_kwargs``), with the defaults of the official code's final version
+    (``philippe-eecs/IDQL``: ``jaxrl5/agents/ddpm_iql_simple`` and
+    ``launcher/examples/train_ddpm_iql_offline.py``, project ``offline_schedule_final``):
         num_candidates: actions sampled per state when acting (``N=64``; the launcher also
-            evaluates 16–256).
+            evaluates 16 and 256).
         selection: ``"argmax"`` or ``"expectile"`` (see above).
         num_timesteps: diffusion steps T (5).
         beta_schedule: noise schedule (``"vp"``).
@@ -55,13 +58,29 @@ class IDQLPolicy(DiffusionActorPolicy):
         actor_hidden: residual width of the LN-ResNet denoiser (256).
         actor_blocks: its residual blocks (3).
         actor_dropout: dropout in each block while training (0.1).
+        time_dim: learned Fourier time features (128; the paper-era ``ddpm_iql`` learner: 64).
+        activation: ``"swish"`` (SiLU; final code) or ``"mish"`` (the paper-era learner).
+        actor_weight_decay: decoupled (AdamW) weight decay of the actor (optax's default 1e-4 in
+            the final code, on every parameter; the paper-era learner: 0).
         critic_hidden: width of the 2 hidden ReLU layers of each Q and of V (256, as IQL).
-        value_layer_norm: LayerNorm in V (off: the paper-era ``ddpm_iql`` learner; its later
-            ``ddpm_iql_simple`` normalises V's input once, which our per-layer LayerNorm is not).
+        value_layer_norm: a LayerNorm on V's input (the final code's ``MLP(use_layer_norm=True)``
+            normalises the input once; the paper-era learner has none).
         ema_decay: decay of the EMA actor that acting samples from (0.999: ``actor_tau=0.001``).
     """
 
     expectile: float = 0.7
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        num_candidates: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            observation_space, action_space, lr_schedule, num_candidates=num_candidates, **kwargs
+        )
 
     def _build(
         self,
@@ -73,12 +92,17 @@ class IDQLPolicy(DiffusionActorPolicy):
         actor_hidden: int = 256,
         actor_blocks: int = 3,
         actor_dropout: float = 0.1,
+        time_dim: int = 128,
+        activation: str = "swish",
+        actor_weight_decay: float = 1e-4,
         critic_hidden: int = 256,
-        value_layer_norm: bool = False,
+        value_layer_norm: bool = True,
         ema_decay: float = 0.999,
     ) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.selection = selection
         denoiser = ResidualMLPDenoiser(
             x_dim=self.action_dim,
@@ -86,13 +110,18 @@ class IDQLPolicy(DiffusionActorPolicy):
             hidden_dim=actor_hidden,
             num_blocks=actor_blocks,
             dropout=actor_dropout,
+            time_dim=time_dim,
+            activation=ACTIVATIONS[activation],
         )
         self._build_actor(denoiser, num_timesteps, beta_schedule, sampler, ema_decay)
         mlp: dict[str, Any] = dict(hidden_dim=critic_hidden, num_hidden=2, activation=nn.ReLU)  # IQL's
         self._build_twin_critic(**mlp)
-        self.value_net = EnsembleMLP(self.obs_dim, 1, members=1, layer_norm=value_layer_norm, **mlp)
+        value = EnsembleMLP(self.obs_dim, 1, members=1, **mlp)
+        self.value_net = nn.Sequential(nn.LayerNorm(self.obs_dim), value) if value_layer_norm else value
         lr = lr_schedule(1)
-        self.actor_optimizer = make_adam(self.actor.parameters(), lr=lr)
+        self.actor_optimizer = make_adam(
+            self.actor.parameters(), lr=lr, weight_decay=actor_weight_decay, decoupled_weight_decay=True
+        )
         self.critic_optimizer = make_adam(self.critic.parameters(), lr=lr)
         self.value_optimizer = make_adam(self.value_net.parameters(), lr=lr)
 

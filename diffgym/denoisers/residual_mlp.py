@@ -15,13 +15,13 @@ __all__ = ["ResidualMLPDenoiser"]
 class _LNResBlock(nn.Module):
     """IDQL's ``MLPResNetBlock``: x + Linear(act(Linear_4x(LayerNorm(Dropout(x)))))."""
 
-    def __init__(self, dim: int, expansion: int, dropout: float) -> None:
+    def __init__(self, dim: int, expansion: int, dropout: float, activation: type[nn.Module]) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Dropout(dropout),
             nn.LayerNorm(dim),
             nn.Linear(dim, expansion * dim),
-            nn.Mish(),
+            activation(),
             nn.Linear(expansion * dim, dim),
         )
 
@@ -33,16 +33,16 @@ class _LNResBlock(nn.Module):
 class ResidualMLPDenoiser(nn.Module):
     """IDQL's LN-ResNet denoiser (Hansen-Estruch et al. 2023, "IDQL: Implicit Q-Learning as an
     Actor-Critic Method with Diffusion Policies", ``jaxrl5/networks/resnet.py::MLPResNet`` with
-    ``use_layer_norm=True``, ``dropout_rate=0.1``, ``num_blocks=3``, Mish), also the residual-MLP
+    ``use_layer_norm=True``, ``dropout_rate=0.1``, ``num_blocks=3``), also the residual-MLP
     denoiser of SynthER (Lu et al. 2023) when built wide and deep.
 
     Shapes: ``x: (B, D)``, ``t: (B,)``, ``cond: (B, C)`` -> ``(B, D)``.
 
-    time: GaussianFourierEmb(time_dim, learnable, scale=0.2) -> Linear(., 2 time_dim) -> Mish
-    -> Linear(2 time_dim, 2 time_dim) (IDQL: ``FourierFeatures(64, learnable=True)`` then
-    ``MLP((128, 128), mish)``);
-    body: concat(x, cond, t_emb) -> Linear(., hidden) -> ``num_blocks`` x [x + Linear(Mish(
-    Linear_{expansion*hidden}(LayerNorm(Dropout(x)))))] -> Mish -> Linear(hidden, D).
+    time: GaussianFourierEmb(time_dim, learnable, scale=0.2) -> Linear(., 2 time_dim) -> act
+    -> Linear(2 time_dim, 2 time_dim) (IDQL's final ``ddpm_iql_simple``: ``FourierFeatures(128,
+    learnable=True)`` then ``MLP((256, 256), swish)``; its paper-era learner: 64 and Mish);
+    body: concat(x, cond, t_emb) -> Linear(., hidden) -> ``num_blocks`` x [x + Linear(act(
+    Linear_{expansion*hidden}(LayerNorm(Dropout(x)))))] -> act -> Linear(hidden, D).
 
     Deliberate differences:
     - torch's default initialisation (IDQL uses Xavier-uniform for the input and output layers);
@@ -59,11 +59,14 @@ class ResidualMLPDenoiser(nn.Module):
         cond_dim: C, size of the raw condition concatenated to the input (state for IDQL); 0 for none.
         hidden_dim: residual stream width (256: IDQL; SynthER 2048 on GPU).
         num_blocks: number of residual blocks (3: IDQL; SynthER 6).
-        time_dim: size of the Fourier time features; the time MLP outputs 2 time_dim (64: IDQL).
+        time_dim: size of the Fourier time features; the time MLP outputs 2 time_dim (IDQL's final
+            code: 128; its paper-era learner: 64).
         dropout: dropout at each block's input, active in train mode only (0.1: IDQL; SynthER 0).
         expansion: inner width multiple of each block (4: IDQL).
         fourier_scale: std of the learned Fourier frequencies' initialisation, in units of step
             index (0.2: IDQL's ``normal(0.2)`` initialiser on raw integer steps).
+        activation: the nonlinearity everywhere (IDQL's final code: swish = ``nn.SiLU``; its
+            paper-era learner and SynthER-style models here: ``nn.Mish``).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class ResidualMLPDenoiser(nn.Module):
         dropout: float = 0.1,
         expansion: int = 4,
         fourier_scale: float = 0.2,
+        activation: type[nn.Module] = nn.Mish,
     ) -> None:
         super().__init__()
         self.cond_dim = cond_dim
@@ -83,13 +87,13 @@ class ResidualMLPDenoiser(nn.Module):
         self.time_mlp = nn.Sequential(
             GaussianFourierEmb(time_dim, scale=fourier_scale, learnable=True),
             nn.Linear(time_dim, time_out),
-            nn.Mish(),
+            activation(),
             nn.Linear(time_out, time_out),
         )
         self.body = nn.Sequential(
             nn.Linear(x_dim + cond_dim + time_out, hidden_dim),
-            *(_LNResBlock(hidden_dim, expansion, dropout) for _ in range(num_blocks)),
-            nn.Mish(),
+            *(_LNResBlock(hidden_dim, expansion, dropout, activation) for _ in range(num_blocks)),
+            activation(),
             nn.Linear(hidden_dim, x_dim),
         )
 

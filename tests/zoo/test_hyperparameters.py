@@ -135,12 +135,12 @@ def test_overrides_are_yaml_values_at_nested_keys():
     config = {"eta": 1.0, "policy_kwargs": {"sampler": "ddpm"}}
     result = apply_overrides(
         config,
-        ["eta=1e-3", "lr_decay=false", "policy_kwargs.sampler={name: ddim, num_steps: 5}", "policy_kwargs.dim_mults=[1, 2]",
+        ["eta=1e-3", "lr_decay_steps=null", "policy_kwargs.sampler={name: ddim, num_steps: 5}", "policy_kwargs.dim_mults=[1, 2]",
          "new.nested.key=null", "name=ddim"],
     )  # fmt: skip
     assert result == {
         "eta": 0.001,
-        "lr_decay": False,
+        "lr_decay_steps": None,
         "policy_kwargs": {"sampler": {"name": "ddim", "num_steps": 5}, "dim_mults": [1, 2]},
         "new": {"nested": {"key": None}},
         "name": "ddim",

@@ -1,7 +1,7 @@
-"""Offline locomotion benchmark: Diffusion-QL, IDQL and a TD3+BC baseline on D4RL-style data.
+"""Offline locomotion benchmark: Diffusion-QL, IDQL and the TD3+BC and IQL baselines on D4RL-style data.
 
 Every agent trains on the same dataset with its hyperparameters from ``zoo/hyperparams/<agent>.yml``
-(the same 20k-step budget for all three; Diffusion-QL's per-task gradient-norm clip), is evaluated
+(the same 20k-step budget for all four; Diffusion-QL's per-task gradient-norm clip), is evaluated
 with deterministic actions every ``--eval-every`` steps (for the "best" column) and at the end (the
 "last" column), and is scored with D4RL's reference returns (the shared datasets' README explains
 why D4RL's references apply to these Gymnasium v5 envs only approximately). Besides the harness's
@@ -96,7 +96,7 @@ SUITE = Suite(
         "are not comparable one-to-one with published D4RL results. Hyperparameters: `zoo/hyperparams/`."
     ),
     datasets=("hopper-medium", "hopper-medium-replay", "halfcheetah-medium", "halfcheetah-medium-replay"),
-    agents=("td3bc", "dql", "idql"),
+    agents=("td3bc", "iql", "dql", "idql"),
     budget=Budget(eval_every=5_000, eval_episodes=5, final_episodes=10),
     measures={"denoiser": denoiser_latency},
     sections=(speed_section,),
