@@ -1,6 +1,6 @@
 """Per-feature normalisers whose statistics are buffers, so they travel in a model's ``state_dict``.
 
-Both act on the last dimension and broadcast over any leading dimensions: ``x`` of shape
+All act on the last dimension and broadcast over any leading dimensions: ``x`` of shape
 ``(..., *shape)`` where ``shape`` is the feature shape given at construction (usually ``(dim,)``).
 Build one from data with ``fit``; build an identity one of the right shape with the constructor and
 ``load_state_dict`` into it when restoring a saved model.
@@ -14,10 +14,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_EPS", "GaussianNormalizer", "MinMaxNormalizer", "NormalizerKind", "make_normalizer"]
+__all__ = [
+    "DEFAULT_EPS",
+    "CDFNormalizer",
+    "GaussianNormalizer",
+    "MinMaxNormalizer",
+    "Normalizer",
+    "NormalizerKind",
+    "make_normalizer",
+]
 
-#: How a diffusion planner normalises observations: standardise, or map the data's range to [-1, 1].
-NormalizerKind = Literal["gaussian", "limits"]
+#: How a diffusion planner normalises observations: standardise, map the data's range to [-1, 1],
+#: or map each feature through its empirical CDF to [-1, 1].
+NormalizerKind = Literal["gaussian", "limits", "cdf"]
 
 #: Floor of a feature's standard deviation or half-range. A constant feature normalises to 0 and
 #: unnormalises back to (almost exactly) its constant instead of dividing by zero.
@@ -128,14 +137,100 @@ class MinMaxNormalizer(nn.Module):
         return x * self.half_range + self.center
 
 
-def make_normalizer(
-    kind: NormalizerKind, dim: int
-) -> tuple[GaussianNormalizer | MinMaxNormalizer, tuple[float, float] | None]:
+class CDFNormalizer(nn.Module):
+    """Maps each feature through its empirical CDF to ``[-1, 1]``: ``2 F(x) - 1`` (Decision
+    Diffuser's ``CDFNormalizer``). Heavy-tailed or clustered features are spread evenly over the
+    range, where min-max scaling squeezes most of the data into a sliver of it.
+
+    ``F`` is the piecewise-linear interpolation of ``num_knots`` quantiles of the data (at
+    probabilities ``0, 1/(K-1), …, 1``); DD interpolates between every distinct value of the data.
+    With ``K`` knots the two differ by at most ``2/(K-1)`` in probability, and the statistics are
+    ``K × features`` numbers whatever the dataset's size. Inputs outside the data's range are
+    clipped to it (as DD's); at a value the data repeats, ``F`` is its cumulative probability
+    (``P(X ≤ x)``, as DD's); a constant feature maps to 0 and back to its constant.
+
+    Buffers: ``knots`` of shape ``(num_knots, *shape)``, non-decreasing along the first dimension.
+
+    Args:
+        shape: feature shape; starts as the identity on ``[-1, 1]``.
+        num_knots: K, quantiles kept per feature.
+    """
+
+    knots: Tensor
+
+    def __init__(self, shape: int | tuple[int, ...], num_knots: int = 1025) -> None:
+        super().__init__()
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if num_knots < 2:
+            raise ValueError(f"num_knots must be at least 2, got {num_knots}")
+        identity = torch.linspace(-1.0, 1.0, num_knots).reshape(num_knots, *(1,) * len(shape))
+        self.register_buffer("knots", identity.expand(num_knots, *shape).clone())
+
+    @classmethod
+    def fit(
+        cls,
+        data: np.ndarray | Tensor,
+        eps: float = DEFAULT_EPS,
+        n_feature_dims: int = 1,
+        num_knots: int = 1025,
+    ) -> CDFNormalizer:
+        """Per-feature quantiles over every leading dimension of ``data``.
+
+        Args:
+            data: the samples; the last ``n_feature_dims`` dimensions are the features.
+            eps: unused (the CDF needs no floor); kept for the normalisers' common signature.
+            n_feature_dims: how many trailing dimensions are features.
+            num_knots: K, quantiles kept per feature.
+        """
+        shape = _feature_shape(data, n_feature_dims)
+        matrix = _as_matrix(data, shape).numpy()
+        probabilities = np.linspace(0.0, 1.0, num_knots)
+        normalizer = cls(shape, num_knots)
+        normalizer.knots.copy_(torch.as_tensor(np.quantile(matrix, probabilities, axis=0)))
+        return normalizer
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """``(..., *shape)`` -> ``(..., *shape)`` in ``[-1, 1]``: ``2 F(x) - 1``."""
+        knots, flat = self._columns(x)  # (F, K), (F, M)
+        flat = flat.clamp(knots[:, :1], knots[:, -1:])
+        upper = torch.searchsorted(knots, flat.contiguous(), right=True).clamp(1, knots.shape[1] - 1)
+        low_x, high_x = knots.gather(1, upper - 1), knots.gather(1, upper)
+        width = high_x - low_x
+        fraction = torch.where(width > 0, (flat - low_x) / width.clamp_min(1e-30), torch.ones_like(flat))
+        probability = (upper - 1 + fraction) / (knots.shape[1] - 1)
+        constant = knots[:, -1:] == knots[:, :1]
+        probability = torch.where(constant, torch.full_like(probability, 0.5), probability)
+        return self._restore(2 * probability - 1, x)
+
+    def unnormalize(self, x: Tensor) -> Tensor:
+        """Inverse of :meth:`normalize` (``F⁻¹((x + 1) / 2)``, inputs clipped to ``[-1, 1]``)."""
+        knots, flat = self._columns(x)
+        position = ((flat.clamp(-1.0, 1.0) + 1) / 2) * (knots.shape[1] - 1)
+        lower = position.floor().long().clamp(0, knots.shape[1] - 2)
+        low_x, high_x = knots.gather(1, lower), knots.gather(1, lower + 1)
+        return self._restore(low_x + (position - lower) * (high_x - low_x), x)
+
+    def _columns(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Knots (F, K) and ``x`` as (F, M): one row per feature."""
+        features = self.knots[0].numel()
+        knots = self.knots.reshape(self.knots.shape[0], features).T.contiguous().to(x.dtype)
+        return knots, x.reshape(-1, features).T
+
+    def _restore(self, columns: Tensor, like: Tensor) -> Tensor:
+        return columns.T.reshape(like.shape)
+
+
+#: Any of the normalisers (they share ``fit``, ``normalize`` and ``unnormalize``).
+Normalizer = GaussianNormalizer | MinMaxNormalizer | CDFNormalizer
+
+
+def make_normalizer(kind: NormalizerKind, dim: int) -> tuple[Normalizer, tuple[float, float] | None]:
     """A (not yet fitted) normaliser of ``dim`` features and the range to clip x0 estimates to.
 
     ``"gaussian"`` standardises and does not clip; ``"limits"`` maps the data's range to [-1, 1]
-    and clips there (Diffuser's maze2d ``LimitsNormalizer`` and Decision Diffuser's / MADiff's
-    ``clip_denoised``).
+    and clips there (Diffuser's maze2d ``LimitsNormalizer`` and MADiff's ``clip_denoised``);
+    ``"cdf"`` maps each feature through its empirical CDF to [-1, 1] and clips there (Decision
+    Diffuser's ``CDFNormalizer`` with ``clip_denoised``).
 
     >>> normalizer, clip_range = make_normalizer("limits", 3)
     >>> type(normalizer).__name__, clip_range
@@ -145,4 +240,6 @@ def make_normalizer(
         return GaussianNormalizer(dim), None
     if kind == "limits":
         return MinMaxNormalizer(dim), (-1.0, 1.0)
-    raise ValueError(f"normalizer must be 'gaussian' or 'limits', got {kind!r}")
+    if kind == "cdf":
+        return CDFNormalizer(dim), (-1.0, 1.0)
+    raise ValueError(f"normalizer must be 'gaussian', 'limits' or 'cdf', got {kind!r}")

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from diffgym.diffusion import GaussianDiffusion
 from diffgym.ema import EMA
 from diffgym.networks import StateActionCritic
-from diffgym.normalizers import DEFAULT_EPS, GaussianNormalizer, MinMaxNormalizer
+from diffgym.normalizers import DEFAULT_EPS, GaussianNormalizer, Normalizer
 from diffgym.rl import twin_critic
 from diffgym.samplers import Randomness, Sampler, TiledNoise, make_sampler
 from diffgym.schedules import NoiseSchedule
@@ -60,7 +60,7 @@ class AgentPolicy(BasePolicy):
         self.action_dim = spaces.flatdim(action_space)
         self.deterministic_seed = deterministic_seed
         self.normalize_observations = normalize_observations
-        self.obs_normalizer: GaussianNormalizer | MinMaxNormalizer = GaussianNormalizer(self.obs_dim)
+        self.obs_normalizer: Normalizer = GaussianNormalizer(self.obs_dim)
         self.sampling_generator: torch.Generator | None = None  # seeded by the algorithm
         self._build(lr_schedule, **network_kwargs)
 
