@@ -26,6 +26,7 @@ from diffgym.samplers import (
     StepCallback,
     draw_noise,
     gaussian_noise,
+    posterior_variance,
 )
 from diffgym.schedules import NoiseSchedule
 
@@ -114,8 +115,14 @@ class GaussianDiffusion(nn.Module):
         cond: Tensor | None = None,
         classifier_free: ClassifierFreeGuidance | None = None,
         classifier: ClassifierGuidance | None = None,
+        inpainting: Inpainting | None = None,
     ) -> Prediction:
-        """The (guided, clipped) clean-sample and noise estimates at step ``t``; x: (B, ...)."""
+        """The (guided, clipped) clean-sample and noise estimates at step ``t`` and the ``x_t`` they
+        are for: ``x`` (B, ...) itself or, with ``classifier`` guidance, ``x`` nudged up the value's
+        gradient (``inpainting`` re-imposed after each nudge; see :class:`ClassifierGuidance`)."""
+        if classifier is not None:
+            project = inpainting.apply if inpainting is not None else None
+            x = classifier.nudge(x, t, posterior_variance(self.schedule, t), project)
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         if classifier_free is not None:
             if cond is None:
@@ -125,18 +132,10 @@ class GaussianDiffusion(nn.Module):
             output = self.denoiser(x, t_batch, cond)
         alpha_bar = self.schedule.alpha_bar(t)
         a, s = math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
-        if self.prediction == "epsilon":
-            eps = output
-            if classifier is not None:
-                eps = classifier.adjust_eps(x, t, eps, alpha_bar)
-            x0 = (x - s * eps) / a
-        else:
-            x0 = output
-            if classifier is not None:
-                x0 = (x - s * classifier.adjust_eps(x, t, (x - a * x0) / s, alpha_bar)) / a
+        x0 = (x - s * output) / a if self.prediction == "epsilon" else output
         if self.clip_range is not None:
             x0 = x0.clamp(*self.clip_range)
-        return Prediction(x0, (x - a * x0) / s)
+        return Prediction(x0, (x - a * x0) / s, x)
 
     def sample(
         self,
@@ -160,7 +159,8 @@ class GaussianDiffusion(nn.Module):
             start_step: ``x_T`` is a sample noised only to this training step (e.g. with
                 ``schedule.q_sample``); the chain runs from there (warm starts). None: from T - 1.
             cond: (B, C) conditioning, or None.
-            sampler: DDPM (the default, all T steps), DDIM or DPM-Solver++.
+            sampler: DDPM (the default, all T steps), DDIM or DPM-Solver++; its ``temperature``
+                scales the drawn ``x_T`` (not a given one) and the noise its steps inject.
             classifier_free, classifier, inpainting: guidance (see :mod:`diffgym.guidance`).
             generator: source of all noise, for reproducible samples: a ``torch.Generator`` or a
                 noise function such as :class:`~diffgym.samplers.TiledNoise`.
@@ -171,16 +171,16 @@ class GaussianDiffusion(nn.Module):
         Returns:
             (B, ...) samples.
         """
+        sampler = sampler or DDPMSampler()
         if x_T is None:
             if shape is None:
                 raise ValueError("give the sample shape or the starting noise x_T")
             parameter = next(self.denoiser.parameters())
-            x_T = draw_noise(generator, tuple(shape), parameter.device, parameter.dtype)
-        sampler = sampler or DDPMSampler()
+            x_T = sampler.temperature * draw_noise(generator, tuple(shape), parameter.device, parameter.dtype)
         project = inpainting.apply if inpainting is not None else None
 
         def predict(x: Tensor, t: int) -> Prediction:
-            return self.predict(x, t, cond, classifier_free, classifier)
+            return self.predict(x, t, cond, classifier_free, classifier, inpainting)
 
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             x = project(x_T) if project is not None else x_T

@@ -10,7 +10,8 @@ What they share lives here; each agent adds its own trajectory layout, guidance 
   sampler; inpainting of the current state (and a goal state); warm starts; sampling from the EMA
   with the agent's guidance.
 - :class:`ReturnConditionedPlanner` (Decision Diffuser, MADiff): plans conditioned on a normalised
-  return with classifier-free guidance; an inverse-dynamics model turns planned states into actions.
+  return with classifier-free guidance; an inverse-dynamics model (its EMA when acting) turns
+  planned states into actions.
 - :class:`PlanningAlgorithm`: the EMA's calendar (``ema_start``, ``ema_every``) and Decision
   Diffuser's gradient step ``(diffusion + inverse) / 2``.
 
@@ -118,6 +119,11 @@ class PlannerPolicy(RecedingHorizonPolicy):
         """The averaged model that plans."""
         return self.ema.module
 
+    def update_averages(self, step: int, start: int, every: int) -> None:
+        """Average the trained networks into the copies acting uses (the diffusion model here;
+        subclasses add theirs), on the algorithm's calendar (see :meth:`~diffgym.ema.EMA.update`)."""
+        self.ema.update(self.model, step, start, every)
+
     def states_of(self, x: Tensor) -> Tensor:
         """The state part of plans: (B, H, ..., x_dim) -> (B, H, ..., state_dim)."""
         return x[..., self.x_dim - self.state_dim :]
@@ -201,18 +207,25 @@ class PlannerPolicy(RecedingHorizonPolicy):
 
 class ReturnConditionedPlanner(PlannerPolicy):
     """Decision Diffuser's planning: plans conditioned on the normalised return-to-go, sampled with
-    classifier-free guidance toward ``target_return``; actions from an inverse-dynamics model
-    ``a_t = f(s_t, s_{t+1})`` on consecutive planned states.
+    classifier-free guidance toward a target return; actions from an inverse-dynamics model
+    ``a_t = f(s_t, s_{t+1})`` on consecutive planned states (its EMA, as DD and MADiff act with the
+    EMA of their whole model, inverse dynamics included).
 
     The return condition is a segment's discounted return-to-go as a fraction of the dataset's range
     of segment returns (:meth:`return_condition`, ``return_range`` fitted to the first dataset); the
-    denoiser's condition starts with it (B, 1). Subclasses call :meth:`_build_return_conditioning`
-    after :meth:`~PlannerPolicy._build_planner`; MADiff overrides :meth:`inverse_actions` (one model
-    per agent).
+    denoiser's condition starts with it (B, 1). Plans are conditioned on the ``target_quantile``
+    quantile of the dataset's segment returns (``return_target``, fitted with the range). DD and
+    MADiff condition on a fixed fraction of a hand-set return scale instead (DD: 0.9 on hopper);
+    a quantile means the same thing on every dataset (on our hopper-medium data DD's 0.9 of the
+    range is about the 0.65–0.7 quantile). Subclasses call :meth:`_build_return_conditioning` after
+    :meth:`~PlannerPolicy._build_planner`; MADiff overrides :meth:`inverse_actions` (one model per
+    agent).
     """
 
     inverse: nn.Module  # (B, ..., state_dim) twice -> (B, ..., A)
+    inverse_ema: EMA[nn.Module]  # its average, which acting uses
     return_range: Tensor  # (2,) lowest and highest segment return of the dataset
+    return_target: Tensor  # () the segment return plans are conditioned on
     model_optimizer: torch.optim.Optimizer  # the diffusion model's and the inverse dynamics'
 
     def _build_return_conditioning(
@@ -221,29 +234,44 @@ class ReturnConditionedPlanner(PlannerPolicy):
         lr_schedule: Schedule,
         cfg_weight: float,
         cond_drop_prob: float,
-        target_return: float,
+        target_quantile: float,
     ) -> None:
-        """Guidance settings, the inverse-dynamics model and one Adam for it and the diffusion model.
+        """Guidance settings, the inverse-dynamics model (and its EMA) and one Adam for it and the
+        diffusion model.
 
         Args:
             inverse: the inverse-dynamics network (built after the denoiser: initialisation order).
             lr_schedule: the learning rate (its value at the start).
             cfg_weight: classifier-free guidance weight w (Decision Diffuser, MADiff: 1.2).
             cond_drop_prob: probability of dropping the return condition in training (both: 0.25).
-            target_return: the return plans are conditioned on, in [0, 1] over the dataset's range.
+            target_quantile: plans are conditioned on this quantile of the dataset's segment returns.
         """
-        self.cfg_weight, self.cond_drop_prob, self.target_return = cfg_weight, cond_drop_prob, target_return
+        if not 0.0 <= target_quantile <= 1.0:
+            raise ValueError(f"target_quantile must be in [0, 1], got {target_quantile}")
+        self.cfg_weight, self.cond_drop_prob, self.target_quantile = (
+            cfg_weight,
+            cond_drop_prob,
+            target_quantile,
+        )
         self.inverse = inverse
+        self.inverse_ema = EMA(inverse, self.ema.decay)
         self.register_buffer("return_range", torch.tensor([0.0, 1.0]))  # (low, high) of segment returns
+        self.register_buffer("return_target", torch.tensor(1.0))
         self.model_optimizer = make_adam([*self.model.parameters(), *inverse.parameters()], lr=lr_schedule(1))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"model": self.model_optimizer}
 
+    def update_averages(self, step: int, start: int, every: int) -> None:
+        super().update_averages(step, start, every)
+        self.inverse_ema.update(self.inverse, step, start, every)
+
     def fit_to_segments(self, data: SegmentBatches) -> None:
-        """Observation statistics and the range of the segment returns."""
+        """Observation statistics, the range of the segment returns and the target return."""
         super().fit_to_segments(data)
-        self.return_range.copy_(torch.stack([data.returns.min(), data.returns.max()]))
+        returns = data.returns.double()
+        self.return_range.copy_(torch.stack([returns.min(), returns.max()]))
+        self.return_target.copy_(torch.quantile(returns.cpu(), self.target_quantile))
 
     def return_condition(self, returns: Tensor) -> Tensor:
         """Returns (B,) -> (B, 1) in [0, 1] over the dataset's range (DD's normalised return)."""
@@ -251,21 +279,27 @@ class ReturnConditionedPlanner(PlannerPolicy):
         return ((returns - low) / (high - low).clamp_min(1e-6)).unsqueeze(1)
 
     def target_condition(self, like: Tensor) -> Tensor:
-        """The return condition plans are sampled with: ``target_return`` for each row of ``like`` -> (B, 1)."""
-        return like.new_full((like.shape[0], 1), self.target_return)
+        """The return condition plans are sampled with (``return_target``'s) for each row of ``like``: (B, 1)."""
+        return self.return_condition(self.return_target.expand(like.shape[0]).to(like.dtype))
 
     def _classifier_free(self) -> ClassifierFreeGuidance:
         return ClassifierFreeGuidance(self.cfg_weight)
 
-    def inverse_actions(self, states: Tensor, next_states: Tensor) -> Tensor:
-        """Actions between consecutive states: (B, ..., state_dim) twice -> (B, ..., A) in [-1, 1]."""
-        return self.inverse(states, next_states)
+    def inverse_network(self, averaged: bool) -> nn.Module:
+        """The inverse-dynamics network being trained, or its EMA (``averaged``), which acting uses."""
+        return self.inverse_ema.module if averaged else self.inverse
+
+    def inverse_actions(self, states: Tensor, next_states: Tensor, averaged: bool = False) -> Tensor:
+        """Actions between consecutive states: (B, ..., state_dim) twice -> (B, ..., A) in [-1, 1],
+        by the trained network or (``averaged``) its EMA."""
+        return self.inverse_network(averaged)(states, next_states)
 
     def plan_actions(self, plans: Tensor) -> Tensor:
-        """(b, H, ..., x_dim) -> (b, n_action_steps, A) (a team: its agents' actions concatenated)."""
+        """(b, H, ..., x_dim) -> (b, n_action_steps, A) (a team: its agents' actions concatenated),
+        by the EMA of the inverse dynamics."""
         k = self.n_action_steps
         states = self.states_of(plans)
-        return self.inverse_actions(states[:, :k], states[:, 1 : k + 1]).flatten(2)
+        return self.inverse_actions(states[:, :k], states[:, 1 : k + 1], averaged=True).flatten(2)
 
 
 class PlanningAlgorithm(SequenceAlgorithm):
@@ -319,5 +353,6 @@ class PlanningAlgorithm(SequenceAlgorithm):
         return {"diffusion_loss": diffusion, "inverse_loss": inverse}
 
     def _update_ema(self) -> None:
-        """Copy, then average the model into its EMA on the calendar (``ema_start``, ``ema_every``)."""
-        self.policy.ema.update(self.policy.model, self._n_updates, self.ema_start, self.ema_every)
+        """Copy, then average the trained networks into their EMAs on the calendar (``ema_start``,
+        ``ema_every``; see :meth:`PlannerPolicy.update_averages`)."""
+        self.policy.update_averages(self._n_updates, self.ema_start, self.ema_every)

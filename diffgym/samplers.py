@@ -2,10 +2,12 @@
 
 Each sampler is a small frozen dataclass behind one protocol, :class:`Sampler`. It receives a
 ``predict(x_t, t) -> Prediction`` function (the model's clean-sample and noise estimates at step
-``t``, already guided and clipped by :class:`~diffgym.diffusion.GaussianDiffusion`) and knows only
-how to move from ``x_t`` to the next, less noisy, sample. Coefficients are Python floats
-computed from the schedule's float64 arrays: the whole batch shares one step, so there is no
-gather and no device sync in the loop. Sampling is differentiable whenever the caller keeps
+``t``, already guided and clipped by :class:`~diffgym.diffusion.GaussianDiffusion`, and the
+``x_t`` they are for: classifier guidance moves ``x_t`` before the network sees it) and knows only
+how to move from that ``x_t`` to the next, less noisy, sample. Its ``temperature`` scales the
+noise it injects (and the initial noise, which ``GaussianDiffusion.sample`` draws). Coefficients
+are Python floats computed from the schedule's float64 arrays: the whole batch shares one step, so
+there is no gather and no device sync in the loop. Sampling is differentiable whenever the caller keeps
 autograd on (Diffusion-QL backpropagates through the chain).
 
 Hand-written rather than taken from ``diffusers`` because the chain must be differentiable,
@@ -33,10 +35,11 @@ from diffgym.schedules import NoiseSchedule
 
 
 class Prediction(NamedTuple):
-    """A denoiser's estimates at one step, both of shape ``x_t.shape``."""
+    """A denoiser's estimates at one step and the sample they are for, all of shape ``x_t.shape``."""
 
     x0: Tensor  # the clean sample, clipped to the data bounds when the model has them
     eps: Tensor  # the noise, consistent with ``x0``: x_t = sqrt(ab) x0 + sqrt(1 - ab) eps
+    x_t: Tensor  # the noisy sample the estimates are for (moved by classifier guidance); steps start here
 
 
 PredictFn = Callable[[Tensor, int], Prediction]
@@ -111,9 +114,20 @@ def timestep_sequence(num_timesteps: int, num_steps: int, spacing: str) -> list[
 
 
 class Sampler(Protocol):
-    """Runs the reverse chain from ``x`` (pure noise, already inpainted) to a clean sample."""
+    """Runs the reverse chain from ``x`` (pure noise, already inpainted) to a clean sample.
+
+    ``temperature`` scales the sampler's noise: the initial ``x_T = temperature · N(0, I)`` (drawn
+    by ``GaussianDiffusion.sample``) and the noise each stochastic step injects (Decision
+    Diffuser samples at 0.5). 1 is the model's distribution; a deterministic sampler (DDIM with
+    ``eta=0``, DPM-Solver++) only starts from the scaled noise.
+    """
 
     name: ClassVar[str]
+
+    @property
+    def temperature(self) -> float:
+        """The noise scale (1: the model's distribution)."""
+        ...
 
     def sample(
         self,
@@ -151,6 +165,14 @@ def _from_start(sequence: list[int], start: int | None) -> list[int]:
     return [start, *(t for t in sequence if t < start)]
 
 
+def posterior_variance(schedule: NoiseSchedule, t: int) -> float:
+    """DDPM's posterior variance ``beta~_t = beta_t (1 - ab_{t-1}) / (1 - ab_t)`` of the training step
+    ``t`` (0 at t = 0), clipped below at 1e-20 as ``posterior_log_variance_clipped`` (Ho et al.,
+    Diffuser) and diffusers' ``fixed_small`` variance."""
+    ab, ab_prev = schedule.alpha_bar(t), schedule.alpha_bar(t - 1)
+    return max(schedule.betas_np[t] * (1 - ab_prev) / (1 - ab), 1e-20)
+
+
 def _finish_step(x: Tensor, t: int, project: ProjectFn | None, on_step: StepCallback | None) -> Tensor:
     if project is not None:
         x = project(x)
@@ -168,6 +190,7 @@ class DDPMSampler:
     """
 
     name: ClassVar[str] = "ddpm"
+    temperature: float = 1.0  # scale of the initial and injected noise (Decision Diffuser: 0.5)
 
     def steps(self, num_timesteps: int) -> int:
         return num_timesteps
@@ -183,13 +206,13 @@ class DDPMSampler:
         start: int | None = None,
     ) -> Tensor:
         for t in reversed(range(_last_step(schedule, start) + 1)):
-            x0 = predict(x, t).x0
+            x0, _, x = predict(x, t)
             ab, ab_prev, beta = schedule.alpha_bar(t), schedule.alpha_bar(t - 1), schedule.betas_np[t]
             x = (math.sqrt(ab_prev) * beta / (1 - ab)) * x0 + (
                 math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab)
             ) * x
             if t > 0:
-                std = math.sqrt(max(beta * (1 - ab_prev) / (1 - ab), 1e-20))
+                std = self.temperature * math.sqrt(posterior_variance(schedule, t))
                 x = x + std * draw_noise(generator, x.shape, x.device, x.dtype)
             x = _finish_step(x, t, project, on_step)
         return x
@@ -213,6 +236,7 @@ class DDIMSampler:
     num_steps: int = 10  # denoiser calls per sample
     eta: float = 0.0  # 0: deterministic DDIM; 1: DDPM-like stochasticity
     spacing: str = "trailing"  # which training steps are visited (see timestep_sequence)
+    temperature: float = 1.0  # scale of the initial noise and, with eta > 0, of the injected noise
 
     def steps(self, num_timesteps: int) -> int:
         return self.num_steps
@@ -229,12 +253,12 @@ class DDIMSampler:
     ) -> Tensor:
         sequence = _from_start(timestep_sequence(schedule.num_timesteps, self.num_steps, self.spacing), start)
         for t, t_prev in zip(sequence, [*sequence[1:], -1], strict=True):
-            x0, eps = predict(x, t)
+            x0, eps, _ = predict(x, t)  # eps is that of the guided x_t
             ab, ab_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
             sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
             x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
             if self.eta > 0:
-                x = x + sigma * draw_noise(generator, x.shape, x.device, x.dtype)
+                x = x + (self.temperature * sigma) * draw_noise(generator, x.shape, x.device, x.dtype)
             x = _finish_step(x, t, project, on_step)
         return x
 
@@ -251,6 +275,7 @@ class DPMSolverSampler:
     name: ClassVar[str] = "dpm_solver"
     num_steps: int = 10  # denoiser calls per sample
     spacing: str = "linspace"  # diffusers' default for DPM-Solver; starts at T-1
+    temperature: float = 1.0  # scale of the initial noise (the solver injects none)
 
     def steps(self, num_timesteps: int) -> int:
         return self.num_steps
@@ -269,7 +294,7 @@ class DPMSolverSampler:
         previous_x0: Tensor | None = None
         previous_h = 0.0
         for t, t_next in zip(sequence, [*sequence[1:], -1], strict=True):
-            x0 = predict(x, t).x0
+            x0, _, x = predict(x, t)
             if t_next < 0:  # sigma_next = 0: the first-order update is exactly x0
                 x = _finish_step(x0, t, project, on_step)
                 break

@@ -21,7 +21,7 @@ history, then executing several of its actions before planning again.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -223,14 +223,20 @@ class SequenceAlgorithm(OfflineAlgorithm):
             horizon=self.policy.segment_horizon,
             discount=self.gamma,
             pad_before=self.policy.pad_before,
+            **self._segment_options(),
         )
         if len(segments) == 0:
             raise ValueError(f"{dataset.id} has no segment of {self.policy.segment_horizon} steps")
         return SegmentBatches(segments.rows(), segments.horizon, self.policy, self.device)
 
+    def _segment_options(self) -> dict[str, Any]:
+        """Further :class:`~diffgym.data.SegmentDataset` arguments (``use_padding``, ``join_episodes``,
+        ``termination_penalty``); none here: padded episodes, no penalty."""
+        return {}
+
     def _fit_normalizers(self) -> None:
         self.policy.fit_to_segments(self._offline)
 
     def _prepare_batch(self, batch: SegmentSamples) -> SegmentSamples:
-        """Normalise observations (returns are normalised by the policy's own statistics)."""
+        """Normalise observations (returns stay raw: each policy scales them its own way)."""
         return batch._replace(observations=self.policy.obs_normalizer.normalize(batch.observations))

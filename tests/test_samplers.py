@@ -4,6 +4,7 @@ Both run in float64 with the same schedule constants, so any difference is the a
 not float32 rounding accumulated over a hundred steps.
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -125,8 +126,66 @@ def test_seeded_sampling_reproduces(schedule):
     torch.testing.assert_close(first, again, rtol=0, atol=0)
 
 
+class ZeroX0(nn.Module):
+    """An x0-predictor that always says 0: every sampler's chain is then linear in its noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros((), dtype=torch.float64))  # device and dtype of samples
+
+    def forward(self, x, t, cond=None, cond_mask=None):
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        DDPMSampler(),
+        DDIMSampler(num_steps=5, eta=1.0),
+        DDIMSampler(num_steps=5),
+        DPMSolverSampler(num_steps=5),
+    ],
+    ids=["ddpm", "ddim-eta1", "ddim", "dpm_solver"],
+)
+def test_temperature_scales_the_initial_and_every_injected_noise(schedule, sampler):
+    """With the chain linear in its noise, a sample at temperature tau is tau times the sample at 1
+    from the same draws only if both x_T and each step's noise are scaled."""
+    model = GaussianDiffusion(ZeroX0(), schedule, "sample")
+
+    def draw(temperature):
+        cold = dataclasses.replace(sampler, temperature=temperature)
+        return model.sample((BATCH, DIM), sampler=cold, generator=torch.Generator().manual_seed(3))
+
+    torch.testing.assert_close(draw(0.5), 0.5 * draw(1.0), rtol=1e-12, atol=1e-12)
+
+
+def test_ddpm_at_temperature_half_is_decision_diffusers_p_sample_loop(schedule):
+    """Decision Diffuser's ``p_sample_loop``: ``x = 0.5 randn``, each step ``mean + std · 0.5 randn``."""
+    model = GaussianDiffusion(TinyNet(), schedule, "epsilon", clip_range=(-1.0, 1.0))
+    generator = torch.Generator().manual_seed(4)
+    x = 0.5 * torch.randn(BATCH, DIM, generator=generator, dtype=torch.float64)
+    for t in reversed(range(T)):
+        ab, ab_prev, beta = schedule.alpha_bar(t), schedule.alpha_bar(t - 1), schedule.betas_np[t]
+        eps = model.denoiser(x, torch.full((BATCH,), t))
+        x0 = ((x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).clamp(-1, 1)
+        mean = beta * math.sqrt(ab_prev) / (1 - ab) * x0 + (1 - ab_prev) * math.sqrt(1 - beta) / (1 - ab) * x
+        std = math.sqrt(max(beta * (1 - ab_prev) / (1 - ab), 1e-20))
+        x = mean + (
+            std * 0.5 * torch.randn(BATCH, DIM, generator=generator, dtype=torch.float64) if t > 0 else 0
+        )
+    ours = model.sample(
+        (BATCH, DIM), sampler=DDPMSampler(temperature=0.5), generator=torch.Generator().manual_seed(4)
+    )
+    torch.testing.assert_close(ours, x, rtol=1e-9, atol=1e-10)
+
+
 def test_sampler_config_round_trip():
-    for sampler in (DDPMSampler(), DDIMSampler(num_steps=7, eta=0.3), DPMSolverSampler(num_steps=12)):
+    for sampler in (
+        DDPMSampler(),
+        DDIMSampler(num_steps=7, eta=0.3),
+        DPMSolverSampler(num_steps=12),
+        DDPMSampler(temperature=0.5),
+    ):
         assert make_sampler(sampler_config(sampler)) == sampler
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         make_sampler("euler")

@@ -7,6 +7,7 @@ from diffgym.wrappers.synther import (
     SynthERConfig,
     SyntheticTransitions,
     TransitionDiffusion,
+    fit_observation_normalizer,
     synthesize_dataset,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "TeamPolicy",
     "TransitionDiffusion",
     "evaluate_team",
+    "fit_observation_normalizer",
     "make_chunked_env",
     "synthesize_dataset",
 ]

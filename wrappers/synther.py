@@ -11,7 +11,9 @@ un-normalised, actions clipped to their bounds, observations to the observation 
 bounds, and ``done`` thresholded at 0.5 (SynthER's ``terminal_threshold``).
 
 CPU defaults (:class:`SynthERConfig`) and the deliberate differences from the paper are listed on
-the config; :class:`~diffgym.wrappers.DiffusionReplayBuffer` uses this model online.
+the config; :class:`~diffgym.wrappers.DiffusionReplayBuffer` uses this model online. An offline agent
+trained on the synthetic data standardises its observations with the real data's statistics, as
+SynthER's do: :func:`fit_observation_normalizer`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ from minari import MinariDataset
 from minari.data_collector import EpisodeBuffer
 from torch import Tensor, nn
 
-from diffgym.data import DatasetLike, load_dataset, load_transitions
+from diffgym.data import DatasetLike, check_spaces, flatten_observations, load_dataset, load_transitions
 from diffgym.data.minari_writer import write_dataset
 from diffgym.denoisers import ResidualMLPDenoiser
 from diffgym.diffusion import GaussianDiffusion, PredictionType
@@ -40,7 +42,16 @@ from diffgym.normalizers import GaussianNormalizer
 from diffgym.samplers import Sampler, make_sampler
 from diffgym.schedules import NoiseSchedule
 
-__all__ = ["SynthERConfig", "SyntheticTransitions", "TransitionDiffusion", "synthesize_dataset"]
+if TYPE_CHECKING:
+    from diffgym.algorithm import OfflineAlgorithm
+
+__all__ = [
+    "SynthERConfig",
+    "SyntheticTransitions",
+    "TransitionDiffusion",
+    "fit_observation_normalizer",
+    "synthesize_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,9 @@ class SynthERConfig:
     prediction: PredictionType = "sample"  # the network predicts x0 ("epsilon": the noise; see above)
     train_steps: int = 3000  # gradient steps per (re)training (SynthER: 100k on a GPU)
     batch_size: int = 256  # transitions per gradient step (SynthER: 256 online and below 800k rows)
-    learning_rate: float = 3e-4  # AdamW, cosine-annealed to 0 over train_steps (SynthER's)
+    # AdamW without weight decay (SynthER's Trainer.weight_decay = 0), cosine-annealed to 0 over
+    # train_steps (SynthER's)
+    learning_rate: float = 3e-4
     adam_betas: tuple[float, float] = (0.9, 0.99)  # SynthER's (denoising-diffusion-pytorch's)
     grad_clip: float = 1.0  # global gradient-norm clip (SynthER's)
     ema_decay: float = 0.995  # EMA of the weights used for sampling (SynthER's 0.995)
@@ -252,7 +265,9 @@ class TransitionDiffusion(nn.Module):
     def _train(self, rows: Tensor, generator: torch.Generator) -> list[Tensor]:
         c = self.config
         model = GaussianDiffusion(self.denoiser, self.schedule, prediction=c.prediction)
-        optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=c.learning_rate, betas=c.adam_betas)
+        optimizer = torch.optim.AdamW(  # SynthER's weight_decay = 0 (torch's AdamW default: 0.01)
+            self.denoiser.parameters(), lr=c.learning_rate, betas=c.adam_betas, weight_decay=0.0
+        )
         annealing = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cosine_decay(1 - step / c.train_steps)
         )
@@ -327,8 +342,10 @@ def synthesize_dataset(
     its reference returns; its metadata names the source (``synthetic_source``), the config
     (``synthesis_config``), and the fit's loss and the time each stage took (``synthesis``).
 
-    Agents that scale rewards by the spread of *episode* returns (IDQL's ``reward_scale="iql"``)
-    see one-step episodes here: pass the scale computed on the source dataset instead.
+    Statistics come from the real data in SynthER: an agent trained on the new dataset should
+    standardise its observations with the source's (:func:`fit_observation_normalizer`), and agents
+    that scale rewards by the spread of *episode* returns (IDQL's ``reward_scale="iql"``) see one-step
+    episodes here: pass the scale computed on the source dataset instead.
 
     Args:
         dataset: anything :func:`~diffgym.data.load_dataset` accepts, with Box observation and
@@ -366,6 +383,31 @@ def synthesize_dataset(
         }
     )
     return created
+
+
+def fit_observation_normalizer(model: OfflineAlgorithm, dataset: DatasetLike) -> None:
+    """Standardise ``model``'s observations with the statistics of the real ``dataset``.
+
+    An agent fits its observation normaliser to the first dataset it is given, so one built on a
+    synthetic dataset would use the synthetic data's mean and std. SynthER's agents use the real
+    data's: its TD3+BC (``synther/corl/algorithms/td3_bc.py``, ``train``) computes
+    ``compute_mean_std(dataset["observations"], eps=1e-3)`` on the D4RL dataset and normalises the
+    env's and the synthetic buffer's states with it (``prepare_replay_buffer(...,
+    state_normalizer=StateNormalizer(state_mean, state_std))``). Call this after building the agent
+    on the synthetic data and before ``learn``::
+
+        model = TD3BC("MlpPolicy", env, dataset="synther/hopper-medium-v0")
+        fit_observation_normalizer(model, "mujoco/hopper/medium-v0")
+
+    Args:
+        model: an offline agent (its ``policy.fit_normalizer`` is refitted; saved with the model).
+        dataset: the real dataset, anything :func:`~diffgym.data.load_dataset` accepts, with the
+            model's observation space.
+    """
+    source = load_dataset(dataset)
+    check_spaces(source.observation_space, model.observation_space, "observation")
+    observations = flatten_observations(load_transitions(source).observations, model.observation_space)
+    model.policy.fit_normalizer(torch.as_tensor(observations, dtype=torch.float32, device=model.device))
 
 
 def fit_on_dataset(

@@ -25,6 +25,10 @@ POLICIES: dict[Mode, type[SingleAgentPlanner]] = {
 }
 
 
+#: how the planners cut training windows from the data (saved with the model)
+SEGMENT_OPTIONS = ("termination_penalty", "use_padding", "join_episodes")
+
+
 def _mode_settings(mode: Mode) -> set[str]:
     """The settings only ``mode``'s policy takes (its ``_build_mode``'s arguments)."""
     return set(inspect.signature(POLICIES[mode]._build_mode).parameters) - {"self", "lr_schedule"}
@@ -51,17 +55,22 @@ class DiffuserPlanner(PlanningAlgorithm):
 
     - **Diffuser** (:meth:`_update_diffusion`, :meth:`_update_value`): the temporal U-Net learns to
       denoise ``[action, state]`` trajectories, x0-prediction, the first action's loss weighted by
-      ``action_weight``; the value network regresses the standardised discounted return-to-go
-      (discount ``gamma``) of the segment from its noisy version at a random step.
+      ``action_weight``; the value network regresses the raw discounted return-to-go (discount
+      ``gamma``) of the segment from its noisy version at a random step (Diffuser's
+      ``ValueDataset(normed=False)``).
     - **Decision Diffuser** (:meth:`~diffgym.planning.PlanningAlgorithm._update_return_conditioned`):
       the U-Net denoises state trajectories conditioned on the segment's normalised return, the
       condition dropped with probability ``cond_drop_prob``; the inverse-dynamics model regresses
       ``a_t`` from ``(s_t, s_{t+1})`` on real steps; the two losses are averaged (DD's
       ``(diffusion + inverse) / 2``).
-    - The EMA of the diffusion model starts after ``ema_start`` steps, updated every ``ema_every``.
+    - The EMA of the diffusion model (and Diffuser's value network: its value trainer keeps one on the
+      same calendar, and plans with it) starts after ``ema_start`` steps, updated every ``ema_every``.
 
-    Acting inpaints the current state, samples plans, keeps the best by value (Diffuser) or recovers
-    actions by inverse dynamics (DD), and executes ``n_action_steps`` of them. ``predict`` follows
+    Acting inpaints the current state, samples plans from the EMA model (Diffuser: nudging each
+    noisy plan ``n_guide_steps`` times by ``guide_scale · beta~_t · ∇V`` of the EMA value, as its
+    ``n_step_guided_p_sample``; DD: at temperature 0.5, as its ``p_sample_loop``), keeps the best by
+    value (Diffuser) or recovers actions by inverse dynamics (DD), and executes ``n_action_steps`` of
+    them. ``predict`` follows
     SB3's recurrent-policy convention: pass the returned state back (``evaluate_policy`` does) to
     execute a plan over several steps.
 
@@ -69,14 +78,20 @@ class DiffuserPlanner(PlanningAlgorithm):
 
     - Diffuser: observations are standardised (its locomotion normaliser; its maze2d setting uses
       min-max limits), actions scaled to [-1, 1] by the action bounds; x0 is not clipped.
-      DD: observations are mapped to [-1, 1] by the data's min and max and x0 is clipped there; DD
-      maps them by each dimension's empirical CDF instead, which spreads heavy-tailed dimensions.
-    - The value network pools over the horizon (see :class:`~diffgym.denoisers.TemporalValueNet`)
-      and learns the standardised return, so ``guide_scale`` is in standard deviations of return;
-      guidance is one score-form step per denoising step (Diffuser takes ``n_guide_steps=2``
-      gradient steps on the mean).
+      DD: observations through each dimension's empirical CDF, from quantile knots (see
+      :class:`~diffgym.normalizers.CDFNormalizer`), x0 clipped to [-1, 1].
+    - ``batch_size`` 64 is one batch where both papers accumulate the gradients of two batches of 32
+      (``gradient_accumulate_every=2``): the same mean gradient per optimiser step.
+    - The value network pools over the horizon (see :class:`~diffgym.denoisers.TemporalValueNet`).
+      With a few-step sampler (DDIM, DPM-Solver++) the value nudge is applied only at the visited
+      training steps, each with Diffuser's ``beta~_t`` of that step (see
+      :class:`~diffgym.guidance.ClassifierGuidance`): less guidance in total than DDPM's at one scale.
     - DD's return condition is the return's position in the dataset's range ([0, 1]), where DD
-      divides by a hand-set per-task scale; DD's history conditioning is not used (one state).
+      divides by a hand-set per-task scale, and plans target a quantile of the data's returns
+      (``target_quantile``) where DD sets a fraction of that scale; DD's history conditioning is not
+      used (one state).
+    - Returns add ``termination_penalty`` (-100, as both papers' datasets) to the reward of a step
+      that ends its episode by termination (not truncation) before discounting.
     - Diffuser's maze2d execution (one plan per episode, followed by a PD controller on the planned
       states) is ``policy_kwargs=dict(tracking=(1.0, 1.0), n_action_steps=<episode length>)``; by
       default the planned actions are executed and the plan redrawn every ``n_action_steps``.
@@ -89,11 +104,17 @@ class DiffuserPlanner(PlanningAlgorithm):
     Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
         mode: ``"diffuser"`` or ``"decision_diffuser"``: which policy (saved with the model).
         learning_rate: Adam learning rate (Diffuser: 2e-4; DD: 2e-4).
-        batch_size: segments per gradient step (Diffuser: 32; DD: 32).
+        batch_size: segments per gradient step (Diffuser, DD: 32 × 2 accumulated batches = 64).
         gamma: discount of the returns the value (or return condition) learns (Diffuser's value: 0.997
             on locomotion; DD: 0.99).
         ema_start: gradient steps before the EMA starts averaging (Diffuser: 2000).
         ema_every: gradient steps between EMA updates (Diffuser: 10).
+        termination_penalty: added to the reward of a terminal step before the returns are
+            discounted (Diffuser's value and DD: -100; see :class:`~diffgym.data.SegmentDataset`).
+        use_padding, join_episodes: how training windows are cut from the data (see
+            :class:`~diffgym.data.SegmentDataset`): Diffuser's locomotion pads episode ends
+            (``True``, ``False``); its maze2d takes windows of real consecutive steps of the continual
+            stream (``False``, ``True``: goal legs that continue one another are joined).
         policy_kwargs: the policy's settings; those only the other mode's policy takes are ignored,
             so that one dict serves both modes.
     """
@@ -103,7 +124,7 @@ class DiffuserPlanner(PlanningAlgorithm):
         "MultiInputPolicy": DiffuserPolicy,
     }
     policy: SingleAgentPlanner
-    saved_hyperparameters = (*PlanningAlgorithm.saved_hyperparameters, "mode")
+    saved_hyperparameters = (*PlanningAlgorithm.saved_hyperparameters, "mode", *SEGMENT_OPTIONS)
 
     def __init__(
         self,
@@ -112,10 +133,13 @@ class DiffuserPlanner(PlanningAlgorithm):
         dataset: DatasetLike | None = None,
         mode: Mode = "diffuser",
         learning_rate: float = 2e-4,
-        batch_size: int = 32,
+        batch_size: int = 64,
         gamma: float = 0.997,
         ema_start: int = 2000,
         ema_every: int = 10,
+        termination_penalty: float = -100.0,
+        use_padding: bool = True,
+        join_episodes: bool = False,
         policy_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -124,6 +148,8 @@ class DiffuserPlanner(PlanningAlgorithm):
         if not isinstance(policy, str) and not issubclass(policy, POLICIES[mode]):
             raise TypeError(f"mode {mode!r} plans with a {POLICIES[mode].__name__}, got {policy.__name__}")
         self.mode = mode
+        self.termination_penalty = float(termination_penalty)
+        self.use_padding, self.join_episodes = use_padding, join_episodes
         super().__init__(
             policy,
             env,
@@ -136,6 +162,10 @@ class DiffuserPlanner(PlanningAlgorithm):
             policy_kwargs=_settings_of_mode(mode, policy_kwargs),
             **kwargs,
         )
+
+    def _segment_options(self) -> dict[str, Any]:
+        """Segments as Diffuser's and DD's datasets build them (see :class:`~diffgym.data.SegmentDataset`)."""
+        return {name: getattr(self, name) for name in SEGMENT_OPTIONS}
 
     def _get_policy_from_name(self, policy_name: str) -> type[BasePolicy]:
         """``"MlpPolicy"`` and ``"MultiInputPolicy"`` name the policy of ``mode``."""
@@ -176,8 +206,9 @@ class DiffuserPlanner(PlanningAlgorithm):
         return {"diffusion_loss": loss}
 
     def _update_value(self, batch: SegmentSamples, x0: Tensor, inpainting: Inpainting) -> dict[str, Tensor]:
-        """The value network regresses the segment's standardised return from its noisy version at a
-        random step (inpainted, as sampling sees it), so that it can guide every denoising step."""
+        """The value network regresses the segment's raw discounted return (as Diffuser's value, so that
+        ``guide_scale`` means Diffuser's ``scale``) from its noisy version at a random step (inpainted,
+        as sampling sees it), so that it can guide every denoising step."""
         policy = self.policy
         assert isinstance(policy, DiffuserPolicy)
         assert policy.value is not None and policy.value_optimizer is not None
@@ -187,8 +218,7 @@ class DiffuserPlanner(PlanningAlgorithm):
         )
         noise = torch.randn(x0.shape, generator=self.generator, device=self.device)
         noisy = inpainting.apply(model.schedule.q_sample(x0, t, noise))
-        target = policy.value_normalizer.normalize(batch.returns[:, None]).squeeze(1)
-        loss = F.mse_loss(policy.value(noisy, t), target)
+        loss = F.mse_loss(policy.value(noisy, t), batch.returns)
         policy.value_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         policy.value_optimizer.step()
@@ -198,9 +228,14 @@ class DiffuserPlanner(PlanningAlgorithm):
 class DecisionDiffuser(DiffuserPlanner):
     """Decision Diffuser as an algorithm of its own: ``DiffuserPlanner(mode="decision_diffuser")``
     (see :class:`DiffuserPlanner`), with DD's discount of the returns it conditions on (0.99) as
-    the default."""
+    the default. Plans are sampled at DD's temperature 0.5 (``x_T = 0.5 · N(0, I)``, each DDPM
+    step's noise halved) unless ``policy_kwargs["sampler"]`` names a ``temperature``."""
 
-    saved_hyperparameters = PlanningAlgorithm.saved_hyperparameters
+    policy_aliases: ClassVar[dict[str, type]] = {
+        "MlpPolicy": DecisionDiffuserPolicy,
+        "MultiInputPolicy": DecisionDiffuserPolicy,
+    }
+    saved_hyperparameters = (*PlanningAlgorithm.saved_hyperparameters, *SEGMENT_OPTIONS)
 
     def __init__(
         self,

@@ -13,12 +13,12 @@ from torch import Tensor, nn
 
 from diffgym.denoisers import TemporalUnet, TemporalValueNet
 from diffgym.diffusion import PredictionType
+from diffgym.ema import EMA
 from diffgym.guidance import ClassifierGuidance
 from diffgym.networks import InverseDynamics, make_adam
-from diffgym.normalizers import GaussianNormalizer, NormalizerKind
+from diffgym.normalizers import NormalizerKind
 from diffgym.planning import PlannerPolicy, ReturnConditionedPlanner
 from diffgym.samplers import Randomness, StepCallback
-from diffgym.trajectory import SegmentBatches
 
 Mode = Literal["diffuser", "decision_diffuser"]
 
@@ -65,7 +65,10 @@ class SingleAgentPlanner(PlannerPolicy):
         prediction: ``"sample"`` (x0: Diffuser) or ``"epsilon"`` (DD); None: the paper's. At CPU
             budgets x0 is the better DD choice (measured; see zoo/results/README.md).
         dim, dim_mults: U-Net width and multipliers (Diffuser: 32, (1, 2, 4, 8); maze2d (1, 4, 8); DD 128, (1, 4, 8)).
-        sampler: sampler used to plan (``"ddpm"`` as the papers, or e.g. ``{"name": "ddim", "num_steps": 5}``).
+        sampler: sampler used to plan (``"ddpm"`` as the papers, or e.g. ``{"name": "ddim", "num_steps": 5}``);
+            its ``temperature`` (scale of the initial and injected noise, see :class:`~diffgym.samplers.Sampler`)
+            is the mode's paper's (Diffuser 1, DD 0.5) unless the config names one, e.g.
+            ``{"name": "ddpm", "temperature": 1.0}``.
         n_action_steps: actions executed per plan (1: replan every step, as both papers on locomotion;
             with ``tracking`` it may exceed the horizon, as Diffuser's maze2d plans once per episode).
         warm_start_steps: noise level (training steps) a continuing plan is re-noised to; 0: always cold.
@@ -82,11 +85,12 @@ class SingleAgentPlanner(PlannerPolicy):
             vector (in DD after the return, and dropped with it), so every step of the plan sees them
             from the first denoising step. Both papers condition on states by inpainting alone, which
             the network learns to propagate only slowly (measured; see zoo/results/README.md).
-        normalizer: ``"gaussian"`` (standardise observations: Diffuser's locomotion setting) or
+        normalizer: ``"gaussian"`` (standardise observations: Diffuser's locomotion setting),
             ``"limits"`` (map the data's range to [-1, 1] and clip every x0 estimate to it: Diffuser's
-            maze2d ``LimitsNormalizer`` with ``clip_denoised=True``, and DD's ``clip_denoised`` on
-            its [-1, 1] CDF normaliser). None: ``"gaussian"`` for Diffuser, ``"limits"`` for DD, whose
-            ε-prediction on the cosine schedule diverges unclipped (the last DDPM step multiplies by
+            maze2d ``LimitsNormalizer`` with ``clip_denoised=True``) or ``"cdf"`` (each dimension
+            through its empirical CDF to [-1, 1], x0 clipped there: DD's ``CDFNormalizer`` with
+            ``clip_denoised``). None: ``"gaussian"`` for Diffuser, ``"cdf"`` for DD (whose
+            ε-prediction on the cosine schedule diverges unclipped: the last DDPM step multiplies by
             1 / sqrt(alpha_T) ≈ 32; measured, see zoo/results/README.md).
         deterministic_seed, normalize_observations: see :class:`~diffgym.policies.AgentPolicy`.
     """
@@ -95,6 +99,7 @@ class SingleAgentPlanner(PlannerPolicy):
     plans_actions: ClassVar[bool] = False  # a planned step is [action, state] (Diffuser), else the state
     paper_prediction: ClassVar[PredictionType]  # the paper's choice, for prediction=None
     paper_normalizer: ClassVar[NormalizerKind]  # the paper's choice, for normalizer=None
+    paper_temperature: ClassVar[float]  # the paper's sampling temperature, for a sampler config naming none
     n_plans: int = 1  # plans sampled per decision
 
     def _build(
@@ -133,7 +138,7 @@ class SingleAgentPlanner(PlannerPolicy):
             num_timesteps=num_timesteps,  # on the cosine schedule: both papers'
             prediction=prediction or self.paper_prediction,
             normalizer=normalizer or self.paper_normalizer,
-            sampler=sampler,
+            sampler=self._sampler_config(sampler),
             ema_decay=ema_decay,
             n_action_steps=n_action_steps,
             warm_start_steps=warm_start_steps,
@@ -144,6 +149,19 @@ class SingleAgentPlanner(PlannerPolicy):
     @abstractmethod
     def _build_mode(self, lr_schedule: Schedule) -> None:
         """The mode's own networks and optimizers, from its own ``policy_kwargs``."""
+
+    @classmethod
+    def _sampler_config(cls, sampler: str | dict[str, Any]) -> dict[str, Any]:
+        """``sampler`` as a config, at the mode's paper's temperature unless it names one.
+
+        >>> DecisionDiffuserPolicy._sampler_config("ddpm")
+        {'name': 'ddpm', 'temperature': 0.5}
+        >>> DecisionDiffuserPolicy._sampler_config({"name": "ddim", "num_steps": 5, "temperature": 1.0})
+        {'name': 'ddim', 'num_steps': 5, 'temperature': 1.0}
+        """
+        config: dict[str, Any] = {"name": sampler} if isinstance(sampler, str) else dict(sampler)
+        config.setdefault("temperature", cls.paper_temperature)
+        return config
 
     # ------------------------------------------------------------------ conditioning
 
@@ -254,10 +272,18 @@ class DiffuserPolicy(SingleAgentPlanner):
     the one with the highest value is kept; the planned actions are executed (or, with ``tracking``,
     the planned states are followed). x0-prediction on standardised observations by default.
 
+    The value regresses the raw discounted return (Diffuser's ``ValueDataset(normed=False)``), so
+    ``guide_scale`` is Diffuser's ``scale``; guidance and the choice among plans use the EMA of the
+    value network (:attr:`value_ema`, averaged on the diffusion model's calendar), as Diffuser plans
+    with its value trainer's ``ema`` model. Guidance is Diffuser's x_t nudge
+    (:class:`~diffgym.guidance.ClassifierGuidance`).
+
     Args (``policy_kwargs``, besides :class:`SingleAgentPlanner`'s):
         n_plans: plans sampled per decision, the best by value kept (Diffuser: 64; 1 with no value).
-        guide_scale: classifier-guidance scale on the standardised value (Diffuser: 0.1); 0 disables.
+        guide_scale: step size of the value-gradient nudges of x_t, in return units (Diffuser's
+            ``scale``: 0.1 on locomotion); 0 disables guidance.
         guide_stop_below: no guidance at steps t < this (Diffuser's ``t_stopgrad``: 2).
+        n_guide_steps: value-gradient nudges per denoising step (Diffuser: 2).
         action_weight: loss weight of the first action (Diffuser: 10 locomotion, 1 maze2d).
         value_dim, value_dim_mults: the value network's width (Diffuser: as the U-Net).
     """
@@ -266,7 +292,9 @@ class DiffuserPolicy(SingleAgentPlanner):
     plans_actions = True
     paper_prediction = "sample"
     paper_normalizer = "gaussian"
-    value: nn.Module | None  # (B, H, x_dim), t (B,) -> (B,) standardised return; None: no guidance or choice
+    paper_temperature = 1.0
+    value: nn.Module | None  # (B, H, x_dim), t (B,) -> (B,) raw return; None: no guidance or choice
+    value_ema: EMA[nn.Module] | None  # its average, which guides and chooses plans
     loss_weights: Tensor  # (H, x_dim) per-entry diffusion loss weights
 
     def _build_mode(
@@ -275,18 +303,20 @@ class DiffuserPolicy(SingleAgentPlanner):
         n_plans: int = 64,
         guide_scale: float = 0.1,
         guide_stop_below: int = 2,
+        n_guide_steps: int = 2,
         action_weight: float = 10.0,
         value_dim: int = 32,
         value_dim_mults: tuple[int, ...] = (1, 2, 4, 8),
     ) -> None:
         self.n_plans = n_plans
         self.guide_scale, self.guide_stop_below = guide_scale, guide_stop_below
+        self.n_guide_steps = n_guide_steps
         weights = torch.ones(self.segment_horizon, self.x_dim)
         weights[0, : self.action_dim] = action_weight
         self.register_buffer("loss_weights", weights)
         uses_value = guide_scale > 0 or n_plans > 1
         self.value = TemporalValueNet(self.x_dim, value_dim, value_dim_mults) if uses_value else None
-        self.value_normalizer = GaussianNormalizer(1)
+        self.value_ema = EMA(self.value, self.ema.decay) if self.value is not None else None
         self.model_optimizer = make_adam(self.model.parameters(), lr=lr_schedule(1))
         self.value_optimizer = (
             make_adam(self.value.parameters(), lr=lr_schedule(1)) if self.value is not None else None
@@ -298,10 +328,13 @@ class DiffuserPolicy(SingleAgentPlanner):
             named["value"] = self.value_optimizer
         return named
 
-    def fit_to_segments(self, data: SegmentBatches) -> None:
-        """Observation statistics and those of the segment returns the value learns (standardised)."""
-        super().fit_to_segments(data)
-        self.value_normalizer.load_state_dict(GaussianNormalizer.fit(data.returns[:, None]).state_dict())
+    def update_averages(self, step: int, start: int, every: int) -> None:
+        """The diffusion model's EMA and the value network's, on the same calendar (Diffuser trains its
+        value with the same ``Trainer``: ``step_start_ema`` 2000, ``update_ema_every`` 10)."""
+        super().update_averages(step, start, every)
+        if self.value_ema is not None:
+            assert self.value is not None
+            self.value_ema.update(self.value, step, start, every)
 
     def unet_condition(self, first: Tensor, last: Tensor | None) -> Tensor | None:
         """The U-Net's condition: with ``endpoint_condition`` the inpainted states (B, S or 2 S), else None."""
@@ -315,49 +348,60 @@ class DiffuserPolicy(SingleAgentPlanner):
         """(b, H, x_dim) -> (b, n_action_steps, A) in [-1, 1]: the planned actions."""
         return plans[:, : self.n_action_steps, : self.action_dim].clamp(-1.0, 1.0)
 
+    @property
+    def ema_value(self) -> nn.Module | None:
+        """The averaged value network that guides and chooses plans (None: no value)."""
+        return None if self.value_ema is None else self.value_ema.module
+
     def _classifier(self) -> ClassifierGuidance | None:
-        if self.value is None or self.guide_scale == 0:
+        if self.ema_value is None or self.guide_scale == 0:
             return None
-        return ClassifierGuidance(self.value, self.guide_scale, self.guide_stop_below)
+        return ClassifierGuidance(self.ema_value, self.guide_scale, self.guide_stop_below, self.n_guide_steps)
 
     def _best(self, plans: Tensor) -> Tensor:
-        """(b, n, H, x_dim) -> (b, H, x_dim): the plan with the highest value (the only one if n = 1)."""
-        if plans.shape[1] == 1 or self.value is None:
+        """(b, n, H, x_dim) -> (b, H, x_dim): the plan with the highest (EMA) value at t = 0 (the only
+        one if n = 1)."""
+        if plans.shape[1] == 1 or self.ema_value is None:
             return plans[:, 0]
         b, n = plans.shape[:2]
         flat = plans.flatten(0, 1)
-        values = self.value(flat, torch.zeros(b * n, dtype=torch.long, device=flat.device)).view(b, n)
+        values = self.ema_value(flat, torch.zeros(b * n, dtype=torch.long, device=flat.device)).view(b, n)
         return plans[torch.arange(b, device=plans.device), values.argmax(dim=1)]
 
 
 class DecisionDiffuserPolicy(SingleAgentPlanner, ReturnConditionedPlanner):
     """Decision Diffuser (Ajay et al. 2023): plans state trajectories conditioned on the normalised
     return-to-go with classifier-free guidance, and an inverse-dynamics model turns consecutive
-    planned states into actions (:class:`~diffgym.planning.ReturnConditionedPlanner`). ε-prediction
-    with x0 clipped to the data's [-1, 1] range by default.
+    planned states into actions (:class:`~diffgym.planning.ReturnConditionedPlanner`, the EMA of
+    the inverse dynamics when acting). ε-prediction by default; observations mapped to [-1, 1] by
+    each dimension's empirical CDF (DD's ``CDFNormalizer``) and x0 clipped there. Plans are sampled at temperature 0.5, as
+    DD's code does (``x_T = 0.5 · N(0, I)`` and half of DDPM's noise at every step; see
+    :class:`~diffgym.samplers.Sampler`); a ``sampler`` config that names a ``temperature`` overrides it.
 
     Args (``policy_kwargs``, besides :class:`SingleAgentPlanner`'s):
         cfg_weight: classifier-free guidance weight w (DD: 1.2).
         cond_drop_prob: probability of dropping the return condition in training (DD: 0.25).
-        target_return: the return the plans are conditioned on, as a fraction of the dataset's
-            range of segment returns (0 = lowest, 1 = highest; DD conditions on 0.9 of its scale).
+        target_quantile: plans are conditioned on this quantile of the dataset's segment returns
+            (DD conditions on 0.9 of a hand-set return scale; on our hopper-medium data 0.9 of the
+            returns' range is about their 0.65–0.7 quantile).
         inverse_hidden: inverse-dynamics width (DD: 256).
     """
 
     mode = "decision_diffuser"
     paper_prediction = "epsilon"
-    paper_normalizer = "limits"
+    paper_normalizer = "cdf"
+    paper_temperature = 0.5
 
     def _build_mode(
         self,
         lr_schedule: Schedule,
         cfg_weight: float = 1.2,
         cond_drop_prob: float = 0.25,
-        target_return: float = 0.9,
+        target_quantile: float = 0.7,
         inverse_hidden: int = 256,
     ) -> None:
         inverse = InverseDynamics(self.state_dim, self.action_dim, inverse_hidden)
-        self._build_return_conditioning(inverse, lr_schedule, cfg_weight, cond_drop_prob, target_return)
+        self._build_return_conditioning(inverse, lr_schedule, cfg_weight, cond_drop_prob, target_quantile)
 
     def _cond_dim(self) -> int:
         """The return (1), then the endpoint states."""

@@ -28,10 +28,11 @@ class MADiff(TeamAlgorithm, PlanningAlgorithm):
     Each gradient step (a batch of ``batch_size`` segments of ``horizon`` steps of the team):
 
     - the multi-agent U-Net (:class:`~diffgym.denoisers.MultiAgentTemporalUnet`: shared weights,
-      attention across agents) learns to predict the noise of every agent's observation trajectory,
-      conditioned on the segment's team return (dropped with probability ``cond_drop_prob`` for
-      classifier-free guidance), the first step inpainted: every agent's (MADiff-C) or one random
-      agent's (MADiff-D, ``policy_kwargs=dict(decentralized=True)``);
+      time-conditioned attention across agents whose gain starts at 0, as MADiff's) learns to
+      denoise every agent's observation trajectory, conditioned on the segment's team
+      return (dropped with probability ``cond_drop_prob`` for classifier-free guidance), the first
+      step inpainted: every agent's (MADiff-C) or one random agent's (MADiff-D,
+      ``policy_kwargs=dict(decentralized=True)``);
     - each agent's inverse-dynamics model regresses its ``a_t`` from its ``(o_t, o_{t+1})`` on real steps;
     - the loss is ``(diffusion + inverse) / 2`` (Decision Diffuser's, which MADiff builds on: the core's
       :meth:`~diffgym.planning.PlanningAlgorithm._update_return_conditioned`);
@@ -43,9 +44,10 @@ class MADiff(TeamAlgorithm, PlanningAlgorithm):
     (MADiff can condition on past observations); MADiff-D is trained with one random agent's first
     observation inpainted (so the model learns to plan the team from one agent's view). By default the
     U-Net predicts x0 on standardised observations (MADiff: ε on a [-1, 1] CDF normalisation with x0
-    clipped; both ε variants failed at CPU budgets, see :class:`MADiffPolicy`); the U-Net is not told
-    the episode's time step (MADiff's takes ``env_timestep``) and sampling starts from unit noise
-    (MADiff's from 0.5 · N(0, I)).
+    clipped; both ε variants failed at CPU budgets, see :class:`MADiffPolicy`); sampling starts from
+    unit noise (MADiff's from 0.5 · N(0, I)). As in MADiff's MPE (and every released) configs, the
+    U-Net is not told the episode's time step and every agent's loss weighs the same: its code's
+    ``env_ts_condition`` and ``opponent_loss_weight`` options are off there and not ported.
     Offline only: ``learn(online=True)`` raises; ``total_timesteps`` counts gradient steps.
 
     Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
@@ -54,7 +56,8 @@ class MADiff(TeamAlgorithm, PlanningAlgorithm):
         dataset: a multi-agent dataset; its agents and spaces must match the env's; its agent order is
             the model's.
         learning_rate: Adam learning rate (MADiff: 2e-4).
-        batch_size: segments per gradient step (MADiff MPE: 32).
+        batch_size: segments per gradient step (64: MADiff MPE's 32 with ``gradient_accumulate_every=2``,
+            whose accumulated gradient is the mean over the two batches, as one batch of 64 gives).
         gamma: discount of the team returns-to-go the condition is computed from (MADiff: 0.99).
         ema_start: gradient steps before the EMA starts averaging (MADiff: 2000; 500 here, for CPU
             budgets of a few tens of thousands of steps).
@@ -71,7 +74,7 @@ class MADiff(TeamAlgorithm, PlanningAlgorithm):
         env: TeamEnv,
         dataset: DatasetLike | None = None,
         learning_rate: float = 2e-4,
-        batch_size: int = 32,
+        batch_size: int = 64,
         gamma: float = 0.99,
         ema_start: int = 500,
         ema_every: int = 10,

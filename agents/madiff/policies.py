@@ -41,8 +41,8 @@ class MADiffPolicy(TeamAgentPolicy, ReturnConditionedPlanner):
       ``n`` agents' samples of an env run as one batch but none sees another's observation. Training
       inpaints one random agent per segment to match.
 
-    Plans are conditioned on the team return ``target_return`` (a fraction of the dataset's range of
-    segment returns) with classifier-free guidance. A plan is ``(b, H, n, D)``: each planned step
+    Plans are conditioned on the ``target_quantile`` quantile of the dataset's team segment returns
+    with classifier-free guidance; actions come from the EMA of each agent's inverse dynamics. A plan is ``(b, H, n, D)``: each planned step
     holds every agent's state (``x_dim = state_dim = D``).
 
     Args (``policy_kwargs``):
@@ -50,15 +50,16 @@ class MADiffPolicy(TeamAgentPolicy, ReturnConditionedPlanner):
         horizon: H, planned steps (MADiff MPE: 24; H must be a multiple of ``2 ** (len(dim_mults) - 1)``).
         num_timesteps: T, diffusion steps in training (MADiff: 200).
         dim, dim_mults: U-Net width and multipliers (MADiff MPE: 128, (1, 4, 8)).
-        agent_attention: attention across agents at every resolution (False: the no-attention ablation).
+        agent_attention: MADiff's time-conditioned attention across agents at every resolution,
+            starting as the identity (zero gain); False: the no-attention ablation.
         sampler: sampler used to plan (``"ddpm"`` as MADiff, or e.g. ``{"name": "ddim", "num_steps": 10}``).
         n_action_steps: actions executed per plan (1: replan every step, as MADiff).
         decentralized: MADiff-D instead of MADiff-C.
         ema_decay: EMA decay of the diffusion model (0.995: MADiff); plans come from the EMA.
         cfg_weight: classifier-free guidance weight w (MADiff MPE: 1.2).
         cond_drop_prob: probability of dropping the return condition in training (MADiff: 0.25).
-        target_return: return the plans are conditioned on, in [0, 1] over the dataset's segment returns
-            (MADiff conditions on a hand-set scaled return near 1).
+        target_quantile: plans are conditioned on this quantile of the dataset's segment returns
+            (MADiff conditions on a hand-set scaled return near 1: 0.9, near the top of the data).
         inverse_hidden: width of each agent's inverse-dynamics MLP (MADiff: 256).
         prediction: what the U-Net predicts, ``"sample"`` (x0, as Diffuser; the default) or ``"epsilon"``
             (MADiff, Decision Diffuser). At CPU budgets the ε-model fails on MPE spread: its x0 estimate
@@ -88,7 +89,7 @@ class MADiffPolicy(TeamAgentPolicy, ReturnConditionedPlanner):
         ema_decay: float = 0.995,
         cfg_weight: float = 1.2,
         cond_drop_prob: float = 0.25,
-        target_return: float = 0.9,
+        target_quantile: float = 0.9,
         inverse_hidden: int = 256,
         prediction: PredictionType = "sample",
         normalizer: NormalizerKind = "gaussian",
@@ -113,7 +114,7 @@ class MADiffPolicy(TeamAgentPolicy, ReturnConditionedPlanner):
         inverse = nn.ModuleList(
             InverseDynamics(self.agent_obs_dim, self.agent_action_dim, inverse_hidden) for _ in self.agents
         )
-        self._build_return_conditioning(inverse, lr_schedule, cfg_weight, cond_drop_prob, target_return)
+        self._build_return_conditioning(inverse, lr_schedule, cfg_weight, cond_drop_prob, target_quantile)
 
     # ------------------------------------------------------------------ shapes and scaling
 
@@ -131,10 +132,13 @@ class MADiffPolicy(TeamAgentPolicy, ReturnConditionedPlanner):
         keep[torch.arange(first.shape[0], device=first.device), agents] = True
         return keep
 
-    def inverse_actions(self, states: Tensor, next_states: Tensor) -> Tensor:
-        """Each agent's inverse dynamics: (B, ..., n, D) twice -> (B, ..., n, A) in [-1, 1]."""
+    def inverse_actions(self, states: Tensor, next_states: Tensor, averaged: bool = False) -> Tensor:
+        """Each agent's inverse dynamics (or, ``averaged``, its EMA): (B, ..., n, D) twice -> (B, ..., n, A)
+        in [-1, 1]."""
+        models = self.inverse_network(averaged)
+        assert isinstance(models, nn.ModuleList)
         return torch.stack(
-            [f(states[..., k, :], next_states[..., k, :]) for k, f in enumerate(self.inverse)], dim=-2
+            [f(states[..., k, :], next_states[..., k, :]) for k, f in enumerate(models)], dim=-2
         )
 
     # ------------------------------------------------------------------ planning

@@ -2,11 +2,14 @@
 
 Segments are not materialised: the episodes are kept concatenated, each preceded by
 ``pad_before`` rows and followed by ``H - 1`` padding rows when padding is on, and a segment is a
-window of ``H`` rows from a valid start.
+window of ``H`` rows from a valid start. :func:`join_continuing_episodes` first joins episodes that a
+continual stream was only cut into (the shared maze2d files: one cut per goal re-drawn), so that
+windows may run across those cuts over real steps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from itertools import pairwise
 from typing import Generic, NamedTuple, TypeVar
 
@@ -15,20 +18,26 @@ from gymnasium import spaces
 from scipy.signal import lfilter
 
 from diffgym.data.loading import DatasetLike, EpisodeArrays, flatten_observations, load_dataset, read_episodes
-from diffgym.data.tree import ArrayTree
+from diffgym.data.tree import ArrayTree, tree_map
 
 __all__ = [
+    "COMMAND_KEYS",
     "SegmentDataset",
     "SegmentLayout",
     "SegmentRows",
     "SegmentWindows",
     "Segments",
     "discounted_returns_to_go",
+    "join_continuing_episodes",
+    "penalize_terminations",
     "segment_layout",
     "window_rows",
 ]
 
 _INFO_PREFIX = "infos/"
+#: ``Dict`` observation keys that are a command rather than the agent's state: a goal env's
+#: ``desired_goal`` changes where a new goal is drawn, so continuity is judged without it.
+COMMAND_KEYS = frozenset({"desired_goal"})
 #: The batch type a segment dataset's ``__getitem__`` returns.
 BatchT = TypeVar("BatchT")
 
@@ -38,9 +47,9 @@ class Segments(NamedTuple):
 
     observations: np.ndarray  #: (N, H, obs_dim) float32
     actions: np.ndarray  #: (N, H, act_dim) float32
-    rewards: np.ndarray  #: (N, H) float32
+    rewards: np.ndarray  #: (N, H) float32, a terminal step's with the termination penalty added
     mask: np.ndarray  #: (N, H) bool, True on real steps, False on padding
-    returns: np.ndarray  #: (N,) float32, discounted return-to-go from the segment start to the episode end
+    returns: np.ndarray  #: (N,) float32, discounted return-to-go of those rewards to the episode end
     goals: np.ndarray | None  #: (N, goal_dim) float32, the goal at the segment start, or None
 
 
@@ -112,6 +121,20 @@ class SegmentDataset(SegmentWindows[Segments]):
     that many steps before each episode, on rows that repeat the episode's first observation and
     first action (mask False), so a policy sees the history it gets at an episode's start.
 
+    ``join_episodes`` first joins the episodes a continual stream was cut into
+    (:func:`join_continuing_episodes`). With ``use_padding=False`` every window is then ``horizon``
+    real consecutive steps whose last row is a real state, also across the cuts: Diffuser's maze2d
+    setting (``use_padding=False`` on its long paths of the continual maze2d stream). Diffuser cuts
+    that stream where the ball leaves the *evaluation* goal (its ``maze2d_set_terminals``), which
+    uses the evaluation task to prepare training data; here nothing is cut, so a window may also
+    run across those points.
+
+    ``termination_penalty`` is added to the reward of every terminal step (``terminations``, not
+    truncations), before the returns-to-go are discounted: Diffuser's and Decision Diffuser's
+    ``termination_penalty`` (-100 for their locomotion value targets and returns; their
+    ``ReplayBuffer.add_path`` adds it to the last reward of a path that terminates and refuses a
+    path that also times out). The stored ``rewards`` carry it too, as theirs do.
+
     Args:
         dataset: anything :func:`~diffgym.data.load_dataset` accepts.
         horizon: ``H``, steps per segment.
@@ -122,6 +145,8 @@ class SegmentDataset(SegmentWindows[Segments]):
         goal_key: ``"<key>"`` of a ``Dict`` observation (e.g. ``"desired_goal"``) or ``"infos/<key>"``
             (e.g. ``"infos/goal"``) giving each segment's goal at its first step; None for no goals.
         pad_before: rows repeating each episode's first step before it (see above); 0 for none.
+        termination_penalty: added to the reward of each terminal step (see above); 0 for none.
+        join_episodes: join episodes that continue one another first (see above).
     """
 
     def __init__(
@@ -133,6 +158,8 @@ class SegmentDataset(SegmentWindows[Segments]):
         obs_key: str | None = None,
         goal_key: str | None = None,
         pad_before: int = 0,
+        termination_penalty: float = 0.0,
+        join_episodes: bool = False,
     ) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be at least 1, not {horizon}")
@@ -141,14 +168,18 @@ class SegmentDataset(SegmentWindows[Segments]):
         dataset = load_dataset(dataset)
         info_keys = (goal_key[len(_INFO_PREFIX) :],) if goal_key and goal_key.startswith(_INFO_PREFIX) else ()
         episodes = read_episodes(dataset, info_keys=info_keys)
+        if join_episodes:
+            episodes = join_continuing_episodes(episodes)
         self.horizon, self.discount, self.use_padding = horizon, discount, use_padding
+        self.termination_penalty, self.join_episodes = termination_penalty, join_episodes
         layout = segment_layout(episodes.lengths, horizon, use_padding, pad_before)
         observations = _observation_matrix(episodes.observations, dataset.observation_space, obs_key)
+        rewards = penalize_terminations(episodes.rewards, episodes.terminations, termination_penalty)
         self._observations = layout.observations(observations)
         self._actions = layout.actions(episodes.actions.reshape(len(episodes.actions), -1))
-        self._rewards = layout.rewards(episodes.rewards)
+        self._rewards = layout.rewards(rewards)
         self._mask, self._starts = layout.mask, layout.starts
-        returns = discounted_returns_to_go(episodes.rewards, episodes.lengths, discount)
+        returns = discounted_returns_to_go(rewards, episodes.lengths, discount)
         self._returns = returns[layout.start_steps]
         self._goals = _goals(episodes, dataset.observation_space, goal_key, layout.start_steps)
 
@@ -260,6 +291,74 @@ def discounted_returns_to_go(rewards: np.ndarray, lengths: np.ndarray, discount:
     for start, stop in pairwise(offsets):
         result[start:stop] = lfilter([1.0], [1.0, -discount], rewards[start:stop][::-1])[::-1]
     return result
+
+
+def penalize_terminations(rewards: np.ndarray, terminations: np.ndarray, penalty: float) -> np.ndarray:
+    """(N,) float32 ``rewards`` with ``penalty`` added on the steps where ``terminations`` (N,) is True.
+
+    Diffuser's and Decision Diffuser's ``termination_penalty``: the reward of a terminal step (an
+    episode that ended in a failure state such as a fall, not one cut by a time limit) is lowered,
+    so that returns-to-go discount it like any reward.
+
+    >>> penalize_terminations(np.array([1.0, 1.0]), np.array([False, True]), -100.0)
+    array([  1., -99.], dtype=float32)
+    """
+    return (rewards + np.where(terminations, np.float32(penalty), np.float32(0.0))).astype(np.float32)
+
+
+def join_continuing_episodes(
+    episodes: EpisodeArrays, ignore_keys: Collection[str] = COMMAND_KEYS
+) -> EpisodeArrays:
+    """Join each episode to the next where the next one continues it: the first ends without
+    termination and the next's first observation is exactly its final observation.
+
+    A continual data stream is sometimes stored cut into episodes at events that do not end the
+    agent's trajectory: the shared maze2d files (D4RL's maze2d recipe with ``continuing_task=True``)
+    mark a timeout wherever a goal is reached and a new one drawn, and the ball moves on from there.
+    Joined, the steps run on without a break; the final observation of every inner episode (the
+    same state as the next one's first observation) is dropped, so each step keeps the observation
+    it acted on (for a goal env, with the goal it was pursuing).
+
+    Args:
+        episodes: from :func:`~diffgym.data.read_episodes`.
+        ignore_keys: top-level ``Dict`` observation keys left out of the comparison (by default
+            :data:`COMMAND_KEYS`: a goal env's ``desired_goal``, which changes at a re-draw).
+
+    Returns:
+        The same steps as fewer, longer episodes: ``lengths`` summed over each joined run,
+        ``observations`` without the dropped rows, ``truncations`` cleared at the joins and
+        ``episode_ids`` of each run's first episode; step arrays and infos unchanged.
+    """
+    offsets = episodes.observation_offsets
+    final_rows, first_rows = offsets[1:-1] - 1, offsets[1:-1]  # (E - 1,) episode i's final, i + 1's first
+    joins = ~episodes.terminations[episodes.step_offsets[1:-1] - 1]
+    for leaf in _compared_leaves(episodes.observations, ignore_keys):
+        same = leaf[final_rows] == leaf[first_rows]
+        joins &= same.reshape(len(same), -1).all(axis=1)
+    if not joins.any():
+        return episodes
+    keep = np.ones(int(offsets[-1]), dtype=bool)
+    keep[final_rows[joins]] = False
+    truncations = episodes.truncations.copy()
+    truncations[episodes.step_offsets[1:-1][joins] - 1] = False
+    run_starts = np.flatnonzero(np.concatenate([[True], ~joins]))
+    return episodes._replace(
+        observations=tree_map(lambda rows: rows[keep], episodes.observations),
+        truncations=truncations,
+        lengths=np.add.reduceat(episodes.lengths, run_starts).astype(np.int64),
+        episode_ids=episodes.episode_ids[run_starts],
+    )
+
+
+def _compared_leaves(observations: ArrayTree, ignore_keys: Collection[str]) -> list[np.ndarray]:
+    """The observation arrays continuity is judged on: every leaf but the top-level ``ignore_keys``."""
+    if not isinstance(observations, dict):
+        return [observations]
+    leaves: list[np.ndarray] = []
+    for key, value in observations.items():
+        if key not in ignore_keys:
+            leaves.extend(_compared_leaves(value, ()))
+    return leaves
 
 
 def _ranges(counts: np.ndarray) -> np.ndarray:

@@ -76,7 +76,7 @@ class TemporalUnet(nn.Module):
         self.horizon_multiple = 2 ** (len(widths) - 1)
         self.time_mlp = make_time_mlp(dim, 4 * dim)
         self.cond_mlp = make_cond_mlp(cond_dim, dim) if cond_dim > 0 else None
-        embed_dim = 2 * dim if cond_dim > 0 else dim
+        self.embed_dim = embed_dim = 2 * dim if cond_dim > 0 else dim
         level_args = (embed_dim, kernel_size, film, attention)
 
         ins = [x_dim, *widths[:-1]]
@@ -117,12 +117,13 @@ class TemporalUnet(nn.Module):
             h = level(h, emb)
             skips.append(h)
             h = down(h)
-        h = self._mix(0, self.mid2(self.mid_attn(self.mid1(h, emb)), emb))
+        h = self._mix(0, self.mid2(self.mid_attn(self.mid1(h, emb)), emb), emb)
         for index, (level, up) in enumerate(zip(self.ups, self.upsamples, strict=True), start=1):
-            h = up(level(torch.cat((h, self._mix(index, skips.pop())), dim=1), emb))
+            h = up(level(torch.cat((h, self._mix(index, skips.pop(), emb)), dim=1), emb))
         return self.final(h).transpose(1, 2)
 
-    def _mix(self, index: int, h: Tensor) -> Tensor:
+    def _mix(self, index: int, h: Tensor, emb: Tensor) -> Tensor:
         """Where subclasses exchange information between samples: the middle features (index 0)
-        and the skip the decoder's level ``index - 1`` consumes, ``(B, C, H')``. Identity here."""
+        and the skip the decoder's level ``index - 1`` consumes, ``(B, C, H')``, given the blocks'
+        embedding ``emb: (B, embed_dim)``. Identity here."""
         return h

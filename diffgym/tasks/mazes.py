@@ -31,6 +31,7 @@ __all__ = [
     "MazeSource",
     "MazeTask",
     "cell_to_xy",
+    "eval_path_lengths",
     "get_maze",
     "make_maze_eval_env",
     "maze_eval_map",
@@ -225,3 +226,51 @@ def shortest_cell_path(
         path.append(node)
         node = previous[node]
     return path[::-1]
+
+
+def eval_path_lengths(
+    name: MazeName, observations: np.ndarray, goals: np.ndarray, timeouts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """How many steps the data's controller takes from the evaluation task's starts to its goal.
+
+    In a continual maze stream (the shared ``maze2d-*.hdf5`` files) a *leg* runs from one goal
+    re-draw (a ``timeouts`` row) to the next; the last rows after the final timeout form a leg too.
+    A leg's length depends mostly on the number of cells on the shortest path from its start cell
+    to its goal cell, so each evaluation start (every free cell but the goal, drawn uniformly at
+    reset) is given the lengths of all legs of its distance. Weighted quantiles of the result,
+    e.g. ``np.quantile(lengths, 0.9, weights=weights, method="inverted_cdf")``, give the path length
+    a plan of ``H`` steps must hold to reach the goal (it is inpainted at step ``H - 1``).
+
+    Args:
+        name: the task (its maze and goal cell).
+        observations: (N, >= 2) rows of the stream, ``x, y`` first.
+        goals: (N, 2) the goal of each row (``infos/goal``).
+        timeouts: (N,) bool, True on a leg's last row.
+
+    Returns:
+        ``(lengths, weights)``, both (L,): a leg length per (start, leg) pair whose distance matches,
+        and its probability under the uniform start (the weights sum to 1).
+
+    Raises:
+        ValueError: an evaluation start at a distance no leg of the data covers.
+    """
+    task = _task(name)
+    ends = np.flatnonzero(timeouts)
+    if len(ends) == 0 or ends[-1] != len(timeouts) - 1:
+        ends = np.append(ends, len(timeouts) - 1)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    start_cells, goal_cells = xy_to_cell(name, observations[starts, :2]), xy_to_cell(name, goals[starts])
+    distances = np.array(
+        [len(shortest_cell_path(name, a, b)) - 1 for a, b in zip(start_cells, goal_cells, strict=True)]
+    )
+    leg_lengths = ends - starts + 1
+    walls = maze_walls(name)
+    free = [(int(row), int(col)) for row, col in np.argwhere(walls == 0) if (row, col) != task.goal_cell]
+    lengths, weights = [], []
+    for cell in free:
+        same = leg_lengths[distances == len(shortest_cell_path(name, cell, task.goal_cell)) - 1]
+        if len(same) == 0:
+            raise ValueError(f"no leg of the data covers the distance from {cell} to the goal")
+        lengths.append(same)
+        weights.append(np.full(len(same), 1.0 / (len(free) * len(same))))
+    return np.concatenate(lengths), np.concatenate(weights)

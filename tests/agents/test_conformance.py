@@ -297,7 +297,9 @@ def test_deterministic_action_does_not_depend_on_the_rest_of_the_batch(trained):
     batch, _ = trained.predict(observations, deterministic=True)
     for i, observation in enumerate(observations):
         alone, _ = trained.predict(observation, deterministic=True)
-        np.testing.assert_allclose(alone, batch[i], rtol=1e-5, atol=1e-6)
+        # float32 kernels sum in a batch-size-dependent order (amplified by value-gradient guidance);
+        # other noise for other rows would differ by ~0.1
+        np.testing.assert_allclose(alone, batch[i], rtol=1e-5, atol=1e-5)
 
 
 def test_a_corrupt_or_foreign_model_file_is_refused(trained, agent, tmp_path):

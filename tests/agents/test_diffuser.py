@@ -14,7 +14,9 @@ from diffgym.agents.diffuser import (
     DiffuserPolicy,
     SingleAgentPlanner,
 )
+from diffgym.agents.diffuser import diffuser as diffuser_module
 from diffgym.data import collect_dataset
+from diffgym.samplers import DDIMSampler
 
 GOAL_SPACE = spaces.Dict(
     {
@@ -88,6 +90,12 @@ class RewardsLargeX(nn.Module):
         return x[..., self.index].mean(dim=1)
 
 
+def use_value(policy: DiffuserPolicy, value: nn.Module) -> None:
+    """Make ``value`` the policy's value network and its EMA (which plans use)."""
+    policy.value = value
+    policy.value_ema.module = value
+
+
 class StandardNormalOracle(nn.Module):
     """The exact x0-denoiser of N(0, I) data: E[x0 | x_t] = sqrt(alpha_bar_t) x_t."""
 
@@ -104,7 +112,7 @@ def test_value_guidance_moves_plans_toward_high_value():
     policy = make_policy(spaces.Box(-5.0, 5.0, (4,), np.float32), n_plans=1, guide_stop_below=0)
     model = policy.ema_model
     model.denoiser = StandardNormalOracle(model.schedule.sqrt_alphas_cumprod)
-    policy.value = RewardsLargeX(index=ACTIONS.shape[0])  # the state's first entry
+    use_value(policy, RewardsLargeX(index=ACTIONS.shape[0]))  # the state's first entry
     history = torch.randn(16, 1, 4, generator=torch.Generator().manual_seed(2))
 
     def planned_states(scale: float) -> torch.Tensor:
@@ -123,7 +131,7 @@ def test_value_guidance_moves_plans_toward_high_value():
 
 def test_best_of_n_keeps_the_highest_value_plan():
     policy = make_policy(spaces.Box(-5.0, 5.0, (4,), np.float32), n_plans=6, guide_scale=0.0)
-    policy.value = RewardsLargeX(index=ACTIONS.shape[0])
+    use_value(policy, RewardsLargeX(index=ACTIONS.shape[0]))
     candidates = torch.randn(3, 6, 8, 6, generator=torch.Generator().manual_seed(3))
     chosen = policy._best(candidates)
     best = candidates[..., ACTIONS.shape[0]].mean(dim=2).argmax(dim=1)
@@ -236,7 +244,8 @@ def test_decision_diffuser_endpoint_condition_follows_the_return(monkeypatch):
     with torch.no_grad():
         policy.plan(history, None, deterministic=True)
     cond, mask = seen[0]  # classifier-free guidance: the batch doubled, the second half's condition dropped
-    expected = torch.cat([torch.full((2, 1), policy.target_return), history[:, -1]], dim=1)
+    target = policy.return_condition(policy.return_target.expand(2))  # (2, 1)
+    expected = torch.cat([target, history[:, -1]], dim=1)
     assert torch.equal(cond, torch.cat([expected, expected])) and mask.tolist() == [True, True, False, False]
 
 
@@ -280,3 +289,82 @@ def test_decision_diffuser_is_the_planner_in_its_mode_and_the_mode_round_trips(m
     )
     with pytest.raises(TypeError, match="plans with a DecisionDiffuserPolicy"):
         DiffuserPlanner(DiffuserPolicy, env, mode="decision_diffuser")
+
+
+class RewardedLinearSystem(LinearSystem):
+    """The linear system, rewarded by its first state entry plus one (returns far from standardised)."""
+
+    def step(self, action):
+        state, _, terminated, truncated, info = super().step(action)
+        return state, 1.0 + float(state[0]), terminated, truncated, info
+
+
+def test_the_value_regresses_raw_returns_and_plans_use_its_ema(minari_store, monkeypatch):
+    env = RewardedLinearSystem()
+    dataset = collect_dataset(env, None, "test/linear/rewarded-v0", n_steps=300, seed=0)
+    planner = DiffuserPlanner(
+        "MlpPolicy", env, dataset=dataset, batch_size=16, seed=0, ema_start=3, ema_every=2, policy_kwargs=TINY
+    )
+    policy = planner.policy
+    assert isinstance(policy, DiffuserPolicy) and policy.value is not None and policy.value_ema is not None
+    seen = {}
+    update_value, mse_loss = planner._update_value, diffuser_module.F.mse_loss
+
+    def spy_update(batch, x0, inpainting):
+        seen["returns"] = batch.returns
+        return update_value(batch, x0, inpainting)
+
+    def spy_loss(prediction, target):
+        seen["target"] = target
+        return mse_loss(prediction, target)
+
+    monkeypatch.setattr(planner, "_update_value", spy_update)
+    monkeypatch.setattr(diffuser_module.F, "mse_loss", spy_loss)
+
+    def weights(module):
+        return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+    planner.learn(3)  # updates 0, 1, 2: before ema_start the EMA copies
+    assert torch.equal(seen["target"], seen["returns"])  # raw, as Diffuser's ValueDataset(normed=False)
+    assert seen["returns"].mean() > 5  # ~20-step episodes rewarded about 1 a step: not standardised
+    assert torch.equal(weights(policy.value_ema.module), weights(policy.value))
+    planner.learn(3, reset_num_timesteps=False)  # updates 3, 4, 5: averaged at 3 and 5
+    assert not torch.equal(weights(policy.value_ema.module), weights(policy.value))
+    guidance = policy._classifier()
+    assert guidance is not None and guidance.value_fn is policy.value_ema.module
+    assert (guidance.scale, guidance.stop_grad_below, guidance.n_guide_steps) == (0.1, 2, 2)  # Diffuser's
+
+
+def test_sampling_temperature_is_the_papers_unless_the_sampler_names_one():
+    assert make_policy(mode="diffuser").sampler.temperature == 1.0  # Diffuser: N(0, I)
+    assert make_policy(mode="decision_diffuser").sampler.temperature == 0.5  # DD: 0.5 N(0, I)
+    chosen = make_policy(
+        mode="decision_diffuser", sampler={"name": "ddim", "num_steps": 4, "temperature": 1.0}
+    )
+    assert chosen.sampler == DDIMSampler(num_steps=4, temperature=1.0)
+
+
+def test_decision_diffuser_targets_a_quantile_of_the_datas_segment_returns():
+    policy = make_policy(
+        spaces.Box(-5.0, 5.0, (4,), np.float32), mode="decision_diffuser", target_quantile=0.25
+    )
+    returns = torch.arange(101.0) * 2 - 50  # segment returns -50 … 150
+    data = type("Segments", (), dict(returns=returns, step_observations=torch.randn(101, 1, 4)))
+    policy.fit_to_segments(data)
+    assert policy.return_target.item() == pytest.approx(0.0)  # the 0.25 quantile, not 0.25 of the range
+    assert policy.target_condition(torch.zeros(3, 4)).flatten().tolist() == pytest.approx([0.25] * 3)
+    with pytest.raises(ValueError, match="target_quantile"):
+        make_policy(mode="decision_diffuser", target_quantile=1.5)
+
+
+def test_decision_diffuser_acts_with_the_ema_of_its_inverse_dynamics():
+    """DD's EMA model holds the inverse dynamics too: acting uses the average, training the network."""
+    policy = make_policy(spaces.Box(-5.0, 5.0, (4,), np.float32), mode="decision_diffuser")
+    plans = torch.randn(2, policy.segment_horizon, policy.x_dim, generator=torch.Generator().manual_seed(3))
+    before = policy.plan_actions(plans)
+    with torch.no_grad():
+        for parameter in policy.inverse.parameters():
+            parameter.add_(1.0)  # a training step moved the network, not yet its average
+    torch.testing.assert_close(policy.plan_actions(plans), before)
+    policy.update_averages(step=0, start=1, every=1)  # before ema_start the average copies the network
+    assert not torch.allclose(policy.plan_actions(plans), before)

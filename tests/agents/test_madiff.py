@@ -12,7 +12,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from diffgym import MADiff
 from diffgym.data import AgentMismatchError, DatasetSpaceMismatchError, collect_multiagent_dataset
-from diffgym.denoisers import MultiAgentTemporalUnet
+from diffgym.denoisers import AgentAttention, MultiAgentTemporalUnet
 from diffgym.serialization import ModelFileError
 from diffgym.wrappers import JointAgentEnv, evaluate_team
 
@@ -93,10 +93,10 @@ def drift_dataset(minari_store):
 @pytest.fixture(scope="module")
 def trained(drift_dataset):
     model = MADiff(
-        "MlpPolicy", Drift(), dataset=drift_dataset, batch_size=32, ema_start=5, check_every=10, seed=0,
-        policy_kwargs=TINY,
+        "MlpPolicy", Drift(), dataset=drift_dataset, batch_size=32, ema_start=5, ema_every=1, check_every=10,
+        seed=0, policy_kwargs={**TINY, "ema_decay": 0.9},
     )  # fmt: skip
-    return model.learn(400)
+    return model.learn(400)  # acting uses the EMAs (decay 0.9, every step: they track the trained networks)
 
 
 def observations(seed=3):
@@ -107,6 +107,13 @@ def test_drift_is_a_valid_parallel_env():
     parallel_api_test(Drift(), num_cycles=10)
 
 
+def open_gains(net):
+    """Set every attention gain to 1 (they start at 0, where attention adds nothing)."""
+    for attention in net.agent_attention or ():
+        torch.nn.init.ones_(attention.gain)
+    return net
+
+
 def test_attention_mixes_agents_and_the_ablation_does_not():
     x = torch.randn(2, 8, 3, 4)
     other = x.clone()
@@ -115,14 +122,44 @@ def test_attention_mixes_agents_and_the_ablation_does_not():
     for attention, mixes in ((True, True), (False, False)):
         torch.manual_seed(0)
         net = MultiAgentTemporalUnet(3, 4, cond_dim=1, dim=16, dim_mults=(1, 2), agent_attention=attention)
+        open_gains(net)
         change = (net(other, t, cond) - net(x, t, cond)).abs().amax(dim=(0, 1, 3))  # per agent
         assert change[1] > 1e-3
         assert (change[[0, 2]] > 1e-4).all() == mixes, (attention, change)
 
 
-def test_agents_are_exchangeable_in_the_network():
+def test_attention_starts_as_the_identity_and_learns_its_gain():
+    """MADiff's ``residual_attn``: ``x + gamma * attention(x)`` with ``gamma`` initialised to 0."""
     torch.manual_seed(0)
     net = MultiAgentTemporalUnet(3, 4, cond_dim=1, dim=16, dim_mults=(1, 2))
+    ablation = MultiAgentTemporalUnet(3, 4, cond_dim=1, dim=16, dim_mults=(1, 2), agent_attention=False)
+    missing, unexpected = ablation.load_state_dict(net.state_dict(), strict=False)
+    assert not missing and all(key.startswith("agent_attention.") for key in unexpected)
+    x, t, cond = torch.randn(2, 8, 3, 4), torch.tensor([3, 7]), torch.randn(2, 1)
+    out = net(x, t, cond)
+    assert torch.equal(out, ablation(x, t, cond))
+    out.square().sum().backward()
+    assert all(a.gain.grad is not None and a.gain.grad.abs().item() > 0 for a in net.agent_attention)
+
+
+def test_attention_is_time_conditioned_by_default():
+    """MADiff's ``use_temporal_attention=True``: q, k, v get a bias from the blocks' embedding."""
+    net = MultiAgentTemporalUnet(3, 4, cond_dim=1, dim=16, dim_mults=(1, 2))
+    assert all(a.time_conditioned for a in net.agent_attention)
+    plain = MultiAgentTemporalUnet(3, 4, cond_dim=1, dim=16, dim_mults=(1, 2), temporal_attention=False)
+    assert not any(a.time_conditioned for a in plain.agent_attention)
+    torch.manual_seed(0)
+    attention = AgentAttention(16, embed_dim=8)
+    torch.nn.init.ones_(attention.gain)
+    x, emb = torch.randn(2, 3, 16, 4), torch.randn(2, 3, 8)
+    assert not torch.allclose(attention(x, emb), attention(x, emb + 1.0))
+    with pytest.raises(ValueError, match="pass emb"):
+        attention(x)
+
+
+def test_agents_are_exchangeable_in_the_network():
+    torch.manual_seed(0)
+    net = open_gains(MultiAgentTemporalUnet(3, 4, cond_dim=1, dim=16, dim_mults=(1, 2)))
     x, t, cond = torch.randn(2, 8, 3, 4), torch.tensor([1, 2]), torch.randn(2, 1)
     order = torch.tensor([2, 0, 1])
     torch.testing.assert_close(net(x[:, :, order], t, cond), net(x, t, cond)[:, :, order])

@@ -1,4 +1,7 @@
-"""synthesize_dataset: a synthetic Minari dataset that the data layer and an offline agent read correctly."""
+"""synthesize_dataset: a synthetic Minari dataset that the data layer and an offline agent read correctly;
+SynthER's optimiser and its agents' real-data observation statistics."""
+
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -6,9 +9,17 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from diffgym import IDQL
+from diffgym import IDQL, TD3BC
 from diffgym.data import collect_dataset, load_transitions
-from diffgym.wrappers import SynthERConfig, TransitionDiffusion, synthesize_dataset
+from diffgym.normalizers import GaussianNormalizer
+from diffgym.wrappers import (
+    SynthERConfig,
+    TransitionDiffusion,
+    fit_observation_normalizer,
+    synthesize_dataset,
+)
+from diffgym.zoo.benchmarks import synther as synther_benchmark
+from diffgym.zoo.benchmarks.harness import Dataset
 
 SMALL = dict(hidden_dim=64, num_blocks=2, time_dim=32, train_steps=1500, sample_batch_size=1000)
 
@@ -99,6 +110,63 @@ def test_same_seed_same_transitions():
         pools.append(model.generate(50, torch.Generator().manual_seed(4)))
     for a, b in zip(*pools, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_optimizer_has_no_weight_decay(monkeypatch):
+    """SynthER's Trainer.weight_decay = 0 (torch's AdamW would apply 0.01)."""
+    made = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    model = TransitionDiffusion(
+        2, 1, -np.ones(1), np.ones(1), config=SynthERConfig(**{**SMALL, "train_steps": 2})
+    )
+    model.fit(torch.randn(20, 7), torch.Generator().manual_seed(0))
+    assert len(made) == 1 and [group["weight_decay"] for group in made[0].param_groups] == [0.0]
+
+
+def real_statistics(dataset):
+    return GaussianNormalizer.fit(torch.as_tensor(load_transitions(dataset).observations)).state_dict()
+
+
+def test_an_agent_on_synthetic_data_standardises_with_the_real_datas_statistics(fall_dataset, synthetic):
+    """SynthER's TD3+BC normalises states with the real D4RL data's mean and std."""
+    model = TD3BC("MlpPolicy", FallEnv(), dataset="test/wrappers/fall-synthetic-v0", seed=0)
+    real = real_statistics(fall_dataset)
+    fitted = model.policy.obs_normalizer.state_dict()
+    assert not torch.allclose(fitted["mean"], real["mean"])  # built on the synthetic data's own
+    fit_observation_normalizer(model, fall_dataset)
+    for key, value in model.policy.obs_normalizer.state_dict().items():
+        torch.testing.assert_close(value, real[key])
+
+
+def test_the_synther_benchmark_standardises_synthetic_runs_with_the_source(
+    fall_dataset, synthetic, monkeypatch
+):
+    seen = []
+    monkeypatch.setattr(
+        synther_benchmark,
+        "train_and_evaluate",
+        lambda model, run: seen.append(model.policy.obs_normalizer.mean),
+    )
+    for name, data, info in (
+        (
+            "fall" + synther_benchmark.SUFFIX,
+            "test/wrappers/fall-synthetic-v0",
+            {"source": "test/wrappers/fall-v0"},
+        ),
+        ("fall", "test/wrappers/fall-v0", {}),
+    ):
+        model = TD3BC("MlpPolicy", FallEnv(), dataset=data, seed=0)
+        synther_benchmark.train_with_real_statistics(
+            model, SimpleNamespace(dataset=Dataset(name, data, info))
+        )
+    for mean in seen:
+        torch.testing.assert_close(mean, real_statistics(fall_dataset)["mean"])
 
 
 def test_bad_input_is_refused(fall_dataset, pendulum_dataset):

@@ -81,9 +81,9 @@ def test_default_entry_is_the_agents_own_defaults(spec):
 
 def test_a_key_is_merged_over_default_key_by_key():
     medium = load_hyperparams("diffuser", "maze2d-medium")
-    assert medium["policy_kwargs"]["horizon"] == 256  # its own
+    assert medium["policy_kwargs"]["horizon"] == 320  # its own
     assert medium["policy_kwargs"]["num_timesteps"] == 64  # from maze2d-umaze through the YAML anchor
-    assert medium["batch_size"] == 32  # from default
+    assert medium["batch_size"] == 64  # from default
     hopper = load_hyperparams("diffuser", "hopper-medium")["policy_kwargs"]
     assert hopper["n_plans"] == 16 and hopper["guide_scale"] == 0.1 and hopper["dim_mults"] == [1, 2, 4, 8]
     assert load_hyperparams("dql", "hopper-medium-replay")["grad_norm"] == 4.0

@@ -153,6 +153,13 @@ SUITE = Suite(
     datasets=("maze2d-umaze", "maze2d-medium", "hopper-medium"),
     agents=(
         Contender("diffuser", title="Diffuser"),
+        Contender(
+            "diffuser-unguided",
+            agent="diffuser",
+            overrides=("policy_kwargs.guide_scale=0.0",),
+            datasets=("hopper-medium",),
+            title="Diffuser (no value guidance)",
+        ),
         Contender("decision_diffuser", datasets=("hopper-medium",), title="Decision Diffuser"),
         Contender("iql", title="IQL (baseline)"),
     ),

@@ -12,7 +12,9 @@
    baseline. Also: reward error, agreement of ``done`` with the simulator's termination, and how
    far each dimension's mean and spread are from the real data's.
 3. TD3+BC (``zoo/hyperparams/td3bc.yml``) on the real and on the synthetic data, the same gradient
-   steps and seeds, evaluated as the d4rl suite does (D4RL-normalised).
+   steps and seeds, evaluated as the d4rl suite does (D4RL-normalised). On the synthetic data its
+   observations are standardised with the real data's mean and std, as SynthER's TD3+BC does
+   (:func:`~diffgym.wrappers.fit_observation_normalizer`).
 
     diffgym benchmark synther --steps 40000 --seeds 2 --set suite:synthetic=200000
 """
@@ -25,8 +27,17 @@ import gymnasium as gym
 import numpy as np
 
 from diffgym.data import load_dataset, load_transitions
-from diffgym.wrappers import SynthERConfig, synthesize_dataset
-from diffgym.zoo.benchmarks.harness import Budget, Dataset, Report, Session, Suite, read_d4rl_file
+from diffgym.wrappers import SynthERConfig, fit_observation_normalizer, synthesize_dataset
+from diffgym.zoo.benchmarks.harness import (
+    Budget,
+    Dataset,
+    Report,
+    Run,
+    Session,
+    Suite,
+    read_d4rl_file,
+    train_and_evaluate,
+)
 from diffgym.zoo.benchmarks.report import markdown_table
 
 Arrays = dict[str, np.ndarray]
@@ -142,6 +153,15 @@ def prepare(name: str, session: Session) -> Dataset:
     return Dataset(name, synthetic, info | {"mean_return": None, "synthesis": synthesis})
 
 
+def train_with_real_statistics(model: Any, run: Run) -> dict[str, Any]:
+    """:func:`~diffgym.zoo.benchmarks.harness.train_and_evaluate`; on a synthetic dataset the agent's
+    observation normaliser is first refitted to the real source (SynthER's agents standardise with
+    the real data's statistics, not the synthetic data's)."""
+    if run.dataset.name.endswith(SUFFIX):
+        fit_observation_normalizer(model, run.dataset.info["source"])
+    return train_and_evaluate(model, run)
+
+
 def quality_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
     """:func:`quality_table` of each synthetic dataset against a sample of its source."""
     results = {}
@@ -208,7 +228,8 @@ SUITE = Suite(
     title="SynthER offline: TD3+BC on real vs synthetic data",
     description=(
         "TD3+BC with the same gradient steps and seeds on the real data and on its SynthER upsampling "
-        "(`<name>-synther`), D4RL-normalised returns of deterministic actions. *data's own*: the real data's "
+        "(`<name>-synther`), D4RL-normalised returns of deterministic actions; observations standardised with "
+        "the real data's statistics in both, as SynthER's TD3+BC. *data's own*: the real data's "
         "mean episode return, normalised (synthetic transitions have no episodes)."
     ),
     datasets=("hopper-medium", "hopper-medium" + SUFFIX),
@@ -220,6 +241,7 @@ SUITE = Suite(
         "quality_samples": 5_000,  # transitions compared with the simulator
     },
     prepare=prepare,
+    procedure=train_with_real_statistics,
     studies={"quality": quality_study},
     sections=(synthesis_section,),
 )
