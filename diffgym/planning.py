@@ -129,7 +129,12 @@ class PlannerPolicy(RecedingHorizonPolicy):
         return x[..., self.x_dim - self.state_dim :]
 
     def inpainting(
-        self, shape: tuple[int, ...], first: Tensor, last: Tensor | None = None, keep: Tensor | None = None
+        self,
+        shape: tuple[int, ...],
+        first: Tensor,
+        last: Tensor | None = None,
+        keep: Tensor | None = None,
+        last_keep: Tensor | None = None,
     ) -> Inpainting:
         """Fix the state of the plans' first step to ``first`` and, if given, of their last to ``last``.
 
@@ -139,6 +144,7 @@ class PlannerPolicy(RecedingHorizonPolicy):
             last: (B, ..., state_dim) normalised goal states, or None.
             keep: (B, ..., state_dim) bool, the entries of ``first`` to fix (MADiff-D: one agent's);
                 None: all.
+            last_keep: the same for ``last`` (a goal's position but not its velocity); None: all.
         """
         mask = torch.zeros(shape, dtype=torch.bool, device=first.device)
         values = torch.zeros(shape, dtype=first.dtype, device=first.device)
@@ -146,7 +152,7 @@ class PlannerPolicy(RecedingHorizonPolicy):
         mask[:, 0, ..., state] = True if keep is None else keep
         values[:, 0, ..., state] = first if keep is None else torch.where(keep, first, 0.0)
         if last is not None:
-            mask[:, -1, ..., state] = True
+            mask[:, -1, ..., state] = True if last_keep is None else last_keep
             values[:, -1, ..., state] = last
         return Inpainting(mask, values)
 

@@ -368,3 +368,25 @@ def test_decision_diffuser_acts_with_the_ema_of_its_inverse_dynamics():
     torch.testing.assert_close(policy.plan_actions(plans), before)
     policy.update_averages(step=0, start=1, every=1)  # before ema_start the average copies the network
     assert not torch.allclose(policy.plan_actions(plans), before)
+
+
+@pytest.mark.parametrize("goal_entries", ["state", "goal"])
+def test_goal_entries_say_which_entries_of_the_plans_end_are_fixed(goal_entries):
+    policy = make_policy(
+        state_key="observation", goal_key="desired_goal", n_plans=1, endpoint_condition=True, guide_scale=0.0,
+        goal_entries=goal_entries,
+    )  # fmt: skip
+    features = policy.features({"desired_goal": torch.tensor([[1.0, 2.0]]), "observation": torch.ones(1, 4)})
+    goal = policy._goal_state(features)  # (1, 4): the goal position, zero velocity
+    first = torch.zeros(1, 4)
+    fixed = policy.inpainting((1, policy.segment_horizon, policy.x_dim), first, goal).mask[0, -1, -4:]
+    condition = policy.endpoints(first, goal)[1][0]
+    if goal_entries == "state":  # Diffuser's: position and zero velocity
+        assert fixed.tolist() == [True] * 4 and torch.equal(condition, goal[0])
+    else:  # the position only; the velocity is left to the model and given to the U-Net as 0
+        assert fixed.tolist() == [True, True, False, False]
+        assert torch.equal(condition[:2], goal[0, :2]) and condition[2:].tolist() == [0.0, 0.0]
+    plan = policy.plan(features.unsqueeze(1), None, deterministic=True)[0, -1, -4:]
+    torch.testing.assert_close(plan[fixed], goal[0][fixed])
+    with pytest.raises(ValueError, match="goal_entries"):
+        make_policy(state_key="observation", goal_key="desired_goal", goal_entries="velocity")
