@@ -9,15 +9,19 @@ that can also learn from a dataset. What a user of SAC knows keeps working: ``le
 - **Offline** (the default when ``dataset`` is given): ``learn(total_timesteps)`` performs
   ``total_timesteps`` *gradient steps* on the dataset and never steps the env; callbacks see one
   "step" per gradient step, so ``EvalCallback(eval_freq=k)`` evaluates every k gradient steps.
+  SB3's callback hooks offline (see :class:`OfflineAlgorithm` for all of them): a "rollout" is
+  a block of ``check_every`` gradient steps, and no episode ever ends (``dones`` all False).
 - **Online fine-tuning**: ``learn(total_timesteps, online=True)`` is SB3's off-policy loop:
   ``total_timesteps`` counts *environment steps*, with ``gradient_steps`` updates per
-  ``train_freq``; the replay buffer starts with the whole dataset and receives the new
-  experience, so fine-tuning keeps learning from both.
+  ``train_freq``; the replay buffer (``replay_buffer_class``, e.g.
+  :class:`~diffgym.wrappers.DiffusionReplayBuffer`) starts with the whole dataset and receives
+  the new experience, so fine-tuning keeps learning from both.
 - **Files**: ``save`` writes one zip that loads without executing code (see
   :mod:`diffgym.serialization`): hyperparameters and spaces as JSON, and the policy's state
   (networks, EMA weights, target networks, normalisers), the optimizers and the random
   generators as tensors. ``load`` followed by ``learn(..., reset_num_timesteps=False)`` resumes
-  where training stopped.
+  where training stopped. Code is never saved: a ``learning_rate`` schedule is recorded as its
+  value at progress 1, with a warning. ``set_parameters`` reads the same files in place.
 
 Every gradient step's statistics stay on the device; they are read (one sync) every
 ``check_every`` steps, when a non-finite or exploding value stops training with
@@ -28,8 +32,11 @@ from __future__ import annotations
 
 import numbers
 import os
+import pathlib
 import time
+import warnings
 from abc import abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -53,6 +60,7 @@ from diffgym.rl import iql_reward_scale
 from diffgym.samplers import sampler_config
 from diffgym.serialization import (
     ModelFileError,
+    as_model_file_error,
     load_model_file,
     save_model_file,
     space_from_json,
@@ -72,6 +80,20 @@ class _GradientStepProgressBar(ProgressBarCallback):
 
 class OfflineAlgorithm(OffPolicyAlgorithm):
     """Base of diffgym's agents: offline learning from a dataset, online fine-tuning, safe files.
+
+    What SB3's callback hooks and buffer methods mean while learning offline (``learn`` without
+    ``online=True``; online they are SB3's own):
+
+    - ``_on_step``: after every gradient step; ``num_timesteps`` counts gradient steps.
+    - ``_on_rollout_start`` / ``_on_rollout_end``: around each block of ``check_every`` gradient
+      steps (the divergence-check and logging period; the last block of a ``learn`` call may be
+      shorter). As in SB3, a callback that stops training skips the block's ``_on_rollout_end``.
+    - ``self.locals``: ``learn``'s arguments, plus per step ``dones`` (``n_envs`` times False: the
+      env is not stepped, so no episode ends) and ``infos`` (``n_envs`` empty dicts). Callbacks
+      counting episodes (``StopTrainingOnMaxEpisodes``) therefore never stop offline learning:
+      ``total_timesteps`` bounds it.
+    - ``save_replay_buffer``: offline data is the dataset (named in the model file), not a replay
+      buffer; it raises until ``learn(..., online=True)`` has built one, then saves it as SB3 does.
 
     Args:
         policy: ``"MlpPolicy"`` (or ``"MultiInputPolicy"`` for Dict observations; both flatten).
@@ -95,7 +117,15 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             it), then hold them at 0; None: no decay. A horizon the user states, never the length of
             one ``learn`` call, so that training in several calls follows one curve.
         lr_warmup_steps: gradient steps of linear learning-rate warm-up (Diffusion Policy's); 0: none.
-        policy_kwargs, tensorboard_log, verbose, seed, device: as in SB3.
+        replay_buffer_class, replay_buffer_kwargs: the online replay buffer, as in SB3 (default:
+            SB3's ``ReplayBuffer``, or ``DictReplayBuffer`` for Dict observations); it is created by
+            ``learn(..., online=True)``, filled with the dataset first (a
+            :class:`~diffgym.wrappers.DiffusionReplayBuffer` counts it as real data and draws its
+            first synthetic pool after ``retrain_every`` new steps). Not saved with the model:
+            pass them again to ``load``. Refused by agents that learn offline only.
+        policy_kwargs: the policy's arguments; SB3's ``net_arch`` is accepted where the policy's
+            networks are MLPs (see :class:`~diffgym.policies.AgentPolicy`).
+        tensorboard_log, verbose, seed, device: as in SB3.
     """
 
     policy: AgentPolicy
@@ -142,6 +172,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         explode_above: float = 1e8,
         lr_decay_steps: int | None = None,
         lr_warmup_steps: int = 0,
+        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
         verbose: int = 0,
@@ -149,6 +181,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         device: torch.device | str = "auto",
         _init_setup_model: bool = True,
     ) -> None:
+        if (replay_buffer_class is not None or replay_buffer_kwargs) and not self.supports_online:
+            raise ValueError(
+                f"{type(self).__name__} learns from a dataset only (no online learning), so it has no use "
+                "for replay_buffer_class or replay_buffer_kwargs: leave them out"
+            )
         super().__init__(
             policy,
             env,  # type: ignore[arg-type]
@@ -160,6 +197,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             gamma=gamma,
             train_freq=train_freq,
             gradient_steps=gradient_steps,
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
             policy_kwargs=policy_kwargs,
             tensorboard_log=tensorboard_log,
             verbose=verbose,
@@ -201,11 +240,26 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         )
         self.policy = self.policy.to(self.device)
         seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.policy.sampling_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self._seed_generators(seed)
         self._convert_train_freq()
         if self.dataset is not None:
             self.set_dataset(self.dataset)
+
+    def _seed_generators(self, seed: int) -> None:
+        """The training generator (batches, diffusion noise) from ``seed``; the policy's stochastic
+        sampling from ``seed + 1``."""
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.policy.sampling_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+
+    def set_random_seed(self, seed: int | None = None) -> None:
+        """SB3's seeding (Python, NumPy and torch's global RNGs, the action space, the env), and the
+        model's own generators: training from ``seed``; stochastic ``predict`` from torch's global
+        RNG just seeded, so that this and SB3's global ``set_random_seed(seed)`` give the same
+        actions. None changes nothing, as in SB3."""
+        super().set_random_seed(seed)
+        if seed is not None and hasattr(self, "generator"):  # the generators exist once set up
+            self.generator = torch.Generator(device=self.device).manual_seed(seed)
+            self.policy.follow_global_seed()
 
     def _setup_lr_schedule(self) -> None:
         """SB3's schedule, times the cosine decay (``lr_decay_steps``) and the warm-up
@@ -278,7 +332,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
 
         Args:
             total_timesteps: gradient steps offline; environment steps with ``online=True``.
-            callback: SB3 callback(s), called once per gradient step offline.
+            callback: SB3 callback(s), called once per gradient step offline (what each hook means
+                offline: see the class doc).
             log_interval: offline, gradient steps between log dumps; online, episodes (as SB3).
             tb_log_name: TensorBoard run name (default: the algorithm's class name).
             reset_num_timesteps: False continues the step count (and LR schedule) of a loaded model.
@@ -312,18 +367,36 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             total_timesteps, callback, reset_num_timesteps, name, progress_bar
         )
         callback.on_training_start(locals(), globals())
-        started, start_step = time.perf_counter(), self.num_timesteps
+        clock = (time.perf_counter(), self.num_timesteps)
         while self.num_timesteps < total:
-            self._gradient_step(self._offline.sample(self.batch_size, self.generator))
-            self.num_timesteps += 1
-            callback.update_locals(locals())
-            if not callback.on_step():
+            steps = min(self.check_every, total - self.num_timesteps)
+            if not self._offline_block(steps, callback, log_interval, clock):
                 break
-            if log_interval and self.num_timesteps % log_interval == 0:
-                self._dump_offline_logs(started, start_step)
         self._monitor.flush()
         callback.on_training_end()
         return self
+
+    def _offline_block(
+        self, steps: int, callback: BaseCallback, log_interval: int, clock: tuple[float, int]
+    ) -> bool:
+        """``steps`` gradient steps on the dataset, framed as one SB3 rollout (see the class doc);
+        ``clock``: when and at which step this ``learn`` call started. False: a callback stopped."""
+        callback.on_rollout_start()
+        for _ in range(steps):
+            self._gradient_step(self._offline.sample(self.batch_size, self.generator))
+            self.num_timesteps += 1
+            callback.update_locals(self._offline_locals())
+            if not callback.on_step():
+                return False
+            if log_interval and self.num_timesteps % log_interval == 0:
+                self._dump_offline_logs(*clock)
+        callback.on_rollout_end()
+        return True
+
+    def _offline_locals(self) -> dict[str, Any]:
+        """What callbacks find in ``self.locals`` after an offline gradient step: no episode ends."""
+        n_envs = self.n_envs
+        return {"dones": np.zeros(n_envs, dtype=bool), "infos": [{} for _ in range(n_envs)]}
 
     def train(self, gradient_steps: int, batch_size: int = 256) -> None:
         """SB3's online update: ``gradient_steps`` steps on replay-buffer batches."""
@@ -387,16 +460,19 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             return
         offline = self._offline
         stored = offline.size if offline is not None else 0
-        buffer_class = DictReplayBuffer if isinstance(self.observation_space, spaces.Dict) else ReplayBuffer
+        buffer_class = self.replay_buffer_class or (
+            DictReplayBuffer if isinstance(self.observation_space, spaces.Dict) else ReplayBuffer
+        )
         rows = (
             (stored + self.n_envs - 1) // self.n_envs + max(self.buffer_size, online_steps) // self.n_envs + 1
         )
         self.replay_buffer = buffer_class(
-            rows,
+            rows * self.n_envs,  # SB3's buffers hold buffer_size // n_envs rows of n_envs transitions
             self.observation_space,  # type: ignore[arg-type]
             self.action_space,
             device=self.device,
             n_envs=self.n_envs,
+            **self.replay_buffer_kwargs,
         )
         if offline is not None:
             self._copy_dataset_into(self.replay_buffer, offline)
@@ -433,14 +509,16 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     # ------------------------------------------------------------------ files
 
     def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:  # type: ignore[override]
-        """Write one zip (see :mod:`diffgym.serialization`); an existing file is replaced atomically."""
-        hyperparameters = {name: getattr(self, name) for name in self.saved_hyperparameters}
-        if not isinstance(self.learning_rate, (int, float)):
-            raise TypeError("only a constant learning_rate can be saved (schedules are code)")
+        """Write one zip (see :mod:`diffgym.serialization`); an existing file is replaced atomically.
+
+        A ``learning_rate`` schedule (a callable) is code, which a model file never holds: the file
+        records its value at progress 1 (the start of training) as a constant ``learning_rate``,
+        and a ``UserWarning`` says so. The optimizers' current rates are saved with their state.
+        """
         manifest = {
             "algorithm": type(self).__name__,
             "diffgym_version": diffgym.__version__,
-            "hyperparameters": hyperparameters,
+            "hyperparameters": self._saved_hyperparameter_values(),
             "policy_kwargs": self.policy_kwargs,
             "observation_space": space_to_json(self.observation_space),
             "action_space": space_to_json(self.action_space),
@@ -461,6 +539,124 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             },
         }
         save_model_file(path, manifest, members)
+
+    def _saved_hyperparameter_values(self) -> dict[str, Any]:
+        """``saved_hyperparameters`` by name; a learning-rate schedule as its value at progress 1."""
+        values = {name: getattr(self, name) for name in self.saved_hyperparameters}
+        if not callable(self.learning_rate):
+            values["learning_rate"] = float(self.learning_rate)
+            return values
+        values["learning_rate"] = start = float(self.learning_rate(1.0))
+        warnings.warn(
+            f"{type(self).__name__}.save: the learning_rate schedule {self.learning_rate!r} is code and is "
+            f"not saved; the file records its value at progress 1, {start:.6g}, as a constant learning "
+            "rate (pass learning_rate=... to load() to train the loaded model on a schedule again)",
+            UserWarning,
+            stacklevel=3,
+        )
+        return values
+
+    def get_parameters(self) -> dict[str, Any]:
+        """The policy's and the optimizers' state, the groups of the model file:
+        ``{"policy": state_dict, "optimizers": {name: state_dict}}`` (for :meth:`set_parameters`)."""
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.policy.optimizers().items()},
+        }
+
+    def set_parameters(  # type: ignore[override]
+        self,
+        load_path_or_dict: str | os.PathLike | Mapping[str, Any],
+        exact_match: bool = True,
+        device: torch.device | str = "auto",
+    ) -> None:
+        """Load the policy's and the optimizers' state in place, as SB3's ``set_parameters``.
+
+        Args:
+            load_path_or_dict: a model file of this algorithm (:meth:`save`; read without executing
+                anything), or a dict as :meth:`get_parameters` returns. SB3's layout (attribute
+                names such as ``"policy"`` -> state dicts) works too. ``"optimizers"`` may be left
+                out. Generators, step counters and hyperparameters stay as they are (``load``
+                restores those).
+            exact_match: the policy's state must hold exactly the policy's keys, and
+                ``"optimizers"``, when given, every optimizer.
+            device: as in SB3 (states are copied onto the model's device in any case).
+
+        Raises:
+            ModelFileError: the file is not a valid model of this algorithm, or does not fit it.
+            ValueError: the dict lacks the policy's state or names unknown optimizers.
+        """
+        if isinstance(load_path_or_dict, Mapping):
+            self._load_parameters(dict(load_path_or_dict), exact_match, device)
+            return
+        path = load_path_or_dict
+        parameters = self._parameters_in_file(path)
+        try:
+            self._load_parameters(parameters, exact_match, device)
+        except (RuntimeError, ValueError) as error:
+            raise ModelFileError(
+                f"{path}: saved state does not fit this {type(self).__name__} ({error})"
+            ) from error
+
+    def _parameters_in_file(self, path: str | os.PathLike) -> dict[str, Any]:
+        """The ``policy`` and ``optimizers`` members of a model file of this algorithm."""
+        manifest, members = load_model_file(path)
+        if manifest.get("algorithm") != type(self).__name__:
+            raise ModelFileError(
+                f"{path} holds a {manifest.get('algorithm')!r} model, not {type(self).__name__}"
+            )
+        missing = sorted({"policy", "optimizers"} - set(members))
+        if missing:
+            raise ModelFileError(f"{path} has no {', '.join(missing)} member")
+        return {"policy": members["policy"], "optimizers": members["optimizers"]}
+
+    def _load_parameters(
+        self, parameters: dict[str, Any], exact_match: bool, device: torch.device | str
+    ) -> None:
+        """``set_parameters`` on a dict: the optimizers by name, the rest by SB3."""
+        optimizers = parameters.pop("optimizers", None)
+        if exact_match and "policy" not in parameters:
+            raise ValueError(
+                f"the parameters hold no 'policy' state (keys {sorted(parameters)}); pass exact_match=False "
+                "to load part of a model"
+            )
+        if optimizers is not None:
+            self._check_optimizer_names(optimizers, exact_match)
+        super().set_parameters(parameters, exact_match, device)  # type: ignore[arg-type]
+        for name, state in (optimizers or {}).items():
+            self.policy.optimizers()[name].load_state_dict(state)
+
+    def _check_optimizer_names(self, states: Mapping[str, Any], exact_match: bool) -> None:
+        named = sorted(self.policy.optimizers())
+        unknown, missing = sorted(set(states) - set(named)), sorted(set(named) - set(states))
+        if unknown or (exact_match and missing):
+            raise ValueError(
+                f"the parameters' optimizers {sorted(states)} do not match {type(self).__name__}'s {named}"
+            )
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        """SB3's ``set_env``. Without a replay buffer (offline, or just loaded) the model takes any
+        number of envs; once online learning has laid out its buffer, SB3's rule holds (the same
+        number)."""
+        wrapped = self._wrap_env(env, self.verbose)
+        if self.replay_buffer is None:
+            self.n_envs = wrapped.num_envs
+        super().set_env(wrapped, force_reset)
+
+    def save_replay_buffer(self, path: str | pathlib.Path | Any) -> None:
+        """SB3's: pickle the online replay buffer (the dataset plus new experience).
+
+        Raises:
+            ValueError: there is none yet. Offline learning samples the dataset itself (the model
+                file names it); ``learn(..., online=True)`` creates the buffer.
+        """
+        if self.replay_buffer is None:
+            raise ValueError(
+                f"{type(self).__name__} has no replay buffer to save: offline learning samples the dataset "
+                f"({self.dataset!r}, named in the model file) directly; a replay buffer exists once "
+                "learn(..., online=True) has run"
+            )
+        super().save_replay_buffer(path)
 
     @classmethod
     def load(  # type: ignore[override]
@@ -486,31 +682,30 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         manifest, members = load_model_file(path)
         if manifest.get("algorithm") != cls.__name__:
             raise ModelFileError(f"{path} holds a {manifest.get('algorithm')!r} model, not {cls.__name__}")
-        observation_space = space_from_json(manifest["observation_space"])
-        action_space = space_from_json(manifest["action_space"])
-        if env is not None:
+        with as_model_file_error(f"{path}: member diffgym.json does not describe a {cls.__name__} model"):
+            observation_space = space_from_json(manifest["observation_space"])
+            action_space = space_from_json(manifest["action_space"])
+            arguments = {**manifest["hyperparameters"], "policy_kwargs": manifest["policy_kwargs"], **kwargs}
+            num_timesteps, n_updates = int(manifest["num_timesteps"]), int(manifest["n_updates"])
+        if env is not None:  # a wrong env is the caller's error, not the file's
             check_for_correct_spaces(env, observation_space, action_space)  # type: ignore[arg-type]
-        arguments = {**manifest["hyperparameters"], "policy_kwargs": manifest["policy_kwargs"], **kwargs}
-        try:
+        with as_model_file_error(f"{path}: hyperparameters do not fit {cls.__name__}"):
             policy = "MultiInputPolicy" if isinstance(observation_space, spaces.Dict) else "MlpPolicy"
             model = cls(
                 policy, env, device=device, seed=manifest["seed"], _init_setup_model=False, **arguments
             )
-        except TypeError as error:
-            raise ModelFileError(f"{path}: hyperparameters do not fit {cls.__name__} ({error})") from error
-        model.observation_space, model.action_space = observation_space, action_space
-        model._setup_model()
-        try:
+            model.observation_space, model.action_space = observation_space, action_space
+            model._setup_model()
+        with as_model_file_error(f"{path}: member policy.pt does not fit {cls.__name__}"):
             model.policy.load_state_dict(members["policy"])
+        with as_model_file_error(f"{path}: member optimizers.pt does not fit {cls.__name__}"):
             for name, optimizer in model.policy.optimizers().items():
                 optimizer.load_state_dict(members["optimizers"][name])
+        with as_model_file_error(f"{path}: member generators.pt does not fit {cls.__name__}"):
             model.generator.set_state(members["generators"]["training"])
             model.policy.sampling_generator.set_state(members["generators"]["sampling"])  # type: ignore[union-attr]
-        except (KeyError, RuntimeError, ValueError) as error:
-            raise ModelFileError(f"{path}: saved state does not fit {cls.__name__} ({error})") from error
         model.dataset = manifest.get("dataset")  # loaded lazily, if learning continues offline
-        model.num_timesteps = manifest["num_timesteps"]
-        model._n_updates = manifest["n_updates"]
+        model.num_timesteps, model._n_updates = num_timesteps, n_updates
         if dataset is not None:
             model.set_dataset(dataset)
         return model

@@ -31,6 +31,7 @@ from diffgym.data.team import (
     dataset_agents,
 )
 from diffgym.normalizers import GaussianNormalizer
+from diffgym.policies import check_finite_observation
 from diffgym.trajectory import (
     PlanState,
     RecedingHorizonPolicy,
@@ -148,12 +149,15 @@ class TeamAgentPolicy(RecedingHorizonPolicy):
 
         Raises:
             AgentMismatchError: agents are missing or unknown.
-            ValueError: an agent's observation has the wrong shape.
+            ValueError: an agent's observation has the wrong shape, or NaN or inf entries (named by
+                agent and index).
         """
         batch, vectorised = self._team_batch(observation)
+        self._before_acting(deterministic)
         self.set_training_mode(False)
         with torch.no_grad():
             tensors = {a: torch.as_tensor(batch[a], device=self.device) for a in self.agents}
+            check_finite_observation(tensors, vectorised)
             actions, next_state = self.act_from_features(
                 self.features(tensors), state, episode_start, deterministic
             )

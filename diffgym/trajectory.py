@@ -138,8 +138,10 @@ class RecedingHorizonPolicy(AgentPolicy):
         module doc); overridden outright, as sb3-contrib's recurrent policies do.
 
         Observations are preprocessed as SB3's :meth:`~stable_baselines3.common.policies.BasePolicy.predict`
-        does (one observation or a VecEnv batch; actions rescaled to the action space's bounds).
+        does (one observation or a VecEnv batch; actions rescaled to the action space's bounds);
+        NaN or inf entries are refused, as in :meth:`AgentPolicy.predict <diffgym.policies.AgentPolicy>`.
         """
+        self._before_acting(deterministic)
         self.set_training_mode(False)
         if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
             raise ValueError(  # SB3's check: the Gymnasium API mixed with the VecEnv API

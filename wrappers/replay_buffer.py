@@ -15,6 +15,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from diffgym.serialization import (
     ModelFileError,
+    as_model_file_error,
     load_model_file,
     save_model_file,
     space_from_json,
@@ -301,17 +302,18 @@ class DiffusionReplayBuffer(ReplayBuffer):
         manifest, members = load_model_file(path)
         if manifest.get("class") != cls.__name__:
             raise ModelFileError(f"{path} holds a {manifest.get('class')!r}, not a {cls.__name__}")
-        init = dict(manifest["init"])
-        if not isinstance(init["action_bounds"], str):
-            init["action_bounds"] = tuple(np.asarray(b, np.float32) for b in init["action_bounds"])
-        init["model_config"] = SynthERConfig.from_json(init["model_config"])
-        buffer = cls(
-            observation_space=space_from_json(manifest["observation_space"]),
-            action_space=space_from_json(manifest["action_space"]),
-            device=device,
-            **init,
-        )
-        buffer._restore(manifest["state"], members)
+        with as_model_file_error(f"{path}: saved buffer state does not fit {cls.__name__}"):
+            init = dict(manifest["init"])
+            if not isinstance(init["action_bounds"], str):
+                init["action_bounds"] = tuple(np.asarray(b, np.float32) for b in init["action_bounds"])
+            init["model_config"] = SynthERConfig.from_json(init["model_config"])
+            buffer = cls(
+                observation_space=space_from_json(manifest["observation_space"]),
+                action_space=space_from_json(manifest["action_space"]),
+                device=device,
+                **init,
+            )
+            buffer._restore(manifest["state"], members)
         return buffer
 
     def _restore(self, state: dict[str, Any], members: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from diffgym.data import DatasetLike
 from diffgym.networks import make_adam
+from diffgym.policies import NetArchPart
 from diffgym.trajectory import RecedingHorizonPolicy, SegmentSamples, SequenceAlgorithm
 
 
@@ -28,7 +29,12 @@ class HistoryBCPolicy(RecedingHorizonPolicy):
         n_obs_steps: observations the action is computed from (2: as Diffusion Policy).
         hidden_dim, num_layers: ReLU hidden layers (256 × 3).
         obs_std_floor: floor of the observations' std when standardising (0.01: as Diffusion Policy here).
+
+    SB3's ``net_arch`` (a list, or ``dict(pi=[...])``): its equal widths set ``hidden_dim`` and its
+    length ``num_layers``.
     """
+
+    net_arch_parts: ClassVar[dict[str, NetArchPart]] = {"pi": NetArchPart("hidden_dim", "num_layers")}
 
     def _build(
         self,

@@ -22,13 +22,23 @@ from torch import Tensor, nn
 from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
 from diffgym.networks import make_adam, soft_update
-from diffgym.policies import CandidateSelectionPolicy
+from diffgym.policies import CandidateSelectionPolicy, NetArchPart
 from diffgym.rl import bellman_target, fit_twin_critic, min_q, twin_critic
 from diffgym.samplers import Randomness
 
 
 class TD3BCPolicy(CandidateSelectionPolicy):
-    """Deterministic tanh actor + twin critics; acting returns the actor's action."""
+    """Deterministic tanh actor + twin critics; acting returns the actor's action.
+
+    Network arguments (``policy_kwargs``):
+        hidden_dim: width of the 2 hidden ReLU layers of the actor and each Q (256). SB3's
+            ``net_arch`` sets it too: 2 equal widths, the same for ``pi`` and ``qf``.
+    """
+
+    net_arch_parts: ClassVar[dict[str, NetArchPart]] = {
+        "pi": NetArchPart("hidden_dim", 2),
+        "qf": NetArchPart("hidden_dim", 2),
+    }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **{**kwargs, "num_candidates": 1})

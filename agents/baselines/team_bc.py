@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from diffgym.data import DatasetLike
 from diffgym.networks import EnsembleMLP, make_adam
+from diffgym.policies import NetArchPart
 from diffgym.team import TeamAgentPolicy, TeamAlgorithm, TeamEnv
 from diffgym.trajectory import SegmentSamples
 from diffgym.wrappers.multiagent import JointAgentEnv
@@ -31,7 +32,12 @@ class TeamBCPolicy(TeamAgentPolicy):
     Args (``policy_kwargs``):
         agents: agent ids in the env's ``possible_agents`` order (default: the ``Dict`` keys).
         hidden_dim, num_hidden: each agent's hidden ReLU layers (256 × 2).
+
+    SB3's ``net_arch`` (a list, or ``dict(pi=[...])``): its equal widths set ``hidden_dim`` and its
+    length ``num_hidden``.
     """
+
+    net_arch_parts: ClassVar[dict[str, NetArchPart]] = {"pi": NetArchPart("hidden_dim", "num_hidden")}
 
     def _build(
         self,

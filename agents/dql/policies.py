@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from stable_baselines3.common.type_aliases import Schedule
@@ -10,7 +10,7 @@ from torch import Tensor
 
 from diffgym.denoisers import MLPDenoiser
 from diffgym.networks import make_adam
-from diffgym.policies import DiffusionActorPolicy
+from diffgym.policies import DiffusionActorPolicy, NetArchPart
 from diffgym.rl import min_q
 from diffgym.samplers import Randomness
 
@@ -27,7 +27,15 @@ class DiffusionQLPolicy(DiffusionActorPolicy):
         actor_hidden: width of the MLP denoiser (256).
         critic_hidden: width of each critic's 3 hidden Mish layers (256).
         ema_decay: decay of the EMA actor that proposes the critic's next actions (0.995).
+
+    SB3's ``net_arch``: ``pi`` sets ``actor_hidden`` and ``qf`` ``critic_hidden``; both networks
+    have 3 hidden layers (the paper's), so each part is 3 equal widths, e.g. ``[256, 256, 256]``.
     """
+
+    net_arch_parts: ClassVar[dict[str, NetArchPart]] = {
+        "pi": NetArchPart("actor_hidden", 3),
+        "qf": NetArchPart("critic_hidden", 3),
+    }
 
     def _build(
         self,

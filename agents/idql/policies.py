@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from gymnasium import spaces
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from diffgym.denoisers import ResidualMLPDenoiser
 from diffgym.networks import EnsembleMLP, make_adam
-from diffgym.policies import DiffusionActorPolicy
+from diffgym.policies import DiffusionActorPolicy, NetArchPart
 from diffgym.rl import min_q
 from diffgym.samplers import Randomness
 
@@ -66,9 +66,17 @@ class IDQLPolicy(DiffusionActorPolicy):
         value_layer_norm: a LayerNorm on V's input (the final code's ``MLP(use_layer_norm=True)``
             normalises the input once; the paper-era learner has none).
         ema_decay: decay of the EMA actor that acting samples from (0.999: ``actor_tau=0.001``).
+
+    SB3's ``net_arch``: ``pi`` sets ``actor_hidden`` and, by its length, ``actor_blocks`` (residual
+    blocks); ``qf`` sets ``critic_hidden`` of the Q networks and V, which have 2 hidden layers, so
+    ``qf`` is 2 equal widths. E.g. ``dict(pi=[256] * 3, qf=[256, 256])`` is the default.
     """
 
     expectile: float = 0.7
+    net_arch_parts: ClassVar[dict[str, NetArchPart]] = {
+        "pi": NetArchPart("actor_hidden", "actor_blocks"),
+        "qf": NetArchPart("critic_hidden", 2),
+    }
 
     def __init__(
         self,

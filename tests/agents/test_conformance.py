@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import ObservationWrapper, make, spaces
-from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+from stable_baselines3.common.callbacks import (
+    BaseCallback,
+    CheckpointCallback,
+    EvalCallback,
+    StopTrainingOnMaxEpisodes,
+)
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.utils import set_random_seed
 
 from diffgym import registry
 from diffgym.data import DatasetSpaceMismatchError, collect_dataset, load_transitions
@@ -195,9 +201,30 @@ def test_saved_state_includes_optimizers_and_rng(trained, agent, tmp_path, pendu
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+class RolloutHooks(BaseCallback):
+    """Counts the rollout hooks (offline: around each block of ``check_every`` gradient steps)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts = self.ends = 0
+
+    def _on_rollout_start(self) -> None:
+        self.starts += 1
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.ends += 1
+
+
 def test_callbacks_fire_during_offline_learning(agent, pendulum_dataset, tmp_path):
+    """SB3's callbacks, with a learning-rate schedule (saved as its starting value) and an
+    episode-counting callback (no episode ends offline: it never stops training)."""
     cls, case = agent
-    model = case.make(make("Pendulum-v1"), dataset=pendulum_dataset)
+    model = case.make(
+        make("Pendulum-v1"), dataset=pendulum_dataset, learning_rate=lambda progress: 2e-4 * (1 + progress)
+    )
     evaluation = EvalCallback(
         make("Pendulum-v1", max_episode_steps=20),
         eval_freq=10,
@@ -206,10 +233,13 @@ def test_callbacks_fire_during_offline_learning(agent, pendulum_dataset, tmp_pat
         verbose=0,
     )
     checkpoints = CheckpointCallback(save_freq=10, save_path=str(tmp_path), name_prefix="ckpt")
-    model.learn(20, callback=[evaluation, checkpoints], progress_bar=True)
+    hooks, episodes = RolloutHooks(), StopTrainingOnMaxEpisodes(max_episodes=1)
+    with pytest.warns(UserWarning, match="learning_rate schedule .* not saved"):
+        model.learn(20, callback=[evaluation, checkpoints, hooks, episodes], progress_bar=True)
     assert evaluation.evaluations_timesteps == [10, 20]  # every 10 gradient steps
     assert sorted(p.name for p in tmp_path.glob("ckpt_*.zip")) == ["ckpt_10_steps.zip", "ckpt_20_steps.zip"]
-    cls.load(tmp_path / "ckpt_20_steps.zip")
+    assert (hooks.starts, hooks.ends) == (2, 2)  # check_every=10
+    assert cls.load(tmp_path / "ckpt_20_steps.zip").learning_rate == pytest.approx(4e-4)
 
 
 def test_logger_writes_losses_to_tensorboard(case, pendulum_dataset, tmp_path):
@@ -276,6 +306,9 @@ def test_dict_observations_work_end_to_end(agent, minari_store, tmp_path, reques
     obs, _ = env.reset(seed=0)
     action, _ = model.predict(obs, deterministic=True)
     assert action.shape == (1,)
+    broken = {**obs, "velocity": np.array([np.nan], np.float32)}
+    with pytest.raises(ValueError, match=r"observation\['velocity'\]\[0\] = nan"):
+        model.predict(broken, deterministic=True)
     model.save(tmp_path / "dict_model")
     again, _ = cls.load(tmp_path / "dict_model", env=env).predict(obs, deterministic=True)
     np.testing.assert_array_equal(action, again)
@@ -313,3 +346,62 @@ def test_a_corrupt_or_foreign_model_file_is_refused(trained, agent, tmp_path):
     other = next(c.cls for c in AGENTS.values() if c.cls is not cls)
     with pytest.raises(ModelFileError, match=f"holds a '{cls.__name__}' model, not {other.__name__}"):
         other.load(tmp_path / "model")
+
+
+def test_set_parameters_reads_a_model_file_in_place(trained, case, tmp_path):
+    observations = make_vec_env("Pendulum-v1", n_envs=4, seed=4).reset()
+    expected, _ = trained.predict(observations, deterministic=True)
+    trained.save(tmp_path / "model")
+    fresh = case.make(make("Pendulum-v1"), seed=1)  # another initialisation, no dataset
+    fresh.set_parameters(tmp_path / "model")
+    np.testing.assert_array_equal(fresh.predict(observations, deterministic=True)[0], expected)
+    again = case.make(make("Pendulum-v1"), seed=2)
+    again.set_parameters(trained.get_parameters())
+    np.testing.assert_array_equal(again.predict(observations, deterministic=True)[0], expected)
+
+
+def test_set_env_after_loading_without_an_env(trained, agent, tmp_path):
+    cls, _ = agent
+    trained.save(tmp_path / "model")
+    loaded = cls.load(tmp_path / "model")
+    loaded.set_env(make("Pendulum-v1"))
+    assert loaded.get_env().num_envs == 1 and loaded.n_envs == 1
+
+
+def test_net_arch_sizes_the_networks_or_names_what_to_pass(case):
+    policy_class = case.cls.policy_aliases["MlpPolicy"]
+    parts = policy_class.net_arch_parts
+    sizing = {name for part in parts.values() for name in part if isinstance(name, str)}
+    policy_kwargs = {k: v for k, v in case.kwargs.get("policy_kwargs", {}).items() if k not in sizing}
+    if not parts:
+        with pytest.raises(ValueError, match=f"{policy_class.__name__} does not take net_arch.*: "):
+            case.make(make("Pendulum-v1"), policy_kwargs=dict(policy_kwargs, net_arch=[16, 16]))
+        return
+    depths = {part: target.depth if isinstance(target.depth, int) else 2 for part, target in parts.items()}
+    net_arch = {part: [16] * depth for part, depth in depths.items()}
+    model = case.make(make("Pendulum-v1"), policy_kwargs=dict(policy_kwargs, net_arch=net_arch))
+    widths = {p.shape[-1] for p in model.policy.parameters() if p.dim() >= 2}
+    assert 16 in widths
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_nan_or_inf_observation_is_refused_naming_the_entry(trained, deterministic):
+    observation, _ = make("Pendulum-v1").reset(seed=0)
+    observation[1] = np.nan
+    with pytest.raises(ValueError, match=r"1 NaN or inf entry.*: observation\[1\] = nan\."):
+        trained.predict(observation, deterministic=deterministic)
+    batch = make_vec_env("Pendulum-v1", n_envs=3, seed=0).reset()
+    batch[2, 0], batch[0, 2] = np.inf, -np.inf
+    with pytest.raises(ValueError, match=r"observation\[0, 2\] = -inf, observation\[2, 0\] = inf"):
+        trained.predict(batch, deterministic=deterministic)
+
+
+def test_seeding_makes_stochastic_predict_reproducible(trained):
+    """``model.set_random_seed`` and SB3's global ``set_random_seed`` both reach the sampling, alike."""
+    observations = make_vec_env("Pendulum-v1", n_envs=8, seed=5).reset()
+    runs = []
+    for seed in (trained.set_random_seed, set_random_seed, set_random_seed, trained.set_random_seed):
+        seed(5)
+        runs.append(np.array([trained.predict(observations, deterministic=False)[0] for _ in range(2)]))
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run, runs[0])
