@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,9 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("file", help="the .hdf5 file")
     imp.add_argument("--id", dest="dataset_id", help="Minari id (default: imported/<name>-<hash>-v0)")
     imp.add_argument("--env", dest="env_id", help="env id for the spaces (default: the file's metadata)")
+    imp.add_argument(
+        "--overwrite", action="store_true", help="replace a local dataset with the same id (import afresh)"
+    )
     imp.set_defaults(func=data_import)
 
     info = commands.add_parser(
@@ -77,14 +81,11 @@ def _load_policy(spec: str) -> Any:
 
 def data_make(args: argparse.Namespace) -> int:
     """``diffgym data make``."""
-    import minari
-
     from diffgym.data import collect_dataset
 
     if args.steps is None and args.episodes is None:
         raise ValueError("give --steps, --episodes or both")
-    if args.overwrite and args.dataset_id in minari.list_local_datasets():
-        minari.delete_dataset(args.dataset_id)
+    _make_room(args.dataset_id, args.overwrite)
     dataset = collect_dataset(
         args.env,
         _load_policy(args.policy),
@@ -99,11 +100,29 @@ def data_make(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_room(dataset_id: str, overwrite: bool) -> None:
+    """Remove the local dataset ``dataset_id`` if ``overwrite``, else refuse (naming ``--overwrite``)."""
+    from minari.storage import get_dataset_path
+
+    directory = get_dataset_path(dataset_id)
+    if not directory.exists():
+        return
+    if not overwrite:
+        raise ValueError(
+            f"a local dataset {dataset_id} already exists ({directory}): pass --overwrite to replace it, "
+            "or choose another --id"
+        )
+    shutil.rmtree(directory)
+
+
 def data_import(args: argparse.Namespace) -> int:
     """``diffgym data import``."""
-    from diffgym.data import import_d4rl
+    from diffgym.data import import_d4rl, imported_dataset_id
+    from diffgym.data.d4rl import check_hdf5_file
 
-    dataset = import_d4rl(args.file, dataset_id=args.dataset_id, env_id=args.env_id)
+    dataset_id = args.dataset_id or imported_dataset_id(check_hdf5_file(args.file))
+    _make_room(dataset_id, args.overwrite)
+    dataset = import_d4rl(args.file, dataset_id=dataset_id, env_id=args.env_id)
     print(
         f"imported {args.file} as {dataset.id}: {dataset.total_episodes} episodes, {dataset.total_steps} transitions"
     )

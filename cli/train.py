@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,20 +14,76 @@ from typing import Any
 import numpy as np
 
 from diffgym import registry
-from diffgym.zoo.hyperparameters import resolve_hyperparams, split_config
+from diffgym.tasks.extras import EXTRAS
+from diffgym.zoo.hyperparameters import DEFAULT_KEY, HYPERPARAMS_DIR, resolve_hyperparams, split_config
 
 __all__ = ["add_train_command", "train_agent"]
 
 
 def add_train_command(subparsers: argparse._SubParsersAction) -> None:
-    """``diffgym train ALGO --env ENV --dataset DATASET [--hyperparams KEY] [--set key=value ...]``."""
+    """``diffgym train ALGO --env ENV --dataset DATASET [--hyperparams KEY] [--set key=value ...]``.
+
+    One sub-parser per agent, so that ``diffgym train ALGO --help`` shows that agent's hyperparameter
+    file and its ``default`` entry, a comment on every field.
+    """
     train = subparsers.add_parser(
         "train",
         help="train an agent offline on a dataset, evaluate it and save it",
         description="Train an agent offline (gradient steps on a dataset) with its hyperparameters from "
-        "zoo/hyperparams/ALGO.yml, then evaluate and save it.",
+        "zoo/hyperparams/ALGO.yml, then evaluate and save it. `diffgym train ALGO --help` lists ALGO's "
+        "hyperparameters and what each one means.",
     )
-    train.add_argument("algo", choices=list(registry.registered()), help="the agent")
+    agents = train.add_subparsers(dest="algo", metavar="ALGO", required=True)
+    for name, spec in registry.registered().items():
+        parser = agents.add_parser(
+            name,
+            help=spec.class_name,
+            description=_agent_description(spec),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_train_options(parser)
+        parser.set_defaults(func=train_agent)
+
+
+def _agent_description(spec: registry.AgentSpec) -> str:
+    """What ``diffgym train ALGO --help`` says about the agent: its class, its hyperparameter file
+    (keys and the ``default`` entry as written, comments included) and how to override a field."""
+    head = f"Train {spec.class_name} offline (gradient steps on a dataset), evaluate it and save it."
+    if spec.team:
+        head += (
+            "\nA team agent: its env is a PettingZoo ParallelEnv (MPE's, e.g. mpe2.simple_spread_v3, "
+            f"need {EXTRAS['mpe2'].command})."
+        )
+    path = HYPERPARAMS_DIR / f"{spec.hyperparams_name}.yml"
+    if not path.exists():
+        return (
+            f"{head}\n\n{spec.class_name} has no hyperparameter file ({path.name}): it trains with its class "
+            "defaults, and --set KEY=VALUE passes constructor arguments."
+        )
+    lines = path.read_text().splitlines()
+    keys = [line.split(":", 1)[0] for line in lines if line[:1] not in ("", " ", "#") and ":" in line]
+    usage = textwrap.fill(
+        "--hyperparams KEY picks one (default: the key that fits the dataset's name, else the env id, else "
+        "'default'); every key is merged over 'default', and --set KEY=VALUE overrides any field (nested "
+        "keys joined by '.'). The 'default' entry:",
+        width=100,
+    )
+    entry = "\n".join(_entry_lines(lines, DEFAULT_KEY))
+    return f"{head}\n\nIts hyperparameters: {path}\n  keys: {', '.join(keys)}\n{usage}\n\n{entry}"
+
+
+def _entry_lines(lines: list[str], key: str) -> list[str]:
+    """The lines of a top-level entry of a YAML file as written: ``key:`` and its indented block (none
+    when the file has no such line)."""
+    start = next((index for index, line in enumerate(lines) if line.startswith(f"{key}:")), None)
+    if start is None:
+        return []
+    after = (index for index in range(start + 1, len(lines)) if lines[index][:1] not in ("", " "))
+    return [line for line in lines[start : next(after, len(lines))] if line.strip()]
+
+
+def _add_train_options(train: argparse.ArgumentParser) -> None:
+    """The options of ``diffgym train ALGO``."""
     train.add_argument(
         "--env",
         help="Gymnasium env id, e.g. Hopper-v5; for team agents (madiff) a PettingZoo parallel env such as "
@@ -39,7 +96,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--hyperparams",
         metavar="KEY",
-        help="key of zoo/hyperparams/ALGO.yml (default: the key that fits the dataset's name, else the env "
+        help="key of its hyperparameter file (default: the key that fits the dataset's name, else the env "
         "id, else 'default')",
     )
     train.add_argument(
@@ -60,7 +117,6 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--tensorboard", help="TensorBoard log directory")
     train.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    train.set_defaults(func=train_agent)
 
 
 def train_agent(args: argparse.Namespace) -> int:
@@ -69,6 +125,8 @@ def train_agent(args: argparse.Namespace) -> int:
     import torch
 
     from diffgym.data import load_dataset
+    from diffgym.data.d4rl import explain_cached_import
+    from diffgym.progress import StepProgressBar
     from diffgym.serialization import model_path
 
     torch.set_num_threads(args.threads)
@@ -91,13 +149,14 @@ def train_agent(args: argparse.Namespace) -> int:
     behaviour = np.mean([episode.rewards.sum() for episode in dataset.iterate_episodes()])
     print(f"dataset {dataset.id}: {dataset.total_steps} transitions, mean episode return {behaviour:.1f}")
     try:
-        model = spec.make(
-            policy, env, dataset=dataset, seed=args.seed, tensorboard_log=args.tensorboard, **kwargs
-        )
+        with explain_cached_import(dataset):  # its spaces are checked against the env's
+            model = spec.make(
+                policy, env, dataset=dataset, seed=args.seed, tensorboard_log=args.tensorboard, **kwargs
+            )
     except TypeError as error:  # a key of the file or of --set that the class does not take
         raise ValueError(f"{spec.class_name} does not take these hyperparameters: {error}") from error
     started = time.perf_counter()
-    model.learn(steps, progress_bar=not args.no_progress)
+    model.learn(steps, callback=None if args.no_progress else StepProgressBar())
     seconds = time.perf_counter() - started
     print(f"trained {spec.class_name}: {steps} gradient steps in {seconds:.0f} s ({steps / seconds:.1f}/s)")
     returns = evaluate(model)

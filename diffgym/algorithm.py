@@ -44,7 +44,7 @@ import torch
 from gymnasium import spaces
 from minari import MinariDataset
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples
 from stable_baselines3.common.utils import check_for_correct_spaces, safe_mean
@@ -53,9 +53,11 @@ from torch import Tensor
 import diffgym
 from diffgym.batches import OfflineBatches
 from diffgym.data import DatasetLike, check_spaces, load_dataset, load_transitions
+from diffgym.data.d4rl import explain_cached_import
 from diffgym.lr_schedules import cosine_decay, linear_warmup
 from diffgym.monitor import TrainingMonitor
 from diffgym.policies import AgentPolicy
+from diffgym.progress import StepProgressBar
 from diffgym.rl import iql_reward_scale
 from diffgym.samplers import sampler_config
 from diffgym.serialization import (
@@ -68,14 +70,6 @@ from diffgym.serialization import (
 )
 
 SelfAlgorithm = TypeVar("SelfAlgorithm", bound="OfflineAlgorithm")
-
-
-class _GradientStepProgressBar(ProgressBarCallback):
-    """SB3's progress bar, advanced by one per gradient step (offline learning)."""
-
-    def _on_step(self) -> bool:
-        self.pbar.update(1)
-        return True
 
 
 class OfflineAlgorithm(OffPolicyAlgorithm):
@@ -287,8 +281,11 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             NonFiniteDataError, EpisodeLengthError: the dataset is broken.
         """
         minari_dataset = load_dataset(dataset, download=True)  # local ids and paths never download
-        check_spaces(minari_dataset.observation_space, self.observation_space, "observation")
-        check_spaces(minari_dataset.action_space, self.action_space, "action")
+        with explain_cached_import(
+            minari_dataset
+        ):  # a cached import made with guessed spaces says how to redo it
+            check_spaces(minari_dataset.observation_space, self.observation_space, "observation")
+            check_spaces(minari_dataset.action_space, self.action_space, "action")
         first_dataset = self._offline is None and self.num_timesteps == 0
         self._offline = self._offline_data(minari_dataset)
         if first_dataset:
@@ -450,7 +447,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if not (progress_bar and self._learning_offline):
             return super()._init_callback(callback, progress_bar)
         callback = super()._init_callback(callback, progress_bar=False)
-        combined = CallbackList([callback, _GradientStepProgressBar()])
+        combined = CallbackList([callback, StepProgressBar()])  # tqdm, in steps (SB3's rich bar: 0 it/s)
         combined.init_callback(self)
         return combined
 

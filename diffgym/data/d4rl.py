@@ -14,11 +14,13 @@ module, so this module does not import it: :mod:`diffgym.data.team` registers it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,15 +33,23 @@ from minari.data_collector import EpisodeBuffer
 
 from diffgym.data.minari_writer import write_dataset
 from diffgym.data.tree import ArrayTree, tree_map
+from diffgym.data.validation import DatasetSpaceMismatchError
+from diffgym.tasks.extras import EXTRAS, Extra, is_installed, missing_module
 
 __all__ = [
+    "ENV_UNAVAILABLE",
     "AgentAxisImporter",
     "action_box",
+    "cached_import_hint",
+    "check_hdf5_file",
+    "env_unavailable_record",
+    "explain_cached_import",
     "file_metadata",
     "fit_space",
     "float_dtype",
     "import_d4rl",
     "imported_dataset_id",
+    "missing_env_now_installed",
     "reference_returns",
     "register_agent_axis_importer",
     "split_episodes",
@@ -47,7 +57,9 @@ __all__ = [
 
 #: Part of the cache key of imported files: bump it when the import's result changes.
 #: 2: goal-env files (PointMaze) are stored with the env's ``Dict`` observations instead of a ``Box``.
-_IMPORT_FORMAT = 2
+#: 3: an import whose env could not be made records why (:data:`ENV_UNAVAILABLE`), so that it is imported
+#: afresh once the missing package is installed (imports of format 2 may hold spaces guessed from arrays).
+_IMPORT_FORMAT = 3
 #: Bytes read at a time while hashing a file (1 MiB).
 _HASH_CHUNK = 1 << 20
 #: The keys of a goal-conditioned env's ``Dict`` observation (``gymnasium_robotics.core.GoalEnv``).
@@ -57,10 +69,11 @@ _GOAL_INFO = "infos/goal"
 #: Seed of the one reset that checks where a goal env puts ``achieved_goal`` in its observation.
 _CHECK_SEED = 0
 #: Packages that register Gymnasium envs when imported: module -> (name, the diffgym extra installing it).
-_ENV_PACKAGES = {
-    "metaworld": ("Meta-World", "metaworld"),
-    "gymnasium_robotics": ("gymnasium-robotics", "maze"),
+_ENV_PACKAGES: dict[str, tuple[str, str]] = {
+    module: EXTRAS[module] for module in ("metaworld", "gymnasium_robotics")
 }
+#: Metadata key of an import whose env could not be made: ``{"env_id", "error", "missing_modules"}``.
+ENV_UNAVAILABLE = "diffgym_env_unavailable"
 
 
 class AgentAxisImporter(Protocol):
@@ -167,10 +180,16 @@ def import_d4rl(
         env_kwargs: overrides the file's env kwargs.
         description: Minari description; default names the file and env.
 
+    An import whose env could not be made records why under :data:`ENV_UNAVAILABLE` in its metadata,
+    with the missing packages: :func:`~diffgym.data.load_dataset` imports the file afresh once they are
+    installed (see :func:`missing_env_now_installed`).
+
     Raises:
-        ValueError: missing arrays, or a multi-agent file whose arrays lack a common agent axis.
+        FileNotFoundError: no such file.
+        ValueError: not an HDF5 file, missing arrays, or a multi-agent file whose arrays lack a common
+            agent axis.
     """
-    path = Path(path)
+    path = check_hdf5_file(path)
     with h5py.File(path, "r") as file:
         file_meta = file_metadata(file)
         multi_agent = _has_agent_axis(file, file_meta)
@@ -183,7 +202,7 @@ def import_d4rl(
         )
     env_id = env_id or file_meta.get("env_id")
     env_kwargs = env_kwargs if env_kwargs is not None else file_meta.get("env_kwargs", {})
-    env = _try_make(env_id, env_kwargs) if env_id else None
+    env, unavailable = _try_make(env_id, env_kwargs) if env_id else (None, None)
     try:
         obs_space, action_space, env_matches = _import_spaces(arrays, env)
         dataset = write_dataset(
@@ -201,12 +220,91 @@ def import_d4rl(
             env.close()
     source = {
         "source_file": path.name,
+        "source_path": str(path.resolve()),
         "source_env_id": env_id,
         "source_env_kwargs": env_kwargs,
         "source_metadata": file_meta,
     }
+    if unavailable is not None:
+        source[ENV_UNAVAILABLE] = unavailable
     dataset.storage.update_metadata({**source, **reference_returns(file_meta)})
     return dataset
+
+
+def check_hdf5_file(path: str | Path) -> Path:
+    """``path`` as a :class:`~pathlib.Path` once it is known to be an existing HDF5 file.
+
+    Raises:
+        FileNotFoundError: nothing exists at ``path``, or it is a directory.
+        ValueError: the file lacks the HDF5 signature.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is a directory, not a D4RL-layout .hdf5 file")
+    if not h5py.is_hdf5(path):
+        raise ValueError(
+            f"{path} is not an HDF5 file (it lacks the HDF5 signature); a D4RL-layout file is HDF5"
+        )
+    return path
+
+
+def env_unavailable_record(env_id: str, error: BaseException, missing: list[str]) -> dict[str, Any]:
+    """What an import stores under :data:`ENV_UNAVAILABLE` when its env could not be made.
+
+    Args:
+        env_id: the env.
+        error: why it could not be made.
+        missing: the top-level modules it may need that are not installed (an installed one later makes
+            the import stale, see :func:`missing_env_now_installed`).
+    """
+    found = missing_module(error)
+    candidates = {*missing, found or ""}  # a missing submodule of an installed package is a wrong name
+    modules = sorted(name for name in candidates if name and "." not in name and not is_installed(name))
+    return {"env_id": env_id, "error": f"{type(error).__name__}: {error}", "missing_modules": modules}
+
+
+def missing_env_now_installed(dataset: MinariDataset) -> bool:
+    """Whether an import's spaces were guessed because its env could not be made and a package it was
+    missing has been installed since (its cached import is then stale)."""
+    record = dataset.storage.metadata.get(ENV_UNAVAILABLE) or {}
+    return any(is_installed(module) for module in record.get("missing_modules", []))
+
+
+def cached_import_hint(dataset: MinariDataset) -> str:
+    """For a dataset imported from a D4RL-layout file: how to remove the cached import or import it
+    afresh (to append to an error about the dataset); empty for any other dataset."""
+    metadata = dataset.storage.metadata
+    if "source_file" not in metadata:
+        return ""
+    source = metadata.get("source_path", metadata["source_file"])
+    env = "" if metadata.get("source_env_id") else " --env ENV_ID"  # no env named: spaces from the arrays
+    hint = (
+        f"\n  {dataset.id} is an import of {source} cached in the local Minari store "
+        f"({dataset.storage.data_path}): import the file afresh with "
+        f"`diffgym data import {source} --id {dataset.id}{env} --overwrite`, or remove the cached import "
+        f"with `minari delete {dataset.id}`"
+    )
+    unavailable = metadata.get(ENV_UNAVAILABLE)
+    if unavailable:
+        hint += (
+            f" (its spaces came from the arrays: env {unavailable['env_id']!r} could not be made, "
+            f"{unavailable['error']})"
+        )
+    return hint
+
+
+@contextlib.contextmanager
+def explain_cached_import(dataset: MinariDataset) -> Iterator[None]:
+    """Add :func:`cached_import_hint` to a :class:`~diffgym.data.DatasetSpaceMismatchError` raised inside."""
+    try:
+        yield
+    except DatasetSpaceMismatchError as error:
+        hint = cached_import_hint(dataset)
+        if not hint:
+            raise
+        raise DatasetSpaceMismatchError(f"{error}{hint}") from error
 
 
 def file_metadata(file: h5py.File) -> dict[str, Any]:
@@ -251,33 +349,38 @@ def _read_info(arrays: dict[str, np.ndarray], name: str, obj: h5py.HLObject, n: 
         arrays[f"infos/{name}"] = obj[()]
 
 
-def _try_make(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env | None:
-    """``gym.make`` the env, importing the packages that register envs if needed; None when impossible."""
+def _try_make(env_id: str, env_kwargs: dict[str, Any]) -> tuple[gym.Env | None, dict[str, Any] | None]:
+    """``gym.make`` the env, importing the packages that register envs if needed; without an env (and a
+    warning), the :func:`env_unavailable_record` of why."""
     try:
-        return gym.make(env_id, **env_kwargs)
+        return gym.make(env_id, **env_kwargs), None
     except gym.error.UnregisteredEnv:  # NameNotFound, or NamespaceNotFound for "Meta-World/MT1"
         missing = _import_env_packages()  # maybe one of their envs, registered on import
     except Exception as error:
-        warnings.warn(f"cannot make env {env_id!r} ({error}); spaces come from the arrays", stacklevel=3)
-        return None
+        return None, _env_unavailable(env_id, error, [])
     try:
-        return gym.make(env_id, **env_kwargs)
+        return gym.make(env_id, **env_kwargs), None
     except Exception as error:
-        hint = "".join(f"; {line}" for line in missing)
-        warnings.warn(
-            f"cannot make env {env_id!r} ({error}{hint}); spaces come from the arrays", stacklevel=3
-        )
-        return None
+        return None, _env_unavailable(env_id, error, missing)
+
+
+def _env_unavailable(env_id: str, error: Exception, missing: list[str]) -> dict[str, Any]:
+    """Warn that the env cannot be made (naming the extras of ``missing``); its record for the metadata."""
+    hint = "".join(
+        f"; {Extra(*_ENV_PACKAGES[module]).message('its envs', plural=True)}" for module in missing
+    )
+    warnings.warn(f"cannot make env {env_id!r} ({error}{hint}); spaces come from the arrays", stacklevel=4)
+    return env_unavailable_record(env_id, error, missing)
 
 
 def _import_env_packages() -> list[str]:
-    """Import the installed packages of :data:`_ENV_PACKAGES`; for each missing one, how to install it."""
+    """Import the installed packages of :data:`_ENV_PACKAGES`; the modules of the missing ones."""
     missing = []
-    for module, (name, extra) in _ENV_PACKAGES.items():
+    for module in _ENV_PACKAGES:
         try:
             importlib.import_module(module)
         except ImportError:
-            missing.append(f"{name} is not installed, its envs need pip install 'diffgym[{extra}]'")
+            missing.append(module)
     return missing
 
 

@@ -7,7 +7,10 @@ observation ``t`` to observation ``t + 1``, so episode boundaries are never cros
 
 from __future__ import annotations
 
+import difflib
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import NamedTuple, TypeAlias
 
@@ -16,9 +19,17 @@ import minari
 import numpy as np
 from gymnasium import spaces
 from minari import MinariDataset
+from minari.dataset.minari_dataset import parse_dataset_id
 from minari.storage import get_dataset_path
 
-from diffgym.data.d4rl import import_d4rl, imported_dataset_id
+from diffgym.data.d4rl import (
+    ENV_UNAVAILABLE,
+    check_hdf5_file,
+    explain_cached_import,
+    import_d4rl,
+    imported_dataset_id,
+    missing_env_now_installed,
+)
 from diffgym.data.tree import ArrayTree, iter_leaves, storage_dtype, tree_map
 from diffgym.data.validation import check_episode_lengths, check_finite, check_spaces
 
@@ -37,6 +48,10 @@ __all__ = [
 DatasetLike: TypeAlias = str | os.PathLike | MinariDataset
 
 _HDF5_SUFFIXES = (".hdf5", ".h5")
+#: How alike (difflib's ratio) a local id must be to a missing one to be listed as near it.
+_NEAR_CUTOFF = 0.6
+#: A missing id this alike to a local id of another name is taken for a typo of it: not downloaded.
+_TYPO_CUTOFF = 0.9
 
 
 class Transitions(NamedTuple):
@@ -102,32 +117,91 @@ def load_dataset(dataset: DatasetLike, download: bool = False) -> MinariDataset:
               id of the same spelling.
         download: for ids only, passed to :func:`minari.load_dataset`. With the default ``False`` an
             id must already be in the local store, exactly like ``minari.load_dataset(id)``; with
-            ``True`` Minari downloads a missing dataset from its remote.
+            ``True`` Minari downloads a missing dataset from its remote, unless the id looks like a
+            typo of a local one (a local id of another name with difflib ratio >= 0.9, e.g.
+            ``d4rl/hoper/medium-v0`` beside ``d4rl/hopper/medium-v0``): that is refused before any
+            download (``minari download ID`` fetches it anyway).
+
+    A cached import whose env could not be made when it was imported (its spaces were guessed from the
+    arrays) is imported afresh once the missing package is installed.
 
     Raises:
-        FileNotFoundError: an id that is not in the local store (with ``download=False``).
+        FileNotFoundError: a path that does not exist (anything ending in ``.hdf5`` / ``.h5``, or that
+            is not a Minari id, is taken for a path); an id that is not in the local store (with
+            ``download=False``, or a typo of a local id) or that Minari could not download. The message
+            lists the local ids near it.
         ValueError: a path that is neither a Minari dataset directory nor an HDF5 file.
     """
     if isinstance(dataset, MinariDataset):
         return dataset
     path = Path(dataset)
-    if isinstance(dataset, os.PathLike) or path.exists():
+    if isinstance(dataset, os.PathLike) or path.exists() or path.suffix in _HDF5_SUFFIXES:
         return _load_path(path)
-    try:
-        return minari.load_dataset(str(dataset), download=download)
-    except FileNotFoundError as error:
+    return _load_id(str(dataset), download)
+
+
+def _load_id(dataset_id: str, download: bool) -> MinariDataset:
+    """A dataset of the local store, or (``download``) of Minari's remote; see :func:`load_dataset`."""
+    if not _is_dataset_id(dataset_id):
         raise FileNotFoundError(
-            f"{error} Run `minari download {dataset}` or pass download=True (it needs internet)."
-        ) from error
+            f"{dataset_id} does not exist, and it is not a Minari dataset id either (namespace/name-vN)"
+        )
+    if get_dataset_path(dataset_id).joinpath("data").exists():
+        return minari.load_dataset(dataset_id)
+    near = _near_local_ids(dataset_id)
+    missing = f"no local dataset has id {dataset_id!r} (Minari store: {get_dataset_path()})"
+    if near:
+        missing += f"; local ids near it: {', '.join(near)}"
+    if not download:
+        raise FileNotFoundError(
+            f"{missing}. Run `minari download {dataset_id}` or pass download=True (it needs internet)."
+        )
+    if _is_typo(dataset_id, near):
+        raise FileNotFoundError(
+            f"{missing}. It looks like a typo of {near[0]!r}, so it is not downloaded; if it is a dataset "
+            f"of Minari's remote, run `minari download {dataset_id}` first."
+        )
+    try:
+        return minari.load_dataset(dataset_id, download=True)
+    except Exception as error:  # whatever the download raised: say first that the id is not local
+        raise FileNotFoundError(f"{missing}, and Minari could not download it: {error}") from error
+
+
+def _is_dataset_id(name: str) -> bool:
+    """Whether ``name`` is a Minari id with a version (``namespace/name-vN``)."""
+    try:
+        parse_dataset_id(name)
+    except (ValueError, TypeError):  # TypeError: no version
+        return False
+    return True
+
+
+def _near_local_ids(dataset_id: str) -> list[str]:
+    """The local store's ids most like ``dataset_id``, best first."""
+    local = minari.list_local_datasets()
+    return difflib.get_close_matches(dataset_id, list(local), n=5, cutoff=_NEAR_CUTOFF)
+
+
+def _is_typo(dataset_id: str, near: list[str]) -> bool:
+    """Whether ``dataset_id`` is a near miss of the closest local id's name (not another version of it)."""
+    if not near:
+        return False
+    name, closest = _versionless(dataset_id), _versionless(near[0])
+    return name != closest and difflib.SequenceMatcher(None, name, closest).ratio() >= _TYPO_CUTOFF
+
+
+def _versionless(dataset_id: str) -> str:
+    """``namespace/name`` of ``namespace/name-vN``."""
+    namespace, name, _ = parse_dataset_id(dataset_id)
+    return f"{namespace}/{name}" if namespace else name
 
 
 def _load_path(path: Path) -> MinariDataset:
     """Load a Minari dataset directory or a (cached import of a) D4RL-layout HDF5 file."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (no such file or directory)")
     if path.is_file() and path.suffix in _HDF5_SUFFIXES:
-        dataset_id = imported_dataset_id(path)
-        if get_dataset_path(dataset_id).joinpath("data").exists():
-            return minari.load_dataset(dataset_id)
-        return import_d4rl(path, dataset_id=dataset_id)
+        return _load_import(path)
     for data_dir in (path, path / "data"):
         if data_dir.joinpath("metadata.json").is_file():
             return MinariDataset(data_dir)
@@ -135,6 +209,24 @@ def _load_path(path: Path) -> MinariDataset:
         f"{path} is neither a Minari dataset directory (with data/metadata.json) nor a D4RL-layout "
         f"file ({', '.join(_HDF5_SUFFIXES)})"
     )
+
+
+def _load_import(path: Path) -> MinariDataset:
+    """The cached import of a D4RL-layout file, imported (afresh when the cached one is stale)."""
+    dataset_id = imported_dataset_id(check_hdf5_file(path))
+    if get_dataset_path(dataset_id).joinpath("data").exists():
+        cached = minari.load_dataset(dataset_id)
+        if not missing_env_now_installed(cached):
+            return cached
+        unavailable = cached.storage.metadata[ENV_UNAVAILABLE]
+        warnings.warn(
+            f"importing {path} afresh: its cached import {dataset_id} took its spaces from the arrays "
+            f"because env {unavailable['env_id']!r} could not be made, and "
+            f"{', '.join(unavailable['missing_modules'])} is installed now",
+            stacklevel=4,
+        )
+        shutil.rmtree(get_dataset_path(dataset_id))
+    return import_d4rl(path, dataset_id=dataset_id)
 
 
 def read_episodes(
@@ -293,8 +385,9 @@ def validate_dataset(dataset: DatasetLike, env: gym.Env | None = None) -> None:
     data = load_dataset(dataset)
     read_episodes(data)
     if env is not None:
-        check_spaces(data.observation_space, env.observation_space, "observation")
-        check_spaces(data.action_space, env.action_space, "action")
+        with explain_cached_import(data):
+            check_spaces(data.observation_space, env.observation_space, "observation")
+            check_spaces(data.action_space, env.action_space, "action")
 
 
 def flatten_observations(observations: ArrayTree | tuple, space: spaces.Space) -> np.ndarray:

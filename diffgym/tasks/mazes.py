@@ -24,6 +24,8 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import ArrayLike
 
+from diffgym.tasks.extras import import_extra
+
 __all__ = [
     "MAZE_TASKS",
     "MazeLike",
@@ -90,13 +92,7 @@ MazeSource: TypeAlias = "gym.Env | MazeLike | str"
 
 def _robotics() -> Any:
     """Import gymnasium-robotics (registers its envs), with a hint when it is missing."""
-    try:
-        import gymnasium_robotics
-    except ImportError as error:  # pragma: no cover - depends on the installation
-        raise ImportError(
-            "diffgym.tasks.mazes needs gymnasium-robotics: pip install 'diffgym[maze]'"
-        ) from error
-    return gymnasium_robotics
+    return import_extra("gymnasium_robotics", "diffgym.tasks.mazes")
 
 
 def _task(name: str) -> MazeTask:

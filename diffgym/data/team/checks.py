@@ -6,6 +6,7 @@ import gymnasium as gym
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from diffgym.data.d4rl import explain_cached_import
 from diffgym.data.loading import DatasetLike, load_dataset
 from diffgym.data.team.format import FORMAT_KEY, AgentMismatchError
 from diffgym.data.validation import check_spaces
@@ -46,7 +47,8 @@ def check_agents_and_spaces(dataset: DatasetLike, env: ParallelEnv | gym.Env) ->
     Raises:
         AgentMismatchError: a different number of agents or different names.
         DatasetSpaceMismatchError: naming the agent and the differing part, e.g.
-            ``observation['agent_1'] shape (18,) in the dataset but (17,) in the env``.
+            ``observation['agent_1'] shape (18,) in the dataset but (17,) in the env``; for an import of
+            a D4RL-layout file, also how to import it afresh (:func:`~diffgym.data.d4rl.explain_cached_import`).
     """
     data = load_dataset(dataset)
     agents = dataset_agents(data)
@@ -56,8 +58,9 @@ def check_agents_and_spaces(dataset: DatasetLike, env: ParallelEnv | gym.Env) ->
             f"dataset {data.id} has {len(agents)} agents {list(agents)} but the env has {len(env_agents)} "
             f"{list(env_agents)}"
         )
-    check_spaces(data.observation_space, observation_space, "observation")
-    check_spaces(data.action_space, action_space, "action")
+    with explain_cached_import(data):
+        check_spaces(data.observation_space, observation_space, "observation")
+        check_spaces(data.action_space, action_space, "action")
 
 
 def _env_agents_and_spaces(env: ParallelEnv | gym.Env) -> tuple[tuple[str, ...], spaces.Space, spaces.Space]:

@@ -22,7 +22,10 @@ from minari.data_collector import EpisodeBuffer
 from pettingzoo import ParallelEnv
 
 from diffgym.data.d4rl import (
+    ENV_UNAVAILABLE,
     action_box,
+    check_hdf5_file,
+    env_unavailable_record,
     file_metadata,
     fit_space,
     float_dtype,
@@ -82,20 +85,25 @@ def import_multiagent_d4rl(
         description: Minari description.
 
     Reference returns come from the metadata (as :func:`~diffgym.data.import_d4rl`), else from
-    :mod:`diffgym.scores` by the file name (``mpe-spread-*``: the shared README's random / expert).
+    :mod:`diffgym.scores` by the file name (``mpe-spread-*``: the shared README's random / expert). An
+    env that could not be made is recorded as :func:`~diffgym.data.import_d4rl` records it (the import is
+    made afresh once its missing package is installed).
 
     Raises:
-        ValueError: arrays without a (common) agent axis or missing.
+        FileNotFoundError: no such file.
+        ValueError: not an HDF5 file, or arrays without a (common) agent axis or missing.
         AgentMismatchError: the agent ids do not match the arrays or the env.
         DatasetSpaceMismatchError: an agent's arrays do not fit its space in the env.
     """
-    path = Path(path)
+    path = check_hdf5_file(path)
     with h5py.File(path, "r") as file:
         meta = file_metadata(file)
         arrays = _read_agent_arrays(file, path)
     env_id = env_id or meta.get("env_id")
     env_kwargs = env_kwargs if env_kwargs is not None else meta.get("env_kwargs", {})
-    made = _try_make_parallel(env_id, env_kwargs) if env is None and env_id is not None else None
+    made, unavailable = (
+        (None, None) if env is not None or env_id is None else _try_make_parallel(env_id, env_kwargs)
+    )
     env = made if env is None else env
     try:
         agents = _file_agents(agents or meta.get("agents"), env, arrays["rewards"].shape[1], path)
@@ -120,10 +128,13 @@ def import_multiagent_d4rl(
     parallel_env = {"id": env_id, "kwargs": env_kwargs} if env_id else None
     source = {
         "source_file": path.name,
+        "source_path": str(path.resolve()),
         "source_env_id": env_id,
         "source_env_kwargs": env_kwargs,
         "source_metadata": meta,
     }
+    if unavailable is not None:
+        source[ENV_UNAVAILABLE] = unavailable
     dataset.storage.update_metadata(
         {**format_metadata(agents, parallel_env), **source, **_file_references(meta, path)}
     )
@@ -167,15 +178,18 @@ def _agent_shaped(key: str, shape: tuple[int, ...], steps_agents: tuple[int, ...
     return len(shape) >= 3 and shape[:2] == steps_agents
 
 
-def _try_make_parallel(env_id: str, env_kwargs: dict[str, Any]) -> ParallelEnv | None:
-    """:func:`~diffgym.data.make_parallel_env`, or None with a warning when it cannot be made."""
+def _try_make_parallel(
+    env_id: str, env_kwargs: dict[str, Any]
+) -> tuple[ParallelEnv | None, dict[str, Any] | None]:
+    """:func:`~diffgym.data.make_parallel_env`; when it cannot be made, a warning and the
+    :func:`~diffgym.data.d4rl.env_unavailable_record` of why."""
     try:
-        return make_parallel_env(env_id, env_kwargs)
+        return make_parallel_env(env_id, env_kwargs), None
     except Exception as error:
         warnings.warn(
             f"cannot make the PettingZoo env {env_id!r} ({error}); spaces come from the arrays", stacklevel=4
         )
-        return None
+        return None, env_unavailable_record(env_id, error, [])
 
 
 def _file_agents(

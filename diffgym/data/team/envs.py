@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from pettingzoo import ParallelEnv
 
 from diffgym.data.loading import DatasetLike, load_dataset
+from diffgym.tasks.extras import import_extra
 
 __all__ = ["make_parallel_env", "recover_parallel_env"]
 
@@ -19,6 +19,10 @@ def make_parallel_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) 
     ``env_id`` is a module with a ``parallel_env`` function (``"mpe2.simple_spread_v3"``), an explicit
     ``"module:function"``, or the shared files' spelling ``"mpe2 simple_spread_v3 parallel_env"``
     (package, module, function separated by spaces).
+
+    Raises:
+        MissingExtraError: the env's package is an extra that is not installed (``mpe2``: ``pip install
+            'diffgym[mpe]'``); the message names the install command.
     """
     if ":" in env_id:
         module, function = env_id.split(":", 1)
@@ -27,7 +31,7 @@ def make_parallel_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) 
         module = ".".join(parts)
     else:
         module, function = env_id, "parallel_env"
-    make = getattr(importlib.import_module(module), function)
+    make = getattr(import_extra(module, f"the PettingZoo env {env_id!r}"), function)
     env = make(**dict(env_kwargs or {}))
     if not isinstance(env, ParallelEnv):
         raise TypeError(f"{module}.{function}(...) gave {type(env).__name__}, not a PettingZoo ParallelEnv")
