@@ -83,6 +83,7 @@ def test_markdown_report_from_the_records(results):
 def test_report_only_ignores_records_of_another_layout(results):
     session, path = results
     (session.folder / "old_run.json").write_text(json.dumps({"agent": "dql", "score": 1.0}))
+    (session.folder / "latency.json").write_text(json.dumps([{"agent": "dql"}]))  # not even a record
     path.unlink()
     assert run_suite(session, report_only=True) == path
     assert len(json.loads((session.out / "tiny.json").read_text())["runs"]) == 4

@@ -48,6 +48,7 @@ import diffgym
 from diffgym import registry
 from diffgym.registry import AgentSpec
 from diffgym.scores import get_reference, normalized_score
+from diffgym.tasks.envs import make_env as make_gym_env
 from diffgym.zoo.benchmarks.report import hardware, latency_ms, now, write_json
 from diffgym.zoo.benchmarks.reporting import RECORD_FORMAT, Report, build_report
 from diffgym.zoo.hyperparameters import parse_override, resolve_hyperparams, split_config
@@ -185,8 +186,9 @@ def read_d4rl_file(name: str, session: Session) -> Dataset:
 
 
 def env_from_metadata(dataset: Dataset) -> gym.Env:
-    """``gym.make`` of the env id the dataset's metadata records."""
-    return gym.make(dataset.info["env_id"])
+    """The env of the id the dataset's metadata records (its family registered first, see
+    :func:`diffgym.tasks.envs.make_env`)."""
+    return make_gym_env(dataset.info["env_id"])
 
 
 def evaluate_episodes(model: Any, run: Run, episodes: int) -> Evaluation:

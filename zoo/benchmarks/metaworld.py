@@ -12,8 +12,9 @@ per task), see the same observations (the last two) and are evaluated in the sam
   steps cannot change the outcome). The metric is the success rate.
 - **Demonstrations** are cut ``suite:keep_after_success`` steps after their first success (null:
   whole): the files run 500 steps of which 80–90 % come after success, where the evaluation never
-  goes (Diffusion Policy's own datasets end at task completion). Both agents train on the same cut
-  data.
+  goes (Diffusion Policy's own datasets end at task completion). A demonstration that never succeeds
+  is kept whole, and counted (the records' ``data.demos_without_success``); the mean first-success
+  step is over the succeeding ones. Both agents train on the same cut data.
 - **Budget and settings**: ``zoo/hyperparams/{diffusion_policy,bc}.yml``, key ``metaworld``.
 - **Diffusion Policy** samples its chunks with fresh noise (``deterministic=False``, as DP
   evaluates); with ``suite:ensemble`` it is also evaluated with ACT's temporal ensembling (a chunk
@@ -39,6 +40,7 @@ import torch
 
 from diffgym.agents.diffusion_policy import DiffusionPolicy
 from diffgym.data import import_d4rl
+from diffgym.tasks.envs import make_env as make_gym_env
 from diffgym.zoo.benchmarks.harness import (
     EVAL_SEED,
     Budget,
@@ -71,9 +73,7 @@ def task_of(dataset: Dataset) -> str:
 
 def make_task_env(task: str) -> gym.Env:
     """``Meta-World/MT1`` for ``task`` with Meta-World's random reset on (see the module doc)."""
-    import metaworld  # noqa: F401  (registers the Meta-World envs)
-
-    env = gym.make("Meta-World/MT1", env_name=task, disable_env_checker=True)
+    env = make_gym_env("Meta-World/MT1", {"env_name": task}, disable_env_checker=True)
     env.reset()  # MT1 sets one of its fixed tasks here; then switch to fresh random positions
     env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
     env.unwrapped._freeze_rand_vec = False  # type: ignore[attr-defined]
@@ -95,9 +95,39 @@ def reset_episode(env: gym.Env, seed: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- data
 
 
+def first_success_steps(success: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The step of each demonstration's first success, -1 for one that never succeeds.
+
+    Shapes: ``success`` (N,) bool per row; ``starts``, ``ends`` (E,) the first and last row of each
+    demonstration -> (E,) int.
+
+    >>> first_success_steps(np.array([0, 1, 1, 0, 0, 0], bool), np.array([0, 3]), np.array([2, 5])).tolist()
+    [1, -1]
+    """
+    return np.array(
+        [
+            int(np.argmax(rows)) if (rows := success[s : e + 1]).any() else -1
+            for s, e in zip(starts, ends, strict=True)
+        ],
+        dtype=np.int64,
+    )
+
+
+def cut_after_success(
+    starts: np.ndarray, ends: np.ndarray, first_success: np.ndarray, keep: int | None
+) -> np.ndarray:
+    """The last row kept of each demonstration: ``keep`` steps after its first success (None: its last
+    row); a demonstration that never succeeds (``first_success`` -1) is kept whole."""
+    if keep is None:
+        return ends.copy()
+    succeeded = first_success >= 0
+    return np.where(succeeded, np.minimum(ends, starts + first_success + keep), ends)
+
+
 def demonstrations(name: str, session: Session) -> Dataset:
     """The task's demonstrations, each cut ``keep_after_success`` steps after its first success
-    (None: whole), imported into the session's Minari store with the env's spaces."""
+    (None: whole; one that never succeeds is kept whole), imported into the session's Minari store with
+    the env's spaces."""
     keep = session.params["keep_after_success"]
     with h5py.File(session.data_dir / f"{name}.hdf5", "r") as file:
         arrays = {key: file[key][()] for key in ("observations", "actions", "rewards", "next_observations")}
@@ -105,8 +135,8 @@ def demonstrations(name: str, session: Session) -> Dataset:
         success = file["infos/success"][()].astype(bool)
         metadata = json.loads(file.attrs["metadata"])
     starts = np.concatenate([[0], ends[:-1] + 1])
-    first_success = np.array([np.argmax(success[s : e + 1]) for s, e in zip(starts, ends, strict=True)])
-    stops = ends if keep is None else np.minimum(ends, starts + first_success + keep)
+    first_success = first_success_steps(success, starts, ends)
+    stops = cut_after_success(starts, ends, first_success, keep)
     rows = np.concatenate([np.arange(s, e + 1) for s, e in zip(starts, stops, strict=True)])
     timeouts = np.zeros(len(rows), dtype=bool)
     timeouts[np.cumsum(stops - starts + 1) - 1] = True
@@ -126,7 +156,10 @@ def demonstrations(name: str, session: Session) -> Dataset:
         "episodes": len(starts),
         "transitions_in_file": int(ends[-1] + 1),
         "transitions": len(rows),
-        "first_success_step_mean": float(first_success.mean()),
+        "first_success_step_mean": (
+            float(first_success[first_success >= 0].mean()) if (first_success >= 0).any() else None
+        ),  # over the demonstrations that succeed
+        "demos_without_success": int((first_success < 0).sum()),
         "kept_after_first_success": keep,
     }
     return Dataset(name, dataset, info)
@@ -283,7 +316,7 @@ def success_section(report: Report) -> str:
         rows.append(
             [
                 dataset,
-                f"{data['transitions']:,} of {data['transitions_in_file']:,}",
+                f"{data['transitions']:,} of {data['transitions_in_file']:,}" + _failed_demos(data),
                 _rate([experts[dataset]] if dataset in experts else []),
                 _rate([r["final"] for r in bc]),
                 _rate([r["final"] for r in dp]),
@@ -293,6 +326,12 @@ def success_section(report: Report) -> str:
     header = ["task", "demo steps used", "scripted expert", "BC (MLP, 2 obs)", "Diffusion Policy",
               "DP + temporal ensembling"]  # fmt: skip
     return "\n\n".join(["## Success per task", markdown_table(header, rows)])
+
+
+def _failed_demos(data: dict[str, Any]) -> str:
+    """``", 2 demos never succeed"`` when some do not (records older than the count say nothing)."""
+    failed = data.get("demos_without_success")
+    return f", {failed} demos never succeed" if failed else ""
 
 
 def _rate(points: list[dict[str, Any]]) -> str:

@@ -57,7 +57,8 @@ class Report:
 def load_report(session: Session) -> Report:
     """Every record of the current layout in the suite's folder, in the suite's order."""
     suite, folder = session.suite, session.folder
-    runs = [r for r in map(read_json, sorted(folder.glob("*.json"))) if r.get("format") == RECORD_FORMAT]
+    records = map(read_json, sorted(folder.glob("*.json")))  # other JSON there (older layouts) is skipped
+    runs = [r for r in records if isinstance(r, dict) and r.get("format") == RECORD_FORMAT]
     agents = [c.name for c in suite.contenders]
     order = {name: i for i, name in enumerate(suite.datasets)}
     runs.sort(
