@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from diffgym.cli.envs import add_env_options, env_kwargs
+
 __all__ = ["add_data_commands", "data_import", "data_info", "data_make"]
 
 _SB3_ALGOS = ("a2c", "ddpg", "dqn", "ppo", "sac", "td3")
@@ -27,7 +29,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
         help="roll out a policy into a new Minari dataset",
         description="Roll out a policy in a Gymnasium env and store the episodes as a local Minari dataset.",
     )
-    make.add_argument("--env", required=True, help="Gymnasium env id, e.g. Pendulum-v1")
+    add_env_options(make, "Gymnasium env id, e.g. Pendulum-v1 or Meta-World/MT1", required=True)
     make.add_argument(
         "--policy",
         default="random",
@@ -52,7 +54,12 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     imp.add_argument("file", help="the .hdf5 file")
     imp.add_argument("--id", dest="dataset_id", help="Minari id (default: imported/<name>-<hash>-v0)")
-    imp.add_argument("--env", dest="env_id", help="env id for the spaces (default: the file's metadata)")
+    add_env_options(
+        imp,
+        "env id for the spaces, e.g. Meta-World/MT1 with --env-kwargs '{env_name: reach-v3}' (default: the "
+        "file's metadata)",
+        dest="env_id",
+    )
     imp.add_argument(
         "--overwrite", action="store_true", help="replace a local dataset with the same id (import afresh)"
     )
@@ -82,19 +89,24 @@ def _load_policy(spec: str) -> Any:
 def data_make(args: argparse.Namespace) -> int:
     """``diffgym data make``."""
     from diffgym.data import collect_dataset
+    from diffgym.tasks.envs import make_env
 
     if args.steps is None and args.episodes is None:
         raise ValueError("give --steps, --episodes or both")
     _make_room(args.dataset_id, args.overwrite)
-    dataset = collect_dataset(
-        args.env,
-        _load_policy(args.policy),
-        args.dataset_id,
-        n_steps=args.steps,
-        n_episodes=args.episodes,
-        seed=args.seed,
-        deterministic=args.deterministic,
-    )
+    env = make_env(args.env, env_kwargs(args))
+    try:
+        dataset = collect_dataset(
+            env,
+            _load_policy(args.policy),
+            args.dataset_id,
+            n_steps=args.steps,
+            n_episodes=args.episodes,
+            seed=args.seed,
+            deterministic=args.deterministic,
+        )
+    finally:
+        env.close()
     print(f"created {dataset.id}: {dataset.total_episodes} episodes, {dataset.total_steps} transitions")
     print(f"stored in {dataset.storage.data_path}")
     return 0
@@ -122,7 +134,7 @@ def data_import(args: argparse.Namespace) -> int:
 
     dataset_id = args.dataset_id or imported_dataset_id(check_hdf5_file(args.file))
     _make_room(dataset_id, args.overwrite)
-    dataset = import_d4rl(args.file, dataset_id=dataset_id, env_id=args.env_id)
+    dataset = import_d4rl(args.file, dataset_id=dataset_id, env_id=args.env_id, env_kwargs=env_kwargs(args))
     print(
         f"imported {args.file} as {dataset.id}: {dataset.total_episodes} episodes, {dataset.total_steps} transitions"
     )

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from diffgym import registry
+from diffgym.cli.envs import add_env_options, env_kwargs
 from diffgym.tasks.extras import EXTRAS
 from diffgym.zoo.hyperparameters import DEFAULT_KEY, HYPERPARAMS_DIR, resolve_hyperparams, split_config
 
@@ -84,13 +85,11 @@ def _entry_lines(lines: list[str], key: str) -> list[str]:
 
 def _add_train_options(train: argparse.ArgumentParser) -> None:
     """The options of ``diffgym train ALGO``."""
-    train.add_argument(
-        "--env",
-        help="Gymnasium env id, e.g. Hopper-v5; for team agents (madiff) a PettingZoo parallel env such as "
-        "mpe2.simple_spread_v3 (default: the one the dataset records)",
-    )
-    train.add_argument(
-        "--env-kwargs", default="{}", help="JSON of the PettingZoo env's arguments (team agents)"
+    add_env_options(
+        train,
+        "Gymnasium env id, e.g. Hopper-v5 or Meta-World/MT1 (with --env-kwargs '{env_name: reach-v3}'); "
+        "for team agents (madiff) a PettingZoo parallel env such as mpe2.simple_spread_v3 (default: the "
+        "one the dataset records)",
     )
     train.add_argument("--dataset", required=True, help="Minari id, Minari directory or D4RL-layout .hdf5")
     train.add_argument(
@@ -121,23 +120,25 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
 
 def train_agent(args: argparse.Namespace) -> int:
     """``diffgym train``: read the hyperparameters, learn, evaluate (deterministic actions), report, save."""
-    import gymnasium as gym
     import torch
 
     from diffgym.data import load_dataset
     from diffgym.data.d4rl import explain_cached_import
     from diffgym.progress import StepProgressBar
     from diffgym.serialization import model_path
+    from diffgym.tasks.envs import make_env
 
     torch.set_num_threads(args.threads)
     spec = registry.get(args.algo)
-    dataset = load_dataset(args.dataset, download=True)
     if spec.team:
+        dataset = load_dataset(args.dataset, download=True)
         env, evaluate = _team_env(args, dataset)
     elif args.env is None:
         raise ValueError(f"diffgym train {args.algo}: --env is required")
-    else:
-        env, evaluate = gym.make(args.env), _single_agent_evaluation(args)
+    else:  # the env first: a D4RL-layout file is imported with its spaces
+        env, evaluate = make_env(args.env, env_kwargs(args)), _single_agent_evaluation(args)
+        reference = (env.observation_space, env.action_space)
+        dataset = load_dataset(args.dataset, download=True, reference_spaces=reference)
     names = [_dataset_name(args.dataset), dataset.id, args.env or ""]
     key, config = resolve_hyperparams(spec.hyperparams_name, names, key=args.hyperparams, overrides=args.set)
     n_timesteps, policy, kwargs = split_config(config)
@@ -165,7 +166,7 @@ def train_agent(args: argparse.Namespace) -> int:
         f"evaluation over {args.eval_episodes} episodes: return {mean:.1f} ± {std:.1f} (dataset: {behaviour:.1f})"
     )
     _print_score(dataset, mean)
-    path = model_path(args.save or f"{args.algo}_{args.env or dataset.id.replace('/', '_')}")
+    path = model_path(args.save or f"{args.algo}_{(args.env or dataset.id).replace('/', '_')}")
     model.save(path)
     print(f"saved {path}")
     return 0
@@ -190,13 +191,15 @@ def _print_score(dataset: Any, mean_return: float) -> None:
 
 
 def _single_agent_evaluation(args: argparse.Namespace) -> Callable[[Any], list[float]]:
-    """Episode returns of ``args.eval_episodes`` deterministic episodes in a fresh ``args.env``."""
-    import gymnasium as gym
+    """Episode returns of ``args.eval_episodes`` deterministic episodes in a fresh ``args.env`` (made
+    with ``--env-kwargs``)."""
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
 
+    from diffgym.tasks.envs import make_env
+
     def evaluate(model: Any) -> list[float]:
-        eval_env = Monitor(gym.make(args.env))
+        eval_env = Monitor(make_env(args.env, env_kwargs(args)))
         eval_env.reset(seed=args.seed + 1000)
         returns, _ = evaluate_policy(
             model,
@@ -215,11 +218,7 @@ def _team_env(args: argparse.Namespace, dataset: Any) -> tuple[Any, Callable[[An
     from diffgym.data import make_parallel_env, recover_parallel_env
     from diffgym.wrappers import evaluate_team
 
-    env = (
-        make_parallel_env(args.env, json.loads(args.env_kwargs))
-        if args.env
-        else recover_parallel_env(dataset)
-    )
+    env = make_parallel_env(args.env, env_kwargs(args)) if args.env else recover_parallel_env(dataset)
 
     def evaluate(model: Any) -> list[float]:
         returns, _ = evaluate_team(

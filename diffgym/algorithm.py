@@ -130,6 +130,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     #: the optimizers (by their name in ``policy.optimizers()``) that the learning-rate schedule and
     #: ``lr_decay_steps`` drive; None: all of them (IDQL and IQL anneal the actor only)
     scheduled_optimizers: ClassVar[tuple[str, ...] | None] = None
+    #: with ``verbose >= 1``, offline learning logs at the end of its first block of ``check_every`` steps and
+    #: then at the first block end after this many seconds of wall time since the last log (see ``learn``)
+    log_every_seconds: ClassVar[float] = 30.0
     #: constructor arguments saved in the model file (besides ``policy_kwargs``)
     saved_hyperparameters: ClassVar[tuple[str, ...]] = (
         "learning_rate",
@@ -220,6 +223,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self._offline: Any = None  # the dataset on the device: OfflineBatches, or a subclass's own
         self._learning_offline = False
         self._monitor = TrainingMonitor(check_every, explode_above)
+        self._last_log: tuple[float, int] | None = None  # wall time and step of the last offline log
+        self._warned_warmup = False
         if _init_setup_model:
             self._setup_model()
 
@@ -229,15 +234,25 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         """Policy, generators and train frequency; the replay buffer waits for online learning."""
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
-        self.policy = self.policy_class(  # type: ignore[assignment]
-            self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
-        )
-        self.policy = self.policy.to(self.device)
+        self._build_policy()
         seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         self._seed_generators(seed)
         self._convert_train_freq()
         if self.dataset is not None:
             self.set_dataset(self.dataset)
+
+    def _policy_spaces(self) -> tuple[spaces.Space, spaces.Space]:
+        """The spaces of one step that the policy and the dataset have: the env's here (an agent acting on
+        a wrapped env, such as Diffusion Policy on an action-chunk env, derives them)."""
+        return self.observation_space, self.action_space
+
+    def _build_policy(self) -> None:
+        """``self.policy`` from :meth:`_policy_spaces` and ``policy_kwargs``, on the model's device."""
+        observation_space, action_space = self._policy_spaces()
+        self.policy = self.policy_class(  # type: ignore[assignment]
+            observation_space, action_space, self.lr_schedule, **self.policy_kwargs
+        )
+        self.policy = self.policy.to(self.device)
 
     def _seed_generators(self, seed: int) -> None:
         """The training generator (batches, diffusion noise) from ``seed``; the policy's stochastic
@@ -276,16 +291,20 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     def set_dataset(self, dataset: DatasetLike) -> None:
         """Load and validate a dataset; on first use, fit the observation normaliser to it.
 
+        A D4RL-layout file is imported with the model's (its env's) spaces as the reference
+        (:func:`~diffgym.data.load_dataset`'s ``reference_spaces``), whatever env its metadata names.
+
         Raises:
             DatasetSpaceMismatchError: the dataset's spaces differ from the model's.
             NonFiniteDataError, EpisodeLengthError: the dataset is broken.
         """
-        minari_dataset = load_dataset(dataset, download=True)  # local ids and paths never download
-        with explain_cached_import(
-            minari_dataset
-        ):  # a cached import made with guessed spaces says how to redo it
-            check_spaces(minari_dataset.observation_space, self.observation_space, "observation")
-            check_spaces(minari_dataset.action_space, self.action_space, "action")
+        observation_space, action_space = self._policy_spaces()
+        minari_dataset = load_dataset(  # local ids and paths never download
+            dataset, download=True, reference_spaces=(observation_space, action_space)
+        )
+        with explain_cached_import(minari_dataset):  # a cached import with guessed spaces says how to redo it
+            check_spaces(minari_dataset.observation_space, observation_space, "observation")
+            check_spaces(minari_dataset.action_space, action_space, "action")
         first_dataset = self._offline is None and self.num_timesteps == 0
         self._offline = self._offline_data(minari_dataset)
         if first_dataset:
@@ -331,11 +350,19 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             total_timesteps: gradient steps offline; environment steps with ``online=True``.
             callback: SB3 callback(s), called once per gradient step offline (what each hook means
                 offline: see the class doc).
-            log_interval: offline, gradient steps between log dumps; online, episodes (as SB3).
+            log_interval: offline, gradient steps between log dumps; online, episodes (as SB3). Offline
+                with ``verbose >= 1`` the log is also dumped at the end of the call's first block of
+                ``check_every`` steps, then at the end of the first block that ends
+                :attr:`log_every_seconds` (30 s) or more after the last dump, and at the end of the call,
+                so that a slow model shows progress early. Which steps are logged then depends on the
+                wall time; what is logged at a step does not (means over the blocks' steps).
             tb_log_name: TensorBoard run name (default: the algorithm's class name).
             reset_num_timesteps: False continues the step count (and LR schedule) of a loaded model.
             progress_bar: show SB3's progress bar.
             online: fine-tune in the environment, with the dataset in the replay buffer.
+
+        Warns (once per model): a ``UserWarning`` when ``lr_warmup_steps`` spans every gradient step of an
+        offline call, whose learning rate then stays below its peak.
         """
         name = tb_log_name or type(self).__name__
         if self.env is None:
@@ -363,15 +390,34 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         total, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, name, progress_bar
         )
+        self._warn_if_warmup_spans(total - self.num_timesteps)
         callback.on_training_start(locals(), globals())
         clock = (time.perf_counter(), self.num_timesteps)
+        self._last_log = None
         while self.num_timesteps < total:
             steps = min(self.check_every, total - self.num_timesteps)
             if not self._offline_block(steps, callback, log_interval, clock):
                 break
         self._monitor.flush()
+        if self.verbose >= 1 and self._last_log is not None and self._last_log[1] != self.num_timesteps:
+            self._dump_offline_logs(*clock)  # the call's last steps
         callback.on_training_end()
         return self
+
+    def _warn_if_warmup_spans(self, steps: int) -> None:
+        """Warn (once per model) when the learning-rate warm-up lasts for all ``steps`` gradient steps."""
+        warmup, done = self.lr_warmup_steps, self._n_updates
+        if warmup <= 0 or done + steps > warmup or self._warned_warmup:
+            return
+        self._warned_warmup = True
+        warnings.warn(
+            f"{type(self).__name__}.learn: the learning rate is still warming up during all {steps} gradient "
+            f"steps of this call (lr_warmup_steps={warmup}, counted across learn calls; {done} taken before), "
+            f"so it never reaches its peak before gradient step {warmup}: learn for more than "
+            f"{warmup - done} steps, or pass a smaller lr_warmup_steps (0: no warm-up)",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _offline_block(
         self, steps: int, callback: BaseCallback, log_interval: int, clock: tuple[float, int]
@@ -387,8 +433,17 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 return False
             if log_interval and self.num_timesteps % log_interval == 0:
                 self._dump_offline_logs(*clock)
+        if self.verbose >= 1 and self._log_due():
+            self._dump_offline_logs(*clock)
         callback.on_rollout_end()
         return True
+
+    def _log_due(self) -> bool:
+        """Whether a block end is due to log by wall time (see ``learn``'s ``log_interval``)."""
+        if self._last_log is None:
+            return True
+        logged_at, step = self._last_log
+        return step != self.num_timesteps and time.perf_counter() - logged_at >= self.log_every_seconds
 
     def _offline_locals(self) -> dict[str, Any]:
         """What callbacks find in ``self.locals`` after an offline gradient step: no episode ends."""
@@ -442,6 +497,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if self.ep_info_buffer:
             self.logger.record("rollout/ep_rew_mean", safe_mean([info["r"] for info in self.ep_info_buffer]))
         self.logger.dump(step=self.num_timesteps)
+        self._last_log = (time.perf_counter(), self.num_timesteps)
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         if not (progress_bar and self._learning_offline):

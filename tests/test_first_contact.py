@@ -218,14 +218,21 @@ def test_single_agent_import_without_its_env_package_is_made_afresh_later(tmp_pa
     assert any("importing" in str(w.message) and "afresh" in str(w.message) for w in caught)
 
 
-def test_train_on_an_import_with_other_spaces_says_how_to_import_it_afresh(tmp_path, capsys):
+def test_an_import_with_other_spaces_says_how_to_import_it_afresh(tmp_path, capsys):
+    from diffgym.data.d4rl import explain_cached_import
+    from diffgym.data.validation import check_spaces
+
     path = write_flat_file(tmp_path / "pendulum-like.hdf5")  # no env: actions Box(-1, 1), Pendulum's (-2, 2)
+    guessed = load_dataset(path)
+    with pytest.raises(DatasetSpaceMismatchError) as error, explain_cached_import(guessed):
+        check_spaces(guessed.action_space, gym.make("Pendulum-v1").action_space, "action")
+    message = str(error.value)
+    assert "bounds differ" in message and f"diffgym data import {path}" in message
+    assert "--env ENV_ID --env-kwargs YAML --overwrite" in message
+    # an agent built with the env imports the file with the env's spaces instead (issue 18)
     argv = ["train", "dql", "--env", "Pendulum-v1", "--dataset", str(path), "--steps", "1", "--no-progress"]
-    assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert (
-        "bounds differ" in err and f"diffgym data import {path}" in err and "--env ENV_ID --overwrite" in err
-    )
+    argv += ["--eval-episodes", "1", "--set", "batch_size=4", "--save", str(tmp_path / "dql")]
+    assert main(argv) == 0, capsys.readouterr().err
 
 
 # (5) paths: name the path and what is wrong with it

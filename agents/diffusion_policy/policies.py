@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+from gymnasium import spaces
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor
 
 from diffgym.denoisers import TemporalUnet
 from diffgym.diffusion import GaussianDiffusion
 from diffgym.ema import EMA
+from diffgym.policies import check_finite_observation
 from diffgym.samplers import Sampler, make_sampler
 from diffgym.schedules import NoiseSchedule
 from diffgym.trajectory import RecedingHorizonPolicy
@@ -148,6 +151,27 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
         else:
             older = previous[:, :-1].to(newest.dtype)
         return torch.cat([newest, older], dim=1)
+
+    def act_in_chunks(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
+        """Whole chunks for an action-chunk env (see :class:`~diffgym.agents.diffusion_policy.DiffusionPolicy`):
+        a fresh chunk per call from the histories the env shows, no state.
+
+        Shapes: ``observations`` (n, n_obs_steps, *obs_shape), or (n, *obs_shape) when ``n_obs_steps`` is
+        1 -> (n, chunk_steps, *action_shape), rescaled to the action space's bounds.
+
+        Raises:
+            ValueError: NaN or inf in the observations.
+        """
+        self._before_acting(deterministic)
+        self.set_training_mode(False)
+        tensor = torch.as_tensor(observations, device=self.device)
+        check_finite_observation(tensor, vectorized=True)
+        n = tensor.shape[0]
+        with torch.no_grad():
+            history = self.features(tensor.reshape(n * self.n_obs_steps, -1)).view(n, self.n_obs_steps, -1)
+            actions = self.executable(self.sample_chunks(history, deterministic)).clamp(-1.0, 1.0)
+        box: spaces.Box = self.action_space  # type: ignore[assignment]
+        return self.unscale_action(actions.cpu().numpy().reshape(n, self.chunk_steps, *box.shape))
 
     def plan_actions(self, plans: Tensor) -> Tensor:
         """Chunking: (b, horizon, A) -> (b, n_action_steps, A); temporal ensembling:

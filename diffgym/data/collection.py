@@ -15,6 +15,7 @@ from minari.data_collector import EpisodeBuffer
 
 from diffgym.data.minari_writer import write_dataset
 from diffgym.data.tree import stack_tree
+from diffgym.tasks.envs import make_env
 
 __all__ = ["collect_dataset"]
 
@@ -42,7 +43,8 @@ def collect_dataset(
     ``n_episodes`` episodes, whichever comes first; an episode cut by ``n_steps`` is marked truncated.
 
     Args:
-        env: a Gymnasium env or env id. An env with a ``spec`` is recorded so that
+        env: a Gymnasium env or env id (made by :func:`~diffgym.tasks.envs.make_env`, which imports the
+            package of a family such as ``Meta-World/...`` first). An env with a ``spec`` is recorded so that
             ``dataset.recover_environment()`` works; otherwise only its spaces are stored.
         policy: an SB3 model (anything with ``.predict(obs, deterministic=...)``), any callable
             ``obs -> action``, or ``None`` / ``"random"`` for uniform random actions.
@@ -58,7 +60,7 @@ def collect_dataset(
     if n_steps is None and n_episodes is None:
         raise ValueError("give n_steps, n_episodes or both")
     own_env = isinstance(env, str)
-    env = gym.make(env) if isinstance(env, str) else env
+    env = make_env(env) if isinstance(env, str) else env
     try:
         act, policy_name = _action_function(env, policy, seed, deterministic)
         buffers = _rollouts(env, act, n_steps, n_episodes, seed, tuple(info_keys))

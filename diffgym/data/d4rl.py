@@ -30,15 +30,18 @@ import numpy as np
 from gymnasium import spaces
 from minari import MinariDataset
 from minari.data_collector import EpisodeBuffer
+from minari.serialization import serialize_space
 
 from diffgym.data.minari_writer import write_dataset
 from diffgym.data.tree import ArrayTree, tree_map
-from diffgym.data.validation import DatasetSpaceMismatchError
+from diffgym.data.validation import DatasetSpaceMismatchError, check_spaces
+from diffgym.tasks.envs import ENV_FAMILIES, register_env_family
 from diffgym.tasks.extras import EXTRAS, Extra, is_installed, missing_module
 
 __all__ = [
     "ENV_UNAVAILABLE",
     "AgentAxisImporter",
+    "SpacePair",
     "action_box",
     "cached_import_hint",
     "check_hdf5_file",
@@ -53,6 +56,7 @@ __all__ = [
     "reference_returns",
     "register_agent_axis_importer",
     "split_episodes",
+    "with_reference_spaces",
 ]
 
 #: Part of the cache key of imported files: bump it when the import's result changes.
@@ -69,9 +73,13 @@ _GOAL_INFO = "infos/goal"
 #: Seed of the one reset that checks where a goal env puts ``achieved_goal`` in its observation.
 _CHECK_SEED = 0
 #: Packages that register Gymnasium envs when imported: module -> (name, the diffgym extra installing it).
+#: An env id of a known family imports its package first (:func:`~diffgym.tasks.envs.register_env_family`);
+#: an id that names no family (a file's own spelling) makes the import try all of them.
 _ENV_PACKAGES: dict[str, tuple[str, str]] = {
-    module: EXTRAS[module] for module in ("metaworld", "gymnasium_robotics")
+    family.module: EXTRAS[family.module] for family in ENV_FAMILIES if family.api == "gymnasium"
 }
+#: A pair of spaces (observation, action): an env's, which an import takes as the reference.
+SpacePair = tuple[spaces.Space, spaces.Space]
 #: Metadata key of an import whose env could not be made: ``{"env_id", "error", "missing_modules"}``.
 ENV_UNAVAILABLE = "diffgym_env_unavailable"
 
@@ -106,11 +114,13 @@ def register_agent_axis_importer(importer: AgentAxisImporter) -> None:
     _agent_axis_importer = importer
 
 
-def imported_dataset_id(path: str | Path) -> str:
+def imported_dataset_id(path: str | Path, reference_spaces: SpacePair | None = None) -> str:
     """The Minari id a D4RL-layout file is imported under: ``imported/<file stem>-<content hash>-v0``.
 
     The hash covers the file's bytes and the importer's format version, so an edited file (or a
-    changed importer) is imported afresh while an unchanged one is loaded from the local store.
+    changed importer) is imported afresh while an unchanged one is loaded from the local store. An
+    import with ``reference_spaces`` (see :func:`import_d4rl`) is another dataset: its id adds a hash of
+    the spaces (:func:`with_reference_spaces`).
     """
     path = Path(path)
     digest = hashlib.sha256(f"diffgym-import-{_IMPORT_FORMAT}".encode())
@@ -118,7 +128,17 @@ def imported_dataset_id(path: str | Path) -> str:
         while chunk := file.read(_HASH_CHUNK):
             digest.update(chunk)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
-    return f"imported/{stem}-{digest.hexdigest()[:12]}-v0"
+    dataset_id = f"imported/{stem}-{digest.hexdigest()[:12]}-v0"
+    return dataset_id if reference_spaces is None else with_reference_spaces(dataset_id, reference_spaces)
+
+
+def with_reference_spaces(dataset_id: str, reference_spaces: SpacePair) -> str:
+    """``imported/<stem>-<hash>-v0`` -> ``imported/<stem>-<hash>-s<spaces hash>-v0``: the id of the
+    file's import with ``reference_spaces`` (an id without a version gets the suffix at its end)."""
+    text = "".join(serialize_space(space) for space in reference_spaces)
+    suffix = f"-s{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    name, dash, version = dataset_id.rpartition("-v")
+    return f"{name}{suffix}{dash}{version}" if dash and version.isdigit() else f"{dataset_id}{suffix}"
 
 
 def import_d4rl(
@@ -127,6 +147,7 @@ def import_d4rl(
     env_id: str | None = None,
     env_kwargs: dict[str, Any] | None = None,
     description: str | None = None,
+    reference_spaces: SpacePair | None = None,
 ) -> MinariDataset:
     """Import a D4RL-layout HDF5 file into a new local Minari dataset.
 
@@ -146,8 +167,16 @@ def import_d4rl(
       with ``T + 1`` entries (Minari's convention: entry ``t`` goes with observation ``t``); the
       final entry repeats the last row.
     - **Env and spaces**: ``env_id`` (else the ``env_id`` in the file attribute ``metadata``, with its
-      ``env_kwargs``) is made with ``gym.make``; when its spaces have the file's shapes they are used
-      (with the file's float dtype) and the env spec is stored.
+      ``env_kwargs``) is made with ``gym.make`` (an id of a family diffgym supports, such as
+      ``Meta-World/...``, imports its package first: :func:`~diffgym.tasks.envs.register_env_family`);
+      when its spaces have the file's shapes they are used (with the file's float dtype) and the env
+      spec is stored.
+    - **Reference spaces** (``reference_spaces``: the spaces of the env the data is for, e.g. of the
+      agent built with ``env`` and ``dataset=path``): they win over the env's when both fit the arrays
+      and differ, and stand in for an env that cannot be made (a file whose metadata names an env by a
+      spelling ``gym.make`` does not know, as Meta-World's ``reach-v3-goal-observable``). Observations
+      and actions must have the spaces' shapes (a ``Dict`` observation space is left to the env: its
+      goal-env checks need one); the env spec is then stored only when the env's spaces agree.
     - **Goal envs** (gymnasium-robotics ``GoalEnv``s such as ``PointMaze_UMaze-v3``, whose observation
       is a ``Dict`` with ``observation``, ``achieved_goal`` and ``desired_goal``): when ``observations``
       fits ``observation`` and ``infos/goal`` fits ``desired_goal``, observations are stored as that
@@ -161,7 +190,8 @@ def import_d4rl(
     - **Fallback**: when the env's spaces do not fit the arrays (a warning says so) or the env cannot
       be made, observations get ``Box(-inf, inf)`` and actions ``Box(-1, 1)`` (D4RL's convention) when
       the data lies within it, else ``Box(min, max)`` of the data; the env id is then only kept in
-      the metadata (``source_env_id``). Pass ``env_id`` / ``env_kwargs`` to take the spaces from an
+      the metadata (``source_env_id``), and a warning names the env that could not be made and how to
+      give one. Pass ``env_id`` / ``env_kwargs`` (or ``reference_spaces``) to take the spaces from an
       env the file does not name in a ``gym.make``-able way (Meta-World: ``env_id="Meta-World/MT1",
       env_kwargs={"env_name": "reach-v3"}``).
     - **Reference returns** for :func:`minari.get_normalized_score` and
@@ -170,8 +200,8 @@ def import_d4rl(
       shared maze files, whose README normalises with the controller = 100, random = 0); D4RL's
       ``d4rl_ref``. The choice is recorded in ``ref_score_source``.
     - **Multi-agent files** (per-agent ``rewards`` (N, n > 1), or an ``agents`` list in the metadata) are
-      handed to :func:`diffgym.data.import_multiagent_d4rl` with the same arguments (see
-      :func:`register_agent_axis_importer`).
+      handed to :func:`diffgym.data.import_multiagent_d4rl` with the same arguments but
+      ``reference_spaces`` (see :func:`register_agent_axis_importer`).
 
     Args:
         path: the ``.hdf5`` file.
@@ -179,10 +209,11 @@ def import_d4rl(
         env_id: overrides the file's env id.
         env_kwargs: overrides the file's env kwargs.
         description: Minari description; default names the file and env.
+        reference_spaces: (observation space, action space) of the env the data is for (see above).
 
-    An import whose env could not be made records why under :data:`ENV_UNAVAILABLE` in its metadata,
-    with the missing packages: :func:`~diffgym.data.load_dataset` imports the file afresh once they are
-    installed (see :func:`missing_env_now_installed`).
+    An import whose env could not be made (so that its spaces came from the arrays) records why under
+    :data:`ENV_UNAVAILABLE` in its metadata, with the missing packages: :func:`~diffgym.data.load_dataset`
+    imports the file afresh once they are installed (see :func:`missing_env_now_installed`).
 
     Raises:
         FileNotFoundError: no such file.
@@ -200,15 +231,18 @@ def import_d4rl(
         return _agent_axis_importer(
             path, dataset_id, env_id=env_id, env_kwargs=env_kwargs, description=description
         )
+    named_by = "env_id" if env_id else "the file's metadata"
     env_id = env_id or file_meta.get("env_id")
     env_kwargs = env_kwargs if env_kwargs is not None else file_meta.get("env_kwargs", {})
     env, unavailable = _try_make(env_id, env_kwargs) if env_id else (None, None)
     try:
-        obs_space, action_space, env_matches = _import_spaces(arrays, env)
+        obs_space, action_space, spaces_from = _import_spaces(arrays, env, reference_spaces)
+        if unavailable is not None and spaces_from == "arrays":
+            _warn_env_unavailable(unavailable, named_by, obs_space, action_space)
         dataset = write_dataset(
-            dataset_id or imported_dataset_id(path),
+            dataset_id or imported_dataset_id(path, reference_spaces),
             split_episodes(arrays, obs_space, action_space),
-            env if env_matches else None,
+            env if spaces_from == "env" else None,
             obs_space,
             action_space,
             algorithm_name=file_meta.get("made_by", "unknown (D4RL-layout file)"),
@@ -225,7 +259,7 @@ def import_d4rl(
         "source_env_kwargs": env_kwargs,
         "source_metadata": file_meta,
     }
-    if unavailable is not None:
+    if unavailable is not None and spaces_from == "arrays":
         source[ENV_UNAVAILABLE] = unavailable
     dataset.storage.update_metadata({**source, **reference_returns(file_meta)})
     return dataset
@@ -279,7 +313,7 @@ def cached_import_hint(dataset: MinariDataset) -> str:
     if "source_file" not in metadata:
         return ""
     source = metadata.get("source_path", metadata["source_file"])
-    env = "" if metadata.get("source_env_id") else " --env ENV_ID"  # no env named: spaces from the arrays
+    env = "" if metadata.get("source_env_id") else " --env ENV_ID --env-kwargs YAML"  # spaces from the arrays
     hint = (
         f"\n  {dataset.id} is an import of {source} cached in the local Minari store "
         f"({dataset.storage.data_path}): import the file afresh with "
@@ -350,27 +384,39 @@ def _read_info(arrays: dict[str, np.ndarray], name: str, obj: h5py.HLObject, n: 
 
 
 def _try_make(env_id: str, env_kwargs: dict[str, Any]) -> tuple[gym.Env | None, dict[str, Any] | None]:
-    """``gym.make`` the env, importing the packages that register envs if needed; without an env (and a
-    warning), the :func:`env_unavailable_record` of why."""
+    """``gym.make`` the env, importing the package of its family first (or, for an id of no known family,
+    every package that registers envs); without an env, the :func:`env_unavailable_record` of why."""
     try:
+        register_env_family(env_id)  # a missing package raises MissingExtraError, naming its extra
         return gym.make(env_id, **env_kwargs), None
-    except gym.error.UnregisteredEnv:  # NameNotFound, or NamespaceNotFound for "Meta-World/MT1"
+    except gym.error.UnregisteredEnv:  # NameNotFound, or NamespaceNotFound of an unknown namespace
         missing = _import_env_packages()  # maybe one of their envs, registered on import
     except Exception as error:
-        return None, _env_unavailable(env_id, error, [])
+        return None, env_unavailable_record(env_id, error, [])
     try:
         return gym.make(env_id, **env_kwargs), None
     except Exception as error:
-        return None, _env_unavailable(env_id, error, missing)
+        return None, env_unavailable_record(env_id, error, missing)
 
 
-def _env_unavailable(env_id: str, error: Exception, missing: list[str]) -> dict[str, Any]:
-    """Warn that the env cannot be made (naming the extras of ``missing``); its record for the metadata."""
+def _warn_env_unavailable(
+    record: dict[str, Any], named_by: str, obs_space: spaces.Space, action_space: spaces.Space
+) -> None:
+    """Warn that the env of ``record`` (:func:`env_unavailable_record`) could not be made, so that the
+    spaces came from the arrays: name the extras it may need and the ways to give the env."""
     hint = "".join(
-        f"; {Extra(*_ENV_PACKAGES[module]).message('its envs', plural=True)}" for module in missing
+        f"; {Extra(*_ENV_PACKAGES[module]).message('its envs', plural=True)}"
+        for module in record["missing_modules"]
+        if module in _ENV_PACKAGES and Extra(*_ENV_PACKAGES[module]).command not in record["error"]
     )
-    warnings.warn(f"cannot make env {env_id!r} ({error}{hint}); spaces come from the arrays", stacklevel=4)
-    return env_unavailable_record(env_id, error, missing)
+    warnings.warn(
+        f"cannot make env {record['env_id']!r} named by {named_by} ({record['error']}{hint}); spaces come "
+        f"from the arrays (observations {obs_space}, actions {action_space}), which fit no env's bounds. Give "
+        "the env: build the agent with it (e.g. DiffusionPolicy('MlpPolicy', env, dataset=path) imports the "
+        "file with env's spaces), or import_d4rl(path, env_id=..., env_kwargs=...), or `diffgym data import "
+        "PATH --env ENV_ID --env-kwargs YAML`",
+        stacklevel=3,
+    )
 
 
 def _import_env_packages() -> list[str]:
@@ -385,31 +431,51 @@ def _import_env_packages() -> list[str]:
 
 
 def _import_spaces(
-    arrays: dict[str, np.ndarray], env: gym.Env | None
-) -> tuple[spaces.Space, spaces.Space, bool]:
-    """Observation and action spaces for the file, and whether they are the env's."""
+    arrays: dict[str, np.ndarray], env: gym.Env | None, reference: SpacePair | None = None
+) -> tuple[spaces.Space, spaces.Space, str]:
+    """Observation and action spaces for the file, and where they come from: ``"env"``, ``"reference"``
+    (``reference`` fitted to the arrays) or ``"arrays"`` (see :func:`import_d4rl`)."""
     obs, actions = arrays["observations"], arrays["actions"]
-    from_arrays = (
-        spaces.Box(-np.inf, np.inf, obs.shape[1:], float_dtype(obs.dtype)),
-        action_box(actions),
-    )
-    if env is None:
-        return (*from_arrays, False)
+    from_env, why = _env_spaces(env, arrays) if env is not None else (None, "")
+    if from_env is not None and (reference is None or _agree(from_env, reference)):
+        return (*from_env, "env")
+    if reference is not None:
+        obs_space, action_space = fit_space(reference[0], obs), fit_space(reference[1], actions)
+        if obs_space is not None and action_space is not None:
+            return obs_space, action_space, "reference"
+    if from_env is not None:
+        return (*from_env, "env")
+    if env is not None:
+        warnings.warn(
+            f"the file's arrays (observations {obs.shape[1:]}, actions {actions.shape[1:]}) do not fit "
+            f"{env.spec.id if env.spec else env}'s spaces ({env.observation_space}, {env.action_space}){why}; "
+            "storing Box spaces from the arrays and keeping the env id in the metadata only",
+            stacklevel=3,
+        )
+    return spaces.Box(-np.inf, np.inf, obs.shape[1:], float_dtype(obs.dtype)), action_box(actions), "arrays"
+
+
+def _env_spaces(env: gym.Env, arrays: dict[str, np.ndarray]) -> tuple[SpacePair | None, str]:
+    """The env's spaces fitted to the arrays, or None and why not (``""`` or starting with ``": "``)."""
     obs_space: spaces.Space | None
     if isinstance(env.observation_space, spaces.Dict):
         obs_space, why = _goal_dict_space(env, arrays)
     else:
-        obs_space, why = fit_space(env.observation_space, obs), ""
-    action_space = fit_space(env.action_space, actions)
-    if obs_space is not None and action_space is not None:
-        return obs_space, action_space, True
-    warnings.warn(
-        f"the file's arrays (observations {obs.shape[1:]}, actions {actions.shape[1:]}) do not fit "
-        f"{env.spec.id if env.spec else env}'s spaces ({env.observation_space}, {env.action_space}){why}; "
-        "storing Box spaces from the arrays and keeping the env id in the metadata only",
-        stacklevel=3,
-    )
-    return (*from_arrays, False)
+        obs_space, why = fit_space(env.observation_space, arrays["observations"]), ""
+    action_space = fit_space(env.action_space, arrays["actions"])
+    if obs_space is None or action_space is None:
+        return None, why
+    return (obs_space, action_space), ""
+
+
+def _agree(found: SpacePair, reference: SpacePair) -> bool:
+    """Whether both spaces of ``found`` pass :func:`~diffgym.data.check_spaces` against ``reference``."""
+    try:
+        for space, env_space, what in zip(found, reference, ("observation", "action"), strict=True):
+            check_spaces(space, env_space, what)
+    except DatasetSpaceMismatchError:
+        return False
+    return True
 
 
 def _goal_dict_space(env: gym.Env, arrays: dict[str, np.ndarray]) -> tuple[spaces.Dict | None, str]:

@@ -24,14 +24,21 @@ from minari.storage import get_dataset_path
 
 from diffgym.data.d4rl import (
     ENV_UNAVAILABLE,
+    SpacePair,
     check_hdf5_file,
     explain_cached_import,
     import_d4rl,
     imported_dataset_id,
     missing_env_now_installed,
+    with_reference_spaces,
 )
 from diffgym.data.tree import ArrayTree, iter_leaves, storage_dtype, tree_map
-from diffgym.data.validation import check_episode_lengths, check_finite, check_spaces
+from diffgym.data.validation import (
+    DatasetSpaceMismatchError,
+    check_episode_lengths,
+    check_finite,
+    check_spaces,
+)
 
 __all__ = [
     "DatasetLike",
@@ -102,7 +109,9 @@ class EpisodeArrays(NamedTuple):
         return np.arange(int(self.lengths.sum())) + np.repeat(np.arange(len(self.lengths)), self.lengths)
 
 
-def load_dataset(dataset: DatasetLike, download: bool = False) -> MinariDataset:
+def load_dataset(
+    dataset: DatasetLike, download: bool = False, reference_spaces: SpacePair | None = None
+) -> MinariDataset:
     """Return a :class:`minari.MinariDataset` for any of the accepted forms.
 
     Args:
@@ -121,6 +130,12 @@ def load_dataset(dataset: DatasetLike, download: bool = False) -> MinariDataset:
             typo of a local one (a local id of another name with difflib ratio >= 0.9, e.g.
             ``d4rl/hoper/medium-v0`` beside ``d4rl/hopper/medium-v0``): that is refused before any
             download (``minari download ID`` fetches it anyway).
+        reference_spaces: for D4RL-layout files only: ``(observation space, action space)`` of the env
+            the data is for (an agent passes its env's). A cached import whose spaces agree with them is
+            loaded; otherwise the file is imported with them (:func:`~diffgym.data.import_d4rl`'s
+            ``reference_spaces``, under :func:`~diffgym.data.imported_dataset_id` with the spaces), so a
+            file whose metadata names no ``gym.make``-able env still gets the env's spaces. Used when
+            both are ``Box`` spaces (a ``Dict`` observation is left to the env the file names).
 
     A cached import whose env could not be made when it was imported (its spaces were guessed from the
     arrays) is imported afresh once the missing package is installed.
@@ -136,7 +151,7 @@ def load_dataset(dataset: DatasetLike, download: bool = False) -> MinariDataset:
         return dataset
     path = Path(dataset)
     if isinstance(dataset, os.PathLike) or path.exists() or path.suffix in _HDF5_SUFFIXES:
-        return _load_path(path)
+        return _load_path(path, reference_spaces)
     return _load_id(str(dataset), download)
 
 
@@ -196,12 +211,12 @@ def _versionless(dataset_id: str) -> str:
     return f"{namespace}/{name}" if namespace else name
 
 
-def _load_path(path: Path) -> MinariDataset:
+def _load_path(path: Path, reference_spaces: SpacePair | None) -> MinariDataset:
     """Load a Minari dataset directory or a (cached import of a) D4RL-layout HDF5 file."""
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (no such file or directory)")
     if path.is_file() and path.suffix in _HDF5_SUFFIXES:
-        return _load_import(path)
+        return _load_import(path, reference_spaces)
     for data_dir in (path, path / "data"):
         if data_dir.joinpath("metadata.json").is_file():
             return MinariDataset(data_dir)
@@ -211,9 +226,40 @@ def _load_path(path: Path) -> MinariDataset:
     )
 
 
-def _load_import(path: Path) -> MinariDataset:
-    """The cached import of a D4RL-layout file, imported (afresh when the cached one is stale)."""
+def _load_import(path: Path, reference_spaces: SpacePair | None) -> MinariDataset:
+    """The cached import of a D4RL-layout file (with ``reference_spaces``: one that agrees with them, see
+    :func:`load_dataset`), imported (afresh when the cached one is stale)."""
     dataset_id = imported_dataset_id(check_hdf5_file(path))
+    boxes = reference_spaces is not None and all(isinstance(s, spaces.Box) for s in reference_spaces)
+    if not boxes:
+        return _cached_import(path, dataset_id, None)
+    assert reference_spaces is not None
+    cached = _fresh_cached(dataset_id)
+    if cached is not None and _spaces_agree(cached, reference_spaces):
+        return cached
+    return _cached_import(path, with_reference_spaces(dataset_id, reference_spaces), reference_spaces)
+
+
+def _fresh_cached(dataset_id: str) -> MinariDataset | None:
+    """The local import ``dataset_id`` unless missing or stale (:func:`missing_env_now_installed`)."""
+    if not get_dataset_path(dataset_id).joinpath("data").exists():
+        return None
+    cached = minari.load_dataset(dataset_id)
+    return None if missing_env_now_installed(cached) else cached
+
+
+def _spaces_agree(dataset: MinariDataset, reference_spaces: SpacePair) -> bool:
+    """Whether the dataset's spaces pass :func:`check_spaces` against ``reference_spaces``."""
+    try:
+        check_spaces(dataset.observation_space, reference_spaces[0], "observation")
+        check_spaces(dataset.action_space, reference_spaces[1], "action")
+    except DatasetSpaceMismatchError:
+        return False
+    return True
+
+
+def _cached_import(path: Path, dataset_id: str, reference_spaces: SpacePair | None) -> MinariDataset:
+    """The import ``dataset_id`` of ``path`` from the local store, or imported (afresh when stale)."""
     if get_dataset_path(dataset_id).joinpath("data").exists():
         cached = minari.load_dataset(dataset_id)
         if not missing_env_now_installed(cached):
@@ -223,10 +269,10 @@ def _load_import(path: Path) -> MinariDataset:
             f"importing {path} afresh: its cached import {dataset_id} took its spaces from the arrays "
             f"because env {unavailable['env_id']!r} could not be made, and "
             f"{', '.join(unavailable['missing_modules'])} is installed now",
-            stacklevel=4,
+            stacklevel=5,
         )
         shutil.rmtree(get_dataset_path(dataset_id))
-    return import_d4rl(path, dataset_id=dataset_id)
+    return import_d4rl(path, dataset_id=dataset_id, reference_spaces=reference_spaces)
 
 
 def read_episodes(
@@ -377,12 +423,14 @@ def load_transitions(dataset: DatasetLike, check_finite_values: bool = True) -> 
 
 
 def validate_dataset(dataset: DatasetLike, env: gym.Env | None = None) -> None:
-    """Run every check: episode lengths, finite values and, given an env, both spaces against it.
+    """Run every check: episode lengths, finite values and, given an env, both spaces against it (a
+    D4RL-layout file is loaded with the env's spaces as ``reference_spaces``, see :func:`load_dataset`).
 
     Raises:
         EpisodeLengthError, NonFiniteDataError, DatasetSpaceMismatchError: whichever fails first.
     """
-    data = load_dataset(dataset)
+    reference = None if env is None else (env.observation_space, env.action_space)
+    data = load_dataset(dataset, reference_spaces=reference)
     read_episodes(data)
     if env is not None:
         with explain_cached_import(data):

@@ -1,5 +1,5 @@
-"""DiffusionPolicy: the action queue, episode starts, temporal ensembling, and imitation of a
-bimodal demonstrator whose mode only the observation history reveals."""
+"""DiffusionPolicy: the action queue, episode starts, temporal ensembling, imitation of a bimodal
+demonstrator whose mode only the observation history reveals, and whole chunks on an action-chunk env."""
 
 import gymnasium as gym
 import numpy as np
@@ -10,6 +10,7 @@ from gymnasium import spaces
 from diffgym import DiffusionPolicy
 from diffgym.agents.diffusion_policy import DiffusionPolicyNet
 from diffgym.data import collect_dataset
+from diffgym.wrappers import ActionChunkWrapper, make_chunked_env
 
 TINY = dict(horizon=8, n_action_steps=4, num_timesteps=10, dim=16, dim_mults=(1, 2))
 
@@ -154,3 +155,77 @@ def test_imitates_a_bimodal_demonstrator_that_needs_the_history(line_model):
     assert np.abs(np.abs(actions) - 0.8).mean() < 0.15  # ... at the demonstrated speed, not averaged
     kept = np.sign(actions[k::k]) == np.sign(actions[k - 1 : -1 : k])  # at each new chunk
     assert kept.mean() >= 0.8
+
+
+# ----------------------------------------------------------------------------- on an action-chunk env
+
+
+def chunked_line_env():
+    return make_chunked_env(BimodalLine(), n_obs_steps=2, n_action_steps=TINY["n_action_steps"])
+
+
+@pytest.fixture(scope="module")
+def chunk_model(line_model):
+    """A model built on the action-chunk env, with the trained per-step model's weights."""
+    kwargs = dict(TINY, dim=32, sampler={"name": "ddim", "num_steps": 5}, ema_max_decay=0.9)
+    model = DiffusionPolicy(
+        "MlpPolicy",
+        chunked_line_env(),
+        dataset=line_model.dataset,
+        lr_warmup_steps=0,
+        seed=0,
+        policy_kwargs=kwargs,
+    )
+    model.set_parameters({"policy": line_model.policy.state_dict()})
+    return model
+
+
+def test_a_model_built_on_an_action_chunk_env_emits_its_chunks(line_model, chunk_model):
+    """The chunk env shows the history (2, 1): one observation, answered with the chunk the per-step
+    model executes over its next four calls (never a batch of two envs)."""
+    assert chunk_model.action_space.shape == (4, 1) and chunk_model.policy.action_space.shape == (1,)
+    env = chunked_line_env()
+    history, _ = env.reset(seed=3)
+    assert history.shape == (2, 1)
+    chunk, state = chunk_model.predict(history, deterministic=True)
+    assert chunk.shape == (4, 1) and state is None
+    per_step, state = [], None
+    for _ in range(4):
+        action, state = line_model.predict(history[-1], state=state, deterministic=True)
+        per_step.append(action)
+    np.testing.assert_allclose(chunk, np.stack(per_step), atol=1e-5)
+    batch, _ = chunk_model.predict(np.stack([history, history + 0.1]), deterministic=True)
+    assert batch.shape == (2, 4, 1)
+    np.testing.assert_allclose(batch[0], chunk, atol=1e-5)
+    with pytest.raises(ValueError, match=r"observations, of shape \(2, 1\)"):
+        chunk_model.predict(history[-1], deterministic=True)
+
+
+def test_an_action_chunk_model_evaluates_saves_and_loads(chunk_model, tmp_path):
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    env = chunked_line_env()
+    _, lengths = evaluate_policy(chunk_model, env, n_eval_episodes=2, return_episode_rewards=True)
+    assert lengths == [3, 3]  # 10 steps in chunks of 4
+    chunk_model.save(tmp_path / "chunks")
+    loaded = DiffusionPolicy.load(tmp_path / "chunks", env=env)
+    history, _ = env.reset(seed=0)
+    np.testing.assert_allclose(
+        loaded.predict(history, deterministic=True)[0], chunk_model.predict(history, deterministic=True)[0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "policy_kwargs", "message"),
+    [
+        (chunked_line_env, dict(n_action_steps=2), r"pass policy_kwargs=dict\(n_action_steps=4\)"),
+        (chunked_line_env, dict(n_obs_steps=1), r"pass policy_kwargs=dict\(n_obs_steps=2\)"),
+        (lambda: ActionChunkWrapper(BimodalLine(), 4), {}, r"make_chunked_env\(env, n_obs_steps=2"),
+        (chunked_line_env, dict(temporal_ensemble_coeff=0.01), "temporal ensembling"),
+    ],
+)
+def test_an_action_chunk_env_that_does_not_fit_the_policy_is_refused(line_model, env, policy_kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DiffusionPolicy(
+            "MlpPolicy", env(), dataset=line_model.dataset, policy_kwargs={**TINY, **policy_kwargs}
+        )
