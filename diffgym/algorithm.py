@@ -51,14 +51,14 @@ from stable_baselines3.common.utils import check_for_correct_spaces, safe_mean
 from torch import Tensor
 
 import diffgym
-from diffgym.batches import OfflineBatches
-from diffgym.data import DatasetLike, check_spaces, load_dataset, load_transitions
+from diffgym.batches import MappedBatches, OfflineBatches
+from diffgym.data import DatasetLike, check_spaces, load_dataset, load_transitions, map_episodes
 from diffgym.data.d4rl import explain_cached_import
 from diffgym.lr_schedules import cosine_decay, linear_warmup
 from diffgym.monitor import TrainingMonitor
 from diffgym.policies import AgentPolicy
 from diffgym.progress import StepProgressBar
-from diffgym.rl import iql_reward_scale
+from diffgym.rl import iql_reward_scale_chunked
 from diffgym.samplers import sampler_config
 from diffgym.serialization import (
     ModelFileError,
@@ -119,6 +119,15 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             pass them again to ``load``. Refused by agents that learn offline only.
         policy_kwargs: the policy's arguments; SB3's ``net_arch`` is accepted where the policy's
             networks are MLPs (see :class:`~diffgym.policies.AgentPolicy`).
+        dataset_in_memory: True: the dataset's transitions are held on the training device. False, for
+            datasets larger than memory: they are streamed once, episode by episode, into a cache of
+            ``.npy`` files beside the dataset (:func:`~diffgym.data.map_episodes`, reused afterwards),
+            memory-mapped, and each batch is read by index and copied to the device alone (same
+            batches as with True). Observation statistics and ``reward_scale="iql"`` are computed in
+            chunks. Agents that sample transitions support it (Diffusion-QL, IDQL, IQL, TD3+BC);
+            segment agents (planners, Diffusion Policy, MADiff) and online fine-tuning, whose
+            replay buffer holds the dataset in memory, refuse it. Not saved with the model (pass it
+            to ``load`` again).
         tensorboard_log, verbose, seed, device: as in SB3.
     """
 
@@ -133,6 +142,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
     #: with ``verbose >= 1``, offline learning logs at the end of its first block of ``check_every`` steps and
     #: then at the first block end after this many seconds of wall time since the last log (see ``learn``)
     log_every_seconds: ClassVar[float] = 30.0
+    #: whether the agent can train from a memory-mapped dataset (``dataset_in_memory=False``)
+    supports_mapped_dataset: ClassVar[bool] = True
     #: constructor arguments saved in the model file (besides ``policy_kwargs``)
     saved_hyperparameters: ClassVar[tuple[str, ...]] = (
         "learning_rate",
@@ -172,6 +183,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         replay_buffer_class: type[ReplayBuffer] | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
         policy_kwargs: dict[str, Any] | None = None,
+        dataset_in_memory: bool = True,
         tensorboard_log: str | None = None,
         verbose: int = 0,
         seed: int | None = None,
@@ -205,6 +217,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             sde_support=False,
             supported_action_spaces=self.action_space_types,
         )
+        if not dataset_in_memory and not self.supports_mapped_dataset:
+            raise ValueError(
+                f"{type(self).__name__} trains on trajectory segments, which dataset_in_memory=False does "
+                "not serve; it is supported by the agents that sample transitions (DiffusionQL, IDQL, IQL, "
+                "TD3BC)"
+            )
+        self.dataset_in_memory = dataset_in_memory
         self.dataset = dataset
         if isinstance(reward_scale, numbers.Real):
             reward_scale = float(reward_scale)
@@ -310,19 +329,22 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if first_dataset:
             self._fit_normalizers()
         if self.reward_scale == "iql":
-            data = self._offline
-            self.reward_scale = iql_reward_scale(
-                data.observations, data.next_observations, data.rewards, data.dones
-            )
+            self.reward_scale = iql_reward_scale_chunked(self._offline.chunks())
         self.dataset = minari_dataset.id  # saved with the model, so a resumed run can name its data
 
     def _offline_data(self, dataset: MinariDataset) -> Any:
-        """The dataset on the device, with ``sample(batch_size, generator)`` (transitions here)."""
+        """The dataset, with ``sample(batch_size, generator)`` and ``chunks()`` (transitions here): on
+        the device, or memory-mapped (``dataset_in_memory=False``)."""
+        if not self.dataset_in_memory:
+            return MappedBatches(map_episodes(dataset), self.policy, self.device)
         return OfflineBatches(load_transitions(dataset), self.policy, self.device)
 
     def _fit_normalizers(self) -> None:
         """Fit the policy's normalisers to the first dataset (observations here)."""
-        self.policy.fit_normalizer(self._offline.observations)
+        chunks = self._offline.chunks()  # a chunk's observations may hold the next chunk's first row
+        self.policy.fit_normalizer_in_chunks(
+            observations[: len(rewards)] for observations, _, rewards, _ in chunks
+        )
 
     # ------------------------------------------------------------------ learning
 
@@ -512,6 +534,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         if self.replay_buffer is not None:
             return
         offline = self._offline
+        if isinstance(offline, MappedBatches):
+            raise ValueError(
+                "online fine-tuning copies the dataset into SB3's in-memory replay buffer, so it cannot "
+                "start from a memory-mapped dataset (dataset_in_memory=False): construct or load the model "
+                "with dataset_in_memory=True for learn(..., online=True)"
+            )
         stored = offline.size if offline is not None else 0
         buffer_class = self.replay_buffer_class or (
             DictReplayBuffer if isinstance(self.observation_space, spaces.Dict) else ReplayBuffer

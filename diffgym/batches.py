@@ -1,14 +1,28 @@
-"""A dataset's transitions on the training device, sampled as SB3 replay batches."""
+"""A dataset's transitions for training, sampled as SB3 replay batches: on the training device
+(:class:`OfflineBatches`) or memory-mapped from a cache, one batch at a time (:class:`MappedBatches`)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import Tensor
 
-from diffgym.data import Transitions, flatten_observations
+from diffgym.data import EpisodeArrays, Transitions, flatten_observations
+from diffgym.data.tree import tree_map
 from diffgym.policies import AgentPolicy
+
+#: ``(observations, next_observations, rewards, dones)`` of consecutive transitions; observations may
+#: hold one row more, the next chunk's first (see :func:`~diffgym.rl.iql_reward_scale_chunked`).
+Chunk = tuple[Tensor, Tensor, Tensor, Tensor]
+#: Bytes of flat observations per chunk when a memory-mapped dataset is read in full.
+CHUNK_BYTES = 64 * 2**20
+
+
+def _tensor(array: np.ndarray, device: torch.device | str) -> Tensor:
+    return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32, device=device)
 
 
 class OfflineBatches:
@@ -19,15 +33,14 @@ class OfflineBatches:
 
     def __init__(self, transitions: Transitions, policy: AgentPolicy, device: torch.device) -> None:
         space = policy.observation_space
-
-        def tensor(array: np.ndarray) -> Tensor:
-            return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32, device=device)
-
-        self.observations = tensor(flatten_observations(transitions.observations, space))
-        self.next_observations = tensor(flatten_observations(transitions.next_observations, space))
-        self.actions = tensor(policy.scale_action(transitions.actions.reshape(len(transitions.actions), -1)))
-        self.rewards = tensor(transitions.rewards).unsqueeze(1)
-        self.dones = tensor(transitions.terminals).unsqueeze(1)  # timeouts are not terminal: bootstrap
+        self.observations = _tensor(flatten_observations(transitions.observations, space), device)
+        self.next_observations = _tensor(flatten_observations(transitions.next_observations, space), device)
+        actions = transitions.actions.reshape(len(transitions.actions), -1)
+        self.actions = _tensor(policy.scale_action(actions), device)
+        self.rewards = _tensor(transitions.rewards, device).unsqueeze(1)
+        self.dones = _tensor(transitions.terminals, device).unsqueeze(
+            1
+        )  # timeouts are not terminal: bootstrap
         self.size = len(self.rewards)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> ReplayBufferSamples:
@@ -40,3 +53,61 @@ class OfflineBatches:
             self.dones[index],
             self.rewards[index],
         )
+
+    def chunks(self) -> Iterator[Chunk]:
+        """The whole dataset as one chunk."""
+        yield self.observations, self.next_observations, self.rewards, self.dones
+
+
+class MappedBatches:
+    """A dataset's memory-mapped episodes (:func:`~diffgym.data.map_episodes`), sampled uniformly by
+    transition index like :class:`OfflineBatches` (same generator draws, same rows): only each batch
+    is read, flattened, scaled and copied to the device.
+    """
+
+    def __init__(self, arrays: EpisodeArrays, policy: AgentPolicy, device: torch.device) -> None:
+        self.arrays, self.policy, self.device = arrays, policy, device
+        self.step_offsets = arrays.step_offsets
+        self.size = int(self.step_offsets[-1])
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> ReplayBufferSamples:
+        index = torch.randint(0, self.size, (batch_size,), generator=generator, device=generator.device)
+        return self.take(index.cpu().numpy())
+
+    def take(self, steps: np.ndarray) -> ReplayBufferSamples:
+        """The transitions ``steps`` (read in sorted order, for locality, returned in the given order)."""
+        order = np.argsort(steps, kind="stable")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        samples = self._read(steps[order])
+        return ReplayBufferSamples(*(_tensor(array[inverse], self.device) for array in samples))
+
+    def _read(self, steps: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(observations, actions, next_observations, dones (B, 1), rewards (B, 1)) of ``steps``."""
+        arrays, space = self.arrays, self.policy.observation_space
+        rows = steps + np.searchsorted(self.step_offsets, steps, side="right") - 1
+        observations = flatten_observations(tree_map(lambda a: a[rows], arrays.observations), space)
+        next_observations = flatten_observations(tree_map(lambda a: a[rows + 1], arrays.observations), space)
+        actions = self.policy.scale_action(np.asarray(arrays.actions[steps]).reshape(len(steps), -1))
+        dones = arrays.terminations[steps][:, None]  # timeouts are not terminal: bootstrap
+        return observations, actions, next_observations, dones, arrays.rewards[steps][:, None]
+
+    def chunks(self, chunk_rows: int | None = None) -> Iterator[Chunk]:
+        """Consecutive transitions on the CPU, a chunk at a time (about :data:`CHUNK_BYTES` of
+        observations each); each chunk's observations hold the next chunk's first one too."""
+        if chunk_rows is None:
+            width = flatten_observations(
+                tree_map(lambda a: a[:1], self.arrays.observations), self.policy.observation_space
+            )
+            chunk_rows = max(1, CHUNK_BYTES // (4 * width.shape[1]))
+        for start in range(0, self.size, chunk_rows):
+            stop = min(start + chunk_rows, self.size)
+            steps = np.arange(start, min(stop + 1, self.size))
+            observations, _, next_observations, dones, rewards = self._read(steps)
+            n = stop - start
+            yield (
+                _tensor(observations, "cpu"),
+                _tensor(next_observations[:n], "cpu"),
+                _tensor(rewards[:n], "cpu"),
+                _tensor(dones[:n], "cpu"),
+            )

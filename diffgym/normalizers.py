@@ -8,6 +8,8 @@ Build one from data with ``fit``; build an identity one of the right shape with 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
@@ -21,6 +23,7 @@ __all__ = [
     "MinMaxNormalizer",
     "Normalizer",
     "NormalizerKind",
+    "fit_in_chunks",
     "make_normalizer",
 ]
 
@@ -222,6 +225,56 @@ class CDFNormalizer(nn.Module):
 
 #: Any of the normalisers (they share ``fit``, ``normalize`` and ``unnormalize``).
 Normalizer = GaussianNormalizer | MinMaxNormalizer | CDFNormalizer
+
+
+def fit_in_chunks(cls: type[Normalizer], chunks: Iterable[Tensor], eps: float = DEFAULT_EPS) -> Normalizer:
+    """``cls.fit`` over the rows of ``chunks`` ((rows, dim) each) taken together.
+
+    One chunk: exactly ``cls.fit``. Several: Gaussian and min-max statistics are merged chunk by
+    chunk (float64, never all rows at once); a CDF needs every row at once, so its chunks are joined.
+    """
+    iterator = iter(chunks)
+    first = next(iterator)
+    second = next(iterator, None)
+    if second is None:
+        return cls.fit(first, eps=eps)
+    every = itertools.chain([first, second], iterator)
+    if cls is GaussianNormalizer:
+        return _gaussian_in_chunks(every, eps)
+    if cls is MinMaxNormalizer:
+        return _limits_in_chunks(every, eps)
+    return cls.fit(torch.cat(list(every)), eps=eps)
+
+
+def _gaussian_in_chunks(chunks: Iterable[Tensor], eps: float) -> GaussianNormalizer:
+    """Mean and standard deviation merged over chunks (Chan et al.'s pairwise update)."""
+    count, mean, squares = 0, torch.zeros(()), torch.zeros(())
+    for chunk in chunks:
+        x = _as_matrix(chunk, (chunk.shape[1],))
+        n, chunk_mean = len(x), x.mean(dim=0)
+        chunk_squares = ((x - chunk_mean) ** 2).sum(dim=0)
+        total = count + n
+        delta = chunk_mean - mean
+        mean = mean + delta * (n / total)
+        squares = squares + chunk_squares + delta**2 * (count * n / total)
+        count = total
+    normalizer = GaussianNormalizer(tuple(mean.shape))
+    normalizer.mean.copy_(mean)
+    normalizer.std.copy_((squares / count).sqrt().clamp_min(eps))
+    return normalizer
+
+
+def _limits_in_chunks(chunks: Iterable[Tensor], eps: float) -> MinMaxNormalizer:
+    """Per-feature minimum and maximum over chunks."""
+    ranges = [
+        (x.min(dim=0).values, x.max(dim=0).values) for x in (_as_matrix(c, (c.shape[1],)) for c in chunks)
+    ]
+    low = torch.stack([r[0] for r in ranges]).min(dim=0).values
+    high = torch.stack([r[1] for r in ranges]).max(dim=0).values
+    normalizer = MinMaxNormalizer(tuple(low.shape))
+    normalizer.center.copy_((high + low) / 2)
+    normalizer.half_range.copy_(((high - low) / 2).clamp_min(eps))
+    return normalizer
 
 
 def make_normalizer(kind: NormalizerKind, dim: int) -> tuple[Normalizer, tuple[float, float] | None]:

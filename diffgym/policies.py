@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from diffgym.diffusion import GaussianDiffusion
 from diffgym.ema import EMA
 from diffgym.networks import StateActionCritic
-from diffgym.normalizers import DEFAULT_EPS, GaussianNormalizer, Normalizer
+from diffgym.normalizers import DEFAULT_EPS, GaussianNormalizer, Normalizer, fit_in_chunks
 from diffgym.rl import twin_critic
 from diffgym.samplers import Randomness, Sampler, TiledNoise, make_sampler
 from diffgym.schedules import NoiseSchedule
@@ -219,6 +219,13 @@ class AgentPolicy(BasePolicy):
         feature's spread (standard deviation or half-range)."""
         if self.normalize_observations:
             fitted = type(self.obs_normalizer).fit(flat_observations, eps=eps)
+            self.obs_normalizer.load_state_dict(fitted.state_dict())
+
+    def fit_normalizer_in_chunks(self, chunks: Iterable[Tensor], eps: float = DEFAULT_EPS) -> None:
+        """:meth:`fit_normalizer` over the rows of ``chunks`` ((rows, obs_dim) each), see
+        :func:`~diffgym.normalizers.fit_in_chunks`."""
+        if self.normalize_observations:
+            fitted = fit_in_chunks(type(self.obs_normalizer), chunks, eps=eps)
             self.obs_normalizer.load_state_dict(fitted.state_dict())
 
     def features(self, observation: PyTorchObs) -> Tensor:

@@ -119,12 +119,33 @@ def iql_reward_scale(
     Raises:
         ValueError: all episodes have the same return (nothing to scale by).
     """
-    ends = dones.reshape(-1).bool().clone()
-    ends[:-1] |= (observations[1:] - next_observations[:-1]).norm(dim=1) > 1e-6
-    ends[-1] = True
-    episode = torch.cumsum(ends.long(), 0) - ends.long()  # (N,) episode index of each row
-    returns = torch.zeros(int(ends.sum()), dtype=torch.float64, device=rewards.device)
-    returns.index_add_(0, episode, rewards.reshape(-1).double())
+    return iql_reward_scale_chunked([(observations, next_observations, rewards, dones)])
+
+
+def iql_reward_scale_chunked(chunks: Iterable[tuple[Tensor, Tensor, Tensor, Tensor]]) -> float:
+    """:func:`iql_reward_scale` over a dataset read in chunks of consecutive rows (bounded memory).
+
+    Each chunk is ``(observations, next_observations, rewards, dones)`` shaped as there, except that
+    ``observations`` holds one row more, the next chunk's first observation, in every chunk but the last.
+
+    Raises:
+        ValueError: all episodes have the same return (nothing to scale by).
+    """
+    parts: list[Tensor] = []
+    carry = torch.zeros((), dtype=torch.float64)  # the return so far of the episode a chunk leaves open
+    for observations, next_observations, rewards, dones in chunks:
+        ends = dones.reshape(-1).bool().clone()
+        known = len(observations) - 1  # rows whose next row's observation is known
+        ends[:known] |= (observations[1:] - next_observations[:known]).norm(dim=1) > 1e-6
+        if known < len(ends):  # the last chunk
+            ends[-1] = True
+        episode = torch.cumsum(ends.long(), 0) - ends.long()  # episode index of each row, in this chunk
+        sums = torch.zeros(int(ends.sum()) + 1, dtype=torch.float64, device=rewards.device)
+        sums.index_add_(0, episode, rewards.reshape(-1).double())
+        sums[0] += carry.to(sums.device)
+        parts.append(sums[:-1].cpu())
+        carry = sums[-1].cpu()
+    returns = torch.cat(parts)
     spread = float(returns.max() - returns.min())
     if spread <= 0:
         raise ValueError(

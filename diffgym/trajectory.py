@@ -218,6 +218,7 @@ class SequenceAlgorithm(OfflineAlgorithm):
 
     policy: RecedingHorizonPolicy
     supports_online: ClassVar[bool] = False
+    supports_mapped_dataset: ClassVar[bool] = False  # segments are built in memory
 
     def _offline_data(self, dataset: MinariDataset) -> SegmentBatches:
         segments = SegmentDataset(

@@ -3,7 +3,7 @@
 Modules, lowest first (each imports only those before it): :mod:`~diffgym.data.tree`,
 :mod:`~diffgym.data.validation` and :mod:`~diffgym.data.minari_writer`; :mod:`~diffgym.data.collection`
 (datasets from any policy) and :mod:`~diffgym.data.d4rl` (D4RL-layout files); :mod:`~diffgym.data.loading`
-(any dataset into arrays); :mod:`~diffgym.data.segments` (trajectory windows); and the package
+(any dataset into arrays); :mod:`~diffgym.data.mapped` (the same, memory-mapped from a cache); :mod:`~diffgym.data.segments` (trajectory windows); and the package
 :mod:`diffgym.data.team` (multi-agent data).
 """
 
@@ -19,6 +19,7 @@ from diffgym.data.loading import (
     read_episodes,
     validate_dataset,
 )
+from diffgym.data.mapped import map_episodes
 from diffgym.data.segments import (
     SegmentDataset,
     SegmentLayout,
@@ -88,6 +89,7 @@ __all__ = [
     "load_dataset",
     "load_transitions",
     "make_parallel_env",
+    "map_episodes",
     "penalize_terminations",
     "read_episodes",
     "read_multiagent_episodes",

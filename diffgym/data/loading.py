@@ -11,6 +11,7 @@ import difflib
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple, TypeAlias
 
@@ -295,6 +296,27 @@ def read_episodes(
         NonFiniteDataError: see ``check_finite_values``.
     """
     data = load_dataset(dataset)
+    arrays = read_episodes_into(data, _allocate, info_keys)
+    if check_finite_values:
+        _check_finite(arrays)
+    return arrays
+
+
+#: Makes a dataset's empty buffers from its first episode: ``(episode, infos, n_steps, n_episodes)``.
+Allocator: TypeAlias = Callable[[minari.EpisodeData, dict[str, np.ndarray], int, int], EpisodeArrays]
+
+
+def read_episodes_into(
+    data: MinariDataset,
+    allocate: Allocator,
+    info_keys: tuple[str, ...] = (),
+    check_each_episode: bool = False,
+) -> EpisodeArrays:
+    """:func:`read_episodes`'s episode loop into the buffers ``allocate`` makes (e.g. memory-mapped files).
+
+    With ``check_each_episode`` each episode's rows are checked for NaN / inf right after they are
+    copied (no full-size temporary, unlike a check of the whole arrays).
+    """
     n_steps, n_episodes = data.total_steps, data.total_episodes
     if n_episodes == 0:
         raise ValueError(f"dataset {data.id} has no episodes")
@@ -307,16 +329,30 @@ def read_episodes(
         if step + n > n_steps:
             raise ValueError(f"dataset {data.id}: its metadata counts {n_steps} steps, its episodes more")
         if buffers is None:
-            buffers = _allocate(episode, infos, n_steps, n_episodes)
+            buffers = allocate(episode, infos, n_steps, n_episodes)
         _fill(buffers, episode, infos, step, step + index)
+        if check_each_episode:
+            _check_finite(_episode_rows(buffers, step, step + index, n, episode.id))
         lengths[index], step = n, step + n
     if step != n_steps:
         raise ValueError(f"dataset {data.id}: its metadata counts {n_steps} steps, its episodes {step}")
     assert buffers is not None
-    arrays = buffers._replace(lengths=lengths, episode_ids=data.episode_indices.astype(np.int64))
-    if check_finite_values:
-        _check_finite(arrays)
-    return arrays
+    return buffers._replace(lengths=lengths, episode_ids=data.episode_indices.astype(np.int64))
+
+
+def _episode_rows(buffers: EpisodeArrays, step: int, row: int, n: int, episode_id: int) -> EpisodeArrays:
+    """One episode's rows of the buffers (views), as an :class:`EpisodeArrays` of one episode."""
+    steps = slice(step, step + n)
+    return EpisodeArrays(
+        observations=tree_map(lambda a: a[row : row + n + 1], buffers.observations),
+        actions=tree_map(lambda a: a[steps], buffers.actions),
+        rewards=buffers.rewards[steps],
+        terminations=buffers.terminations[steps],
+        truncations=buffers.truncations[steps],
+        infos={},
+        lengths=np.array([n], dtype=np.int64),
+        episode_ids=np.array([episode_id], dtype=np.int64),
+    )
 
 
 def _info_field(infos: dict | None, key: str, episode_id: int) -> np.ndarray:

@@ -3,10 +3,13 @@
 No agents: two studies, each one record. ``samplers``: for a Diffusion-QL-sized MLP and a
 Diffuser-sized U-Net, the time of a whole sampling chain ÷ (denoiser calls × one bare forward at
 the same batch). ``data``: a D4RL-layout file of ``suite:transitions`` random hopper-sized rows,
-imported into Minari, then each read path timed in a fresh process with its peak memory.
+imported into Minari, then each read path timed in a fresh process with its peak memory, the
+memory-mapped path (``dataset_in_memory=False``) among them. ``mapped``: the memory-mapped path alone
+on ``suite:mapped_transitions`` rows (10M: the in-memory path is not run there), next to the arrays'
+own size.
 
-    diffgym benchmark core                              # about two minutes on 2 CPU cores
-    diffgym benchmark core --set suite:transitions=20000
+    diffgym benchmark core                              # several minutes on 2 CPU cores (10M rows)
+    diffgym benchmark core --set suite:transitions=20000 --set suite:mapped_transitions=50000
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ def sampler_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
 
 def data_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
     return data_loading.run(n_transitions=session.params["transitions"])
+
+
+def mapped_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
+    return data_loading.run_mapped(n_transitions=session.params["mapped_transitions"])
 
 
 def sampler_section(report: Report) -> str:
@@ -53,9 +60,10 @@ def data_section(report: Report) -> str:
     setup = data["setup"]
     operations = [name for name in data if name != "setup"]
     table = markdown_table(
-        ["operation", "seconds", "peak RSS above baseline (MB)"],
-        [[name, data[name]["seconds"], data[name]["peak_rss_mb"]] for name in operations],
-    )
+        ["operation", "seconds", "peak RSS above baseline (MB)", "peak anonymous (MB)"],
+        [[name, data[name]["seconds"], data[name]["peak_rss_mb"], data[name].get("peak_anon_mb", "")]
+         for name in operations],
+    )  # fmt: skip
     return "\n\n".join(
         [
             "## Data layer",
@@ -64,6 +72,36 @@ def data_section(report: Report) -> str:
             f"in {setup['build_import_d4rl_seconds']} s; each operation below runs in a fresh process. "
             f"Segments: H = {setup['horizon']}, batches of {setup['batch_size']}.",
             table,
+            mapped_table(report),
+        ]
+    )
+
+
+def mapped_table(report: Report) -> str:
+    """Loading time and peak memory of the in-memory and memory-mapped paths beside the arrays' size."""
+    rows = []
+    for study, path in (("data", None), ("mapped", "memory-mapped")):
+        result = report.study(study)
+        if result is None:
+            continue
+        setup = result["setup"]
+        tasks = [("in memory (load_transitions)", "load_transitions"), ("memory-mapped: build the cache", "map_episodes"),
+                 ("memory-mapped: open, statistics, 100 batches", "mapped_training_data")]  # fmt: skip
+        for label, task in tasks:
+            if task in result:
+                r = result[task]
+                rows.append([f"{setup['n_transitions']:,}", setup["arrays_mb"], label, r["seconds"], r["peak_rss_mb"],
+                             r["peak_anon_mb"]])  # fmt: skip
+        if path is not None:
+            rows.append([f"{setup['n_transitions']:,}", setup["arrays_mb"], "in memory", "not run", "", ""])
+    header = ["transitions", "arrays (MB)", "path", "seconds", "peak RSS (MB)", "peak anonymous (MB)"]
+    return "\n\n".join(
+        [
+            "### Datasets larger than memory",
+            "Peak memory above each fresh process's baseline. RSS counts the resident pages of memory-mapped "
+            "files, which the kernel drops under memory pressure; anonymous memory is what must fit in RAM. "
+            "The in-memory path is not run at the larger size (its arrays need not fit).",
+            markdown_table(header, rows),
         ]
     )
 
@@ -72,7 +110,7 @@ SUITE = Suite(
     name="core",
     title="Core benchmark",
     description="The diffusion engine and the data layer, without agents.",
-    params={"transitions": 1_000_000},  # rows of the data layer's file
-    studies={"samplers": sampler_study, "data": data_study},
+    params={"transitions": 1_000_000, "mapped_transitions": 10_000_000},  # rows of the data layer's files
+    studies={"samplers": sampler_study, "data": data_study, "mapped": mapped_study},
     sections=(sampler_section, data_section),
 )

@@ -13,7 +13,17 @@ Measured, each against references from the same run:
   episode group after another, without Minari's per-episode objects;
 - ``segment_dataset``: building :class:`diffgym.data.SegmentDataset` (``horizon``, padding on,
   ``construct_seconds``) and drawing batches of ``batch_size`` segments (``sample_batch_ms``, mean of
-  100); ``seconds`` covers both.
+  100); ``seconds`` covers both;
+- ``map_episodes``: the memory-mapped path (``dataset_in_memory=False``): streaming the episodes into
+  the ``.npy`` cache (:func:`diffgym.data.map_episodes`), its first use;
+- ``mapped_training_data``: what an agent does with that cache afterwards: open it, fit the
+  observation statistics and IQL's reward scale in chunks, and draw batches of ``batch_size``
+  transitions by index (``sample_batch_ms``, mean of 100).
+
+Besides the peak resident memory, each operation reports ``peak_anon_mb``: the peak of anonymous
+memory (``RssAnon``), which is what must fit in RAM; resident pages of memory-mapped files count in
+the former only, and the kernel drops them under memory pressure. :func:`run_mapped` measures the
+memory-mapped path alone, for sizes whose in-memory arrays would not fit.
 """
 
 from __future__ import annotations
@@ -48,24 +58,45 @@ def run(
     """
     with tempfile.TemporaryDirectory(prefix="diffgym-bench-") as root:
         env = {**os.environ, "MINARI_DATASETS_PATH": str(Path(root) / "minari")}
-        setup = {
-            f"build_{key}": value for key, value in _child(env, "build", root, n_transitions, seed).items()
-        }
-        results: dict[str, Any] = {
-            "setup": {
-                "n_transitions": n_transitions,
-                "episode_length": _EPISODE_LENGTH,
-                "obs_dim": _OBS_DIM,
-                "act_dim": _ACT_DIM,
-                "horizon": horizon,
-                "batch_size": batch_size,
-                "cpu_count": os.cpu_count(),
-                **setup,
-            }
-        }
-        for task in ("flat_read", "load_transitions", "direct_h5py", "segment_dataset"):
+        setup = _child(env, "build", root, n_transitions, seed)
+        results: dict[str, Any] = {"setup": _setup(n_transitions, horizon, batch_size, setup)}
+        for task in ("flat_read", "load_transitions", "direct_h5py", "segment_dataset", *_MAPPED_TASKS):
             results[task] = _child(env, task, root, horizon, batch_size)
     return results
+
+
+def run_mapped(n_transitions: int = 10_000_000, batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
+    """:func:`run` for the memory-mapped path only (``map_episodes``, ``mapped_training_data``)."""
+    with tempfile.TemporaryDirectory(prefix="diffgym-bench-") as root:
+        env = {**os.environ, "MINARI_DATASETS_PATH": str(Path(root) / "minari")}
+        build = _child(env, "build", root, n_transitions, seed)
+        results: dict[str, Any] = {"setup": _setup(n_transitions, 0, batch_size, build)}
+        for task in _MAPPED_TASKS:
+            results[task] = _child(env, task, root, 0, batch_size)
+    return results
+
+
+def arrays_mb(n_transitions: int) -> float:
+    """Size of the transitions' own arrays: observations, next observations, actions, rewards (float32),
+    terminals and timeouts (bool)."""
+    return round(n_transitions * (4 * (2 * _OBS_DIM + _ACT_DIM + 1) + 2) / 2**20, 1)
+
+
+_MAPPED_TASKS = ("map_episodes", "mapped_training_data")
+
+
+def _setup(n_transitions: int, horizon: int, batch_size: int, build: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "n_transitions": n_transitions,
+        "arrays_mb": arrays_mb(n_transitions),
+        "episode_length": _EPISODE_LENGTH,
+        "obs_dim": _OBS_DIM,
+        "act_dim": _ACT_DIM,
+        "horizon": horizon,
+        "batch_size": batch_size,
+        "cpu_count": os.cpu_count(),
+        **{f"build_{key}": value for key, value in build.items()},
+    }
 
 
 def _child(env: dict[str, str], task: str, *args: Any) -> dict[str, Any]:
@@ -90,6 +121,15 @@ def _rss_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _anon_mb() -> float:
+    """Current resident anonymous memory of this process (``RssAnon`` of ``/proc/self/status``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 2**10
+    return 0.0
+
+
 class _PeakRSS(threading.Thread):
     """Polls the resident memory every millisecond while a task runs and keeps the maximum.
 
@@ -99,31 +139,38 @@ class _PeakRSS(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak = _rss_mb()
+        self.peak, self.peak_anon = _rss_mb(), _anon_mb()
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.wait(0.001):
-            self.peak = max(self.peak, _rss_mb())
+            self.peak, self.peak_anon = max(self.peak, _rss_mb()), max(self.peak_anon, _anon_mb())
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
+        """Peak resident and peak anonymous memory (MB)."""
         self._done.set()
         self.join()
-        return max(self.peak, _rss_mb())
+        return max(self.peak, _rss_mb()), max(self.peak_anon, _anon_mb())
 
 
 def _measure(task: str, args: list[Any]) -> dict[str, Any]:
     """Import everything first, then time ``task`` and its peak memory above that baseline."""
-    import diffgym.data  # noqa: F401  (in the baseline, as in any user process)
+    import diffgym.batches  # noqa: F401  (diffgym.data and torch in the baseline, as in any user process)
 
     function: Callable[..., dict[str, Any]] = globals()[f"_task_{task}"]
-    baseline = _rss_mb()
+    baseline, baseline_anon = _rss_mb(), _anon_mb()
     monitor = _PeakRSS()
     monitor.start()
     start = time.perf_counter()
     extra = function(*args)
     seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 3), "peak_rss_mb": round(monitor.stop() - baseline, 1), **extra}
+    peak, peak_anon = monitor.stop()
+    return {
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": round(peak - baseline, 1),
+        "peak_anon_mb": round(peak_anon - baseline_anon, 1),
+        **extra,
+    }
 
 
 def _task_build(root: str, n_transitions: int, seed: int) -> dict[str, Any]:
@@ -219,6 +266,49 @@ def _task_segment_dataset(root: str, horizon: int, batch_size: int) -> dict[str,
         "n_segments": len(segments),
         "sample_batch_ms": round(per_batch * 1000, 3),
     }
+
+
+def _task_map_episodes(*_: Any) -> dict[str, Any]:
+    from diffgym.data import map_episodes
+    from diffgym.data.mapped import cache_folder
+
+    map_episodes(_DATASET_ID)
+    folder = cache_folder(_load(_DATASET_ID))
+    return {"cache_mb": round(sum(f.stat().st_size for f in folder.iterdir()) / 2**20, 1)}
+
+
+def _task_mapped_training_data(root: str, horizon: int, batch_size: int) -> dict[str, Any]:
+    """An agent's set-up on the cache (statistics, IQL scale), then batches drawn by index."""
+    import gymnasium as gym
+    import torch
+
+    from diffgym.batches import MappedBatches
+    from diffgym.data import map_episodes
+    from diffgym.normalizers import GaussianNormalizer, fit_in_chunks
+    from diffgym.rl import iql_reward_scale_chunked
+
+    class _Policy:  # what MappedBatches uses of a policy: the spaces and the action scaling
+        observation_space = gym.spaces.Box(-np.inf, np.inf, (_OBS_DIM,), np.float32)
+
+        @staticmethod
+        def scale_action(action: np.ndarray) -> np.ndarray:
+            return action
+
+    batches = MappedBatches(map_episodes(_DATASET_ID), _Policy(), torch.device("cpu"))  # type: ignore[arg-type]
+    fit_in_chunks(GaussianNormalizer, (obs[: len(r)] for obs, _, r, _ in batches.chunks()))
+    iql_reward_scale_chunked(batches.chunks())
+    prepared = time.perf_counter()
+    generator, n_batches = torch.Generator().manual_seed(0), 100
+    for _ in range(n_batches):
+        batches.sample(batch_size, generator)
+    per_batch = (time.perf_counter() - prepared) / n_batches
+    return {"sample_batch_ms": round(per_batch * 1000, 3)}
+
+
+def _load(dataset_id: str) -> Any:
+    import minari
+
+    return minari.load_dataset(dataset_id)
 
 
 if __name__ == "__main__":
