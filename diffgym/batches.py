@@ -102,12 +102,27 @@ class MappedBatches:
             chunk_rows = max(1, CHUNK_BYTES // (4 * width.shape[1]))
         for start in range(0, self.size, chunk_rows):
             stop = min(start + chunk_rows, self.size)
-            steps = np.arange(start, min(stop + 1, self.size))
-            observations, _, next_observations, dones, rewards = self._read(steps)
-            n = stop - start
-            yield (
-                _tensor(observations, "cpu"),
-                _tensor(next_observations[:n], "cpu"),
-                _tensor(rewards[:n], "cpu"),
-                _tensor(dones[:n], "cpu"),
-            )
+            observations = self._observation_block(start, min(stop + 1, self.size), 0)
+            next_observations = self._observation_block(start, stop, 1)
+            rewards = np.array(self.arrays.rewards[start:stop], dtype=np.float32)[:, None]
+            dones = np.array(self.arrays.terminations[start:stop], dtype=np.float32)[:, None]
+            yield tuple(torch.from_numpy(a) for a in (observations, next_observations, rewards, dones))  # type: ignore[misc]
+            del observations, next_observations, rewards, dones  # not alive while the next chunk is read
+
+    def _observation_block(self, first: int, end: int, shift: int) -> np.ndarray:
+        """Flat float32 observations (``shift=0``) or next observations (``shift=1``) of the steps
+        ``first:end``, read as one slice of the memmaps less the rows between episodes: no per-row
+        index array, one copy of the rows."""
+        offsets = self.step_offsets
+        first_episode = int(np.searchsorted(offsets, first, side="right")) - 1
+        last_episode = int(np.searchsorted(offsets, end - 1, side="right")) - 1
+        low = first + first_episode + shift
+        high = end - 1 + last_episode + shift + 1
+        # the last observation of each episode but the last (shift 0), the first of each but the first (1)
+        episodes = np.arange(first_episode, last_episode)
+        skipped = offsets[episodes + 1] + episodes + shift - low
+        block = flatten_observations(
+            tree_map(lambda a: a[low:high], self.arrays.observations), self.policy.observation_space
+        )
+        block = np.asarray(block)
+        return np.delete(block, skipped, axis=0) if len(skipped) else np.array(block, dtype=np.float32)

@@ -239,6 +239,7 @@ def fit_in_chunks(cls: type[Normalizer], chunks: Iterable[Tensor], eps: float = 
     if second is None:
         return cls.fit(first, eps=eps)
     every = itertools.chain([first, second], iterator)
+    del first, second  # each chunk is released once merged
     if cls is GaussianNormalizer:
         return _gaussian_in_chunks(every, eps)
     if cls is MinMaxNormalizer:
@@ -246,18 +247,25 @@ def fit_in_chunks(cls: type[Normalizer], chunks: Iterable[Tensor], eps: float = 
     return cls.fit(torch.cat(list(every)), eps=eps)
 
 
+#: Rows converted to float64 at once when merging statistics chunk by chunk.
+_PIECE_ROWS = 2**16
+
+
 def _gaussian_in_chunks(chunks: Iterable[Tensor], eps: float) -> GaussianNormalizer:
     """Mean and standard deviation merged over chunks (Chan et al.'s pairwise update)."""
     count, mean, squares = 0, torch.zeros(()), torch.zeros(())
     for chunk in chunks:
-        x = _as_matrix(chunk, (chunk.shape[1],))
-        n, chunk_mean = len(x), x.mean(dim=0)
-        chunk_squares = ((x - chunk_mean) ** 2).sum(dim=0)
-        total = count + n
-        delta = chunk_mean - mean
-        mean = mean + delta * (n / total)
-        squares = squares + chunk_squares + delta**2 * (count * n / total)
-        count = total
+        for piece in chunk.split(_PIECE_ROWS):  # float64 copies of a bounded piece at a time
+            x = _as_matrix(piece, (piece.shape[1],))
+            n, chunk_mean = len(x), x.mean(dim=0)
+            chunk_squares = ((x - chunk_mean) ** 2).sum(dim=0)
+            total = count + n
+            delta = chunk_mean - mean
+            mean = mean + delta * (n / total)
+            squares = squares + chunk_squares + delta**2 * (count * n / total)
+            count = total
+            del x, piece
+        del chunk  # not alive while the next chunk is read
     normalizer = GaussianNormalizer(tuple(mean.shape))
     normalizer.mean.copy_(mean)
     normalizer.std.copy_((squares / count).sqrt().clamp_min(eps))
@@ -266,9 +274,13 @@ def _gaussian_in_chunks(chunks: Iterable[Tensor], eps: float) -> GaussianNormali
 
 def _limits_in_chunks(chunks: Iterable[Tensor], eps: float) -> MinMaxNormalizer:
     """Per-feature minimum and maximum over chunks."""
-    ranges = [
-        (x.min(dim=0).values, x.max(dim=0).values) for x in (_as_matrix(c, (c.shape[1],)) for c in chunks)
-    ]
+    ranges = []
+    for chunk in chunks:
+        for piece in chunk.split(_PIECE_ROWS):  # float64 copies of a bounded piece at a time
+            x = _as_matrix(piece, (piece.shape[1],))
+            ranges.append((x.min(dim=0).values, x.max(dim=0).values))
+            del x, piece
+        del chunk  # not alive while the next chunk is read
     low = torch.stack([r[0] for r in ranges]).min(dim=0).values
     high = torch.stack([r[1] for r in ranges]).max(dim=0).values
     normalizer = MinMaxNormalizer(tuple(low.shape))

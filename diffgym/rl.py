@@ -145,6 +145,7 @@ def iql_reward_scale_chunked(chunks: Iterable[tuple[Tensor, Tensor, Tensor, Tens
         sums[0] += carry.to(sums.device)
         parts.append(sums[:-1].cpu())
         carry = sums[-1].cpu()
+        del observations, next_observations, rewards, dones, ends, episode  # not alive while the next is read
     returns = torch.cat(parts)
     spread = float(returns.max() - returns.min())
     if spread <= 0:

@@ -84,3 +84,27 @@ def test_loading_takes_the_option_again(minari_store, pendulum_dataset, tmp_path
     )
     assert isinstance(loaded._offline, MappedBatches)
     assert np.isfinite(loaded.learn(5).policy.state_dict()["obs_normalizer.mean"].numpy()).all()
+
+
+def test_chunks_are_the_in_memory_rows_a_bounded_chunk_at_a_time(minari_store, pendulum_dataset):
+    """``chunks()`` gives the in-memory transitions in order; a pass allocates a few chunks' worth,
+    never an array per row of the dataset (tracemalloc sees numpy's allocations)."""
+    import itertools
+    import tracemalloc
+
+    in_memory, mapped = _pair(TD3BC, pendulum_dataset)
+    full, batches = next(in_memory._offline.chunks()), mapped._offline
+    chunks = list(batches.chunks(chunk_rows=37))
+    for chunk, following in itertools.pairwise(chunks):
+        assert len(chunk[0]) == len(chunk[2]) + 1 and torch.equal(chunk[0][-1], following[0][0])
+    assert len(chunks[-1][0]) == len(chunks[-1][2])
+    for index, name in enumerate(("observations", "next_observations", "rewards", "dones")):
+        joined = torch.cat([chunk[index][: len(chunk[2])] for chunk in chunks])
+        assert torch.equal(joined, full[index]), name
+    tracemalloc.start()
+    for _ in batches.chunks(chunk_rows=16):
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    dataset_bytes = sum(tensor.nbytes for tensor in full)
+    assert peak < dataset_bytes / 2, (peak, dataset_bytes)  # an (N,) int64 array is a quarter of it
