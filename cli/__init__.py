@@ -3,7 +3,8 @@ wrappers and the core; nothing imports it). Agents come from the registry (:mod:
 
 ``build_parser()`` returns the top-level parser; each command group adds itself to its
 ``subparsers`` through an ``add_<group>_commands(subparsers)`` function of its module
-(:mod:`~diffgym.cli.data`, :mod:`~diffgym.cli.train`, :mod:`~diffgym.cli.benchmark`), and every
+(:mod:`~diffgym.cli.data`, :mod:`~diffgym.cli.train`, :mod:`~diffgym.cli.benchmark`,
+:mod:`~diffgym.cli.zoo`), and every
 command is one function ``(args) -> exit code`` set as the parser's ``func`` default. Add a group by
 writing such a module and calling its function in :func:`build_parser`.
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from diffgym.cli.benchmark import add_benchmark_command
     from diffgym.cli.data import add_data_commands
     from diffgym.cli.train import add_train_command
+    from diffgym.cli.zoo import add_enjoy_command, add_zoo_commands
 
     parser = argparse.ArgumentParser(
         prog="diffgym", description="Diffusion models for reinforcement learning: datasets, training, zoo."
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(subparsers)
     add_train_command(subparsers)
     add_benchmark_command(subparsers)
+    add_zoo_commands(subparsers)
+    add_enjoy_command(subparsers)
     return parser
 
 
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, KeyError, FileNotFoundError) as error:
+    except (ValueError, KeyError, OSError) as error:  # bad input, missing or unverifiable files
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"diffgym: error: {message}", file=sys.stderr)
         return 1

@@ -596,7 +596,17 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         records its value at progress 1 (the start of training) as a constant ``learning_rate``,
         and a ``UserWarning`` says so. The optimizers' current rates are saved with their state.
         """
-        manifest = {
+        members = {
+            "policy": self.policy.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.policy.optimizers().items()},
+            "generators": self.generator_states(),
+        }
+        save_model_file(path, self.manifest(), members)
+
+    def manifest(self) -> dict[str, Any]:
+        """What rebuilds this model, as JSON: class, hyperparameters, spaces, counters, seed, dataset id,
+        sampler (the ``diffgym.json`` of a model file; :meth:`from_parts` reads it back)."""
+        return {
             "algorithm": type(self).__name__,
             "diffgym_version": diffgym.__version__,
             "hyperparameters": self._saved_hyperparameter_values(),
@@ -611,15 +621,13 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             if (sampler := getattr(self.policy, "sampler", None))
             else None,
         }
-        members = {
-            "policy": self.policy.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in self.policy.optimizers().items()},
-            "generators": {
-                "training": self.generator.get_state(),
-                "sampling": self.policy.sampling_generator.get_state(),  # type: ignore[union-attr]
-            },
+
+    def generator_states(self) -> dict[str, Tensor]:
+        """The states of the training and the sampling generator (byte tensors)."""
+        return {
+            "training": self.generator.get_state(),
+            "sampling": self.policy.sampling_generator.get_state(),  # type: ignore[union-attr]
         }
-        save_model_file(path, manifest, members)
 
     def _saved_hyperparameter_values(self) -> dict[str, Any]:
         """``saved_hyperparameters`` by name; a learning-rate schedule as its value at progress 1."""
@@ -761,30 +769,58 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             ModelFileError: the file is not a (valid, untampered) model of this algorithm.
         """
         manifest, members = load_model_file(path)
+        return cls.from_parts(manifest, members, env, device, dataset, source=str(path), **kwargs)
+
+    @classmethod
+    def from_parts(
+        cls: type[SelfAlgorithm],
+        manifest: Mapping[str, Any],
+        members: Mapping[str, Any],
+        env: GymEnv | None = None,
+        device: torch.device | str = "auto",
+        dataset: DatasetLike | None = None,
+        source: str = "the model",
+        **kwargs: Any,
+    ) -> SelfAlgorithm:
+        """A model rebuilt from its :meth:`manifest` and its tensors (what :meth:`load` and the zoo share).
+
+        Args:
+            manifest: as :meth:`manifest` returns.
+            members: ``"policy"`` (the policy's state dict), optionally ``"optimizers"`` (name ->
+                state dict; fresh optimizers without it) and ``"generators"`` (as
+                :meth:`generator_states`; seeded from the manifest without it).
+            env, device, dataset, kwargs: as in :meth:`load`.
+            source: the file the parts come from, for error messages.
+
+        Raises:
+            ModelFileError: the parts do not describe a model of this class, or do not fit it.
+        """
         if manifest.get("algorithm") != cls.__name__:
-            raise ModelFileError(f"{path} holds a {manifest.get('algorithm')!r} model, not {cls.__name__}")
-        with as_model_file_error(f"{path}: member diffgym.json does not describe a {cls.__name__} model"):
+            raise ModelFileError(f"{source} holds a {manifest.get('algorithm')!r} model, not {cls.__name__}")
+        with as_model_file_error(f"{source}: its manifest does not describe a {cls.__name__} model"):
             observation_space = space_from_json(manifest["observation_space"])
             action_space = space_from_json(manifest["action_space"])
             arguments = {**manifest["hyperparameters"], "policy_kwargs": manifest["policy_kwargs"], **kwargs}
             num_timesteps, n_updates = int(manifest["num_timesteps"]), int(manifest["n_updates"])
         if env is not None:  # a wrong env is the caller's error, not the file's
             check_for_correct_spaces(env, observation_space, action_space)  # type: ignore[arg-type]
-        with as_model_file_error(f"{path}: hyperparameters do not fit {cls.__name__}"):
+        with as_model_file_error(f"{source}: hyperparameters do not fit {cls.__name__}"):
             policy = "MultiInputPolicy" if isinstance(observation_space, spaces.Dict) else "MlpPolicy"
             model = cls(
                 policy, env, device=device, seed=manifest["seed"], _init_setup_model=False, **arguments
             )
             model.observation_space, model.action_space = observation_space, action_space
             model._setup_model()
-        with as_model_file_error(f"{path}: member policy.pt does not fit {cls.__name__}"):
+        with as_model_file_error(f"{source}: the policy's saved state does not fit {cls.__name__}"):
             model.policy.load_state_dict(members["policy"])
-        with as_model_file_error(f"{path}: member optimizers.pt does not fit {cls.__name__}"):
-            for name, optimizer in model.policy.optimizers().items():
-                optimizer.load_state_dict(members["optimizers"][name])
-        with as_model_file_error(f"{path}: member generators.pt does not fit {cls.__name__}"):
-            model.generator.set_state(members["generators"]["training"])
-            model.policy.sampling_generator.set_state(members["generators"]["sampling"])  # type: ignore[union-attr]
+        if "optimizers" in members:
+            with as_model_file_error(f"{source}: the optimizers' saved state does not fit {cls.__name__}"):
+                for name, optimizer in model.policy.optimizers().items():
+                    optimizer.load_state_dict(members["optimizers"][name])
+        if "generators" in members:
+            with as_model_file_error(f"{source}: the saved generator states do not fit {cls.__name__}"):
+                model.generator.set_state(members["generators"]["training"])
+                model.policy.sampling_generator.set_state(members["generators"]["sampling"])  # type: ignore[union-attr]
         model.dataset = manifest.get("dataset")  # loaded lazily, if learning continues offline
         model.num_timesteps, model._n_updates = num_timesteps, n_updates
         if dataset is not None:

@@ -9,7 +9,6 @@ MADiff and per-agent behaviour cloning are built on these two classes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
@@ -257,11 +256,17 @@ class TeamAlgorithm(SequenceAlgorithm):
         return SequenceAlgorithm._wrap_env(cls._as_joint(env), verbose, monitor_wrapper)  # type: ignore[arg-type]
 
     @classmethod
-    def load(  # type: ignore[override]
-        cls: type[SelfTeamAlgorithm], path: str | os.PathLike, env: TeamEnv = None, **kwargs: Any
+    def from_parts(  # type: ignore[override]
+        cls: type[SelfTeamAlgorithm],
+        manifest: Mapping[str, Any],
+        members: Mapping[str, Any],
+        env: TeamEnv = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> SelfTeamAlgorithm:
-        """:meth:`~diffgym.algorithm.OfflineAlgorithm.load`, also taking a ``ParallelEnv``."""
-        return super().load(path, env=cls._as_joint(env), **kwargs)  # type: ignore[arg-type]
+        """:meth:`~diffgym.algorithm.OfflineAlgorithm.from_parts` (so ``load`` too), also taking a
+        ``ParallelEnv``."""
+        return super().from_parts(manifest, members, cls._as_joint(env), *args, **kwargs)  # type: ignore[arg-type]
 
     def _offline_data(self, dataset: MinariDataset) -> SegmentBatches:
         """The team's segments on the device, agents in the model's order."""

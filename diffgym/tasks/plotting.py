@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike
 
 from diffgym.tasks.mazes import MazeSource, maze_extent, maze_walls
 
-__all__ = ["animate_denoising", "plot_maze_plans", "plot_trajectories"]
+__all__ = ["animate_denoising", "plot_maze_plans", "plot_trajectories", "write_animation"]
 
 #: Size of the figures made here, inches; at :data:`DPI` a 480 x 480 image, a multiple of the 16-pixel
 #: blocks video encoders want.
@@ -247,7 +247,7 @@ def animate_denoising(
         label = "" if step_labels is None else f" ({step_labels[k]})"
         ax.set_title(f"denoising step {k + 1}/{len(frames)}{label}")
         images.append(_render(figure))
-    return _write_animation(Path(path), images, fps)
+    return write_animation(Path(path), images, fps)
 
 
 def _render(figure: Figure) -> np.ndarray:
@@ -258,8 +258,9 @@ def _render(figure: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def _write_animation(path: Path, images: list[np.ndarray], fps: float) -> Path:
-    """Write frames as a looping GIF or, for other suffixes, a video through imageio's ffmpeg."""
+def write_animation(path: Path, images: list[np.ndarray], fps: float) -> Path:
+    """Write frames (each ``(H, W, 3)`` uint8) as a looping GIF or, for other suffixes (``.mp4``), a
+    video through imageio's ffmpeg (H.264; frames are padded to even sizes by imageio)."""
     if path.suffix.lower() == ".gif":
         iio.imwrite(path, np.stack(images), extension=".gif", duration=1000.0 / fps, loop=0)
     else:

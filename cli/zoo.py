@@ -1,0 +1,186 @@
+"""``diffgym zoo list|info|download|export|add|check`` and ``diffgym enjoy NAME``: the pretrained models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffgym.cli.envs import ENV_KWARGS_HELP, env_kwargs
+
+__all__ = ["add_enjoy_command", "add_zoo_commands"]
+
+REGISTRY_HELP = "the registry file (default: $DIFFGYM_ZOO_REGISTRY, else the one shipped with diffgym)"
+
+
+def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
+    """``diffgym zoo ...``: list, describe, fetch and export pretrained models; add and check them (maintainers)."""
+    zoo = subparsers.add_parser(
+        "zoo",
+        help="pretrained models: list, info, download, export (and add, check for maintainers)",
+        description="Pretrained diffgym models by name (algo/env-dataset). Loading one in Python: "
+        "from diffgym import zoo; model = zoo.load(NAME).",
+    )
+    commands = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
+    listing = commands.add_parser("list", help="every model with its score and where its files are")
+    listing.add_argument(
+        "--markdown",
+        action="store_true",
+        help="the results README's table instead: each diffusion model against the best baseline model",
+    )
+    info = commands.add_parser("info", help="a model's registry entry, and its card when its files are local")
+    info.add_argument("name")
+    download = commands.add_parser("download", help="fetch a model's files into the cache (verified)")
+    download.add_argument("names", nargs="+", metavar="NAME")
+    export = commands.add_parser(
+        "export", help="copy a model's verified files into DIR (to upload to a Hub repo)"
+    )
+    export.add_argument("name")
+    export.add_argument("dir", type=Path)
+    add = commands.add_parser(
+        "add",
+        help="make a zoo model of a benchmark run (record + saved model) and add it to the registry",
+        description="Maintainers: turn one run of `diffgym benchmark SUITE ... --save-models` into a zoo model "
+        "(safetensors weights, config.json, results.json, model card) in <registry folder>/models/NAME/ and "
+        "write its registry entry.",
+    )
+    add.add_argument("record", type=Path, help="the run's JSON record (OUT/SUITE/RUN.json)")
+    add.add_argument("model", type=Path, help="its model file (OUT/SUITE/models/RUN.zip)")
+    add.add_argument("--name", help="the zoo name (default: AGENT/DATASET of the record)")
+    add.add_argument("--env", help="the Gymnasium id users make for it (default: the dataset's env id)")
+    add.add_argument("--env-kwargs", metavar="YAML", help=ENV_KWARGS_HELP)
+    check = commands.add_parser(
+        "check", help="evaluate models again with their suite's protocol and compare with their cards"
+    )
+    check.add_argument("names", nargs="*", metavar="NAME", help="default: every model")
+    check.add_argument("--episodes", type=int, help="replay only the card's first N episodes")
+    for parser in (listing, info, download, export, add, check):
+        parser.add_argument("--registry", type=Path, help=REGISTRY_HELP)
+    listing.set_defaults(func=zoo_list)
+    info.set_defaults(func=zoo_info)
+    download.set_defaults(func=zoo_download)
+    export.set_defaults(func=zoo_export)
+    add.set_defaults(func=zoo_add)
+    check.set_defaults(func=zoo_check)
+
+
+def add_enjoy_command(subparsers: argparse._SubParsersAction) -> None:
+    """``diffgym enjoy NAME [--episodes N] [--video out.mp4]``."""
+    enjoy = subparsers.add_parser(
+        "enjoy",
+        help="watch a zoo model act: episodes, returns, score, and a video",
+        description="Load a zoo model, play episodes in its env (the first ones replay its card's evaluation), "
+        "print their returns and normalised score, and with --video write them as an MP4 (or GIF). MuJoCo envs "
+        "render without a display through OSMesa (apt install libosmesa6) or EGL.",
+    )
+    enjoy.add_argument("name", help="the zoo name (see diffgym zoo list)")
+    enjoy.add_argument("--episodes", type=int, default=5, help="episodes to play (default: %(default)s)")
+    enjoy.add_argument("--video", type=Path, help="write the episodes to this .mp4 or .gif")
+    enjoy.add_argument("--seed", type=int, help="the first reset's seed (default: the card's)")
+    enjoy.add_argument("--stochastic", action="store_true", help="sample actions (default: deterministic)")
+    enjoy.add_argument("--registry", type=Path, help=REGISTRY_HELP)
+    enjoy.set_defaults(func=enjoy_model)
+
+
+def zoo_list(args: argparse.Namespace) -> int:
+    from diffgym import zoo
+    from diffgym.zoo.store import where
+
+    entries = zoo.list(args.registry)
+    if not entries:
+        print("the zoo has no models yet")
+        return 0
+    if args.markdown:
+        from diffgym.zoo.publish import markdown_table
+
+        print(markdown_table(entries), end="")
+        return 0
+    rows = [("name", "env", "score", "return", "steps", "files")]
+    for name, entry in entries.items():
+        summary = entry.summary
+        score = summary.get("score")
+        rows.append(
+            (
+                name,
+                entry.env_id,
+                "-" if score is None else f"{score:.1f}",
+                f"{summary.get('mean_return', float('nan')):.1f} ± {summary.get('std_return', float('nan')):.1f}",
+                str(summary.get("gradient_steps", "?")),
+                where(entry) or "remote",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def zoo_info(args: argparse.Namespace) -> int:
+    from diffgym import zoo
+
+    details = zoo.info(args.name, args.registry)
+    card = Path(details["folder"], "README.md").read_text() if "folder" in details else None
+    summary = {
+        key: details[key] for key in ("name", "agent", "env", "dataset", "summary", "sources", "available")
+    }
+    print(json.dumps(summary, indent=2))
+    if card is not None:
+        print(card)
+    return 0
+
+
+def zoo_download(args: argparse.Namespace) -> int:
+    from diffgym import zoo
+
+    for name in args.names:
+        print(f"{name}: {zoo.download(name, args.registry)}")
+    return 0
+
+
+def zoo_export(args: argparse.Namespace) -> int:
+    from diffgym import zoo
+
+    print(f"exported {args.name} to {zoo.export(args.name, args.dir, args.registry)}")
+    return 0
+
+
+def zoo_add(args: argparse.Namespace) -> int:
+    from diffgym.zoo.publish import publish
+
+    entry = publish(args.record, args.model, args.registry, args.name, args.env, env_kwargs(args))
+    print(
+        f"added {entry.name}: score {entry.summary.get('score')}, files in {entry.package_folder(entry.sources[0])}"
+    )
+    return 0
+
+
+def zoo_check(args: argparse.Namespace) -> int:
+    from diffgym import zoo
+    from diffgym.zoo.publish import check
+
+    failed = 0
+    for name in args.names or list(zoo.list(args.registry)):
+        result = check(name, args.registry, args.episodes)
+        same = result["max_abs_difference"] == 0.0
+        failed += not same
+        print(
+            f"{name}: card mean return {result['expected']['mean_return']:.1f}, measured "
+            f"{result['measured_mean_return']:.1f} over {len(result['measured_returns'])} episodes; "
+            + ("identical returns" if same else f"returns differ by up to {result['max_abs_difference']:.3g}")
+        )
+    return 1 if failed else 0
+
+
+def enjoy_model(args: argparse.Namespace) -> int:
+    from diffgym.zoo.play import enjoy
+
+    played = enjoy(args.name, args.episodes, args.video, args.seed, not args.stochastic, args.registry)
+    for episode, (value, length) in enumerate(zip(played.returns, played.lengths, strict=True)):
+        print(f"episode {episode}: return {value:.1f} in {length} steps")
+    mean = sum(played.returns) / len(played.returns)
+    score = "" if played.score is None else f", normalised score {played.score:.1f}"
+    card = played.card.get("score")
+    print(f"{args.name}: mean return {mean:.1f}{score}" + ("" if card is None else f" (card: {card:.1f})"))
+    if played.video is not None:
+        print(f"wrote {played.video} ({played.frames} frames)")
+    return 0

@@ -1,0 +1,330 @@
+"""The zoo (issue 15): the shareable format round trip, the registry, where files come from, and
+a benchmark run made into a zoo model whose card the zoo reproduces."""
+
+import functools
+import http.server
+import json
+import pickle
+import shutil
+import threading
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from diffgym import zoo
+from diffgym.agents.diffuser import DecisionDiffuser
+from diffgym.agents.dql import DiffusionQL
+from diffgym.serialization import ModelFileError
+from diffgym.zoo.benchmarks.harness import Budget, Contender, Session, Suite, run_suite
+from diffgym.zoo.catalog import Source, ZooEntry, write_registry
+from diffgym.zoo.format import MODEL_FILES, WEIGHTS, read_model_folder, write_model_folder
+from diffgym.zoo.publish import check, publish
+
+TINY = dict(batch_size=16, check_every=10, seed=0)
+DQL = dict(TINY, ema_start=5, policy_kwargs=dict(actor_hidden=16, critic_hidden=16, num_candidates=8))
+TINY_UNET = dict(horizon=8, num_timesteps=10, dim=16, dim_mults=(1, 2), value_dim=16, value_dim_mults=(1, 2))
+DESCRIPTION = dict(
+    env={"id": "Pendulum-v1", "kwargs": {}},
+    dataset={"id": "test/pendulum/random-v0"},
+    training={"gradient_steps": 20, "seed": 0},
+    results={"final": {"returns": [-1200.0, -1000.0], "mean_return": -1100.0, "score": 5.0}},
+)
+
+
+def observations(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.stack([gym.make("Pendulum-v1").reset(seed=int(s))[0] for s in rng.integers(0, 1000, n)])
+
+
+@pytest.fixture(scope="module")
+def trained(pendulum_dataset):
+    """A tiny Diffusion-QL after 20 gradient steps."""
+    model = DiffusionQL("MlpPolicy", gym.make("Pendulum-v1"), dataset=pendulum_dataset, **DQL)
+    return model.learn(20)
+
+
+def zoo_folder(model, folder, name="dql/pendulum-test"):
+    return write_model_folder(model, folder, name=name, **DESCRIPTION)
+
+
+def registry_with(tmp_path, entries_by_name):
+    path = tmp_path / "registry.json"
+    write_registry(entries_by_name, path)
+    return path
+
+
+def package_entry(name, folder, files, base):
+    return ZooEntry(
+        name, "dql", "Pendulum-v1", "pendulum-test", files, (Source("package", str(folder)),), base=base
+    )
+
+
+# ------------------------------------------------------------------------------ format
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_saved_model_converts_to_the_zoo_format_and_back_with_identical_predictions(
+    trained, tmp_path, deterministic
+):
+    trained.save(tmp_path / "model")
+    original = DiffusionQL.load(tmp_path / "model")
+    files = zoo_folder(original, tmp_path / "zoo")
+    assert sorted(files) == sorted(MODEL_FILES)
+    loaded = read_model_folder(tmp_path / "zoo", files)
+    batch = observations()
+    for _ in range(2):  # the sampling generators stay in step call after call
+        expected, _ = original.predict(batch, deterministic=deterministic)
+        actual, _ = loaded.predict(batch, deterministic=deterministic)
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_a_planner_round_trips_too(pendulum_dataset, tmp_path):
+    model = DecisionDiffuser(
+        "MlpPolicy",
+        gym.make("Pendulum-v1"),
+        dataset=pendulum_dataset,
+        **TINY,
+        ema_start=5,
+        policy_kwargs=TINY_UNET,
+    ).learn(10)
+    files = zoo_folder(model, tmp_path / "zoo", name="decision_diffuser/pendulum-test")
+    loaded = read_model_folder(tmp_path / "zoo", files)
+    batch = observations(3)
+    np.testing.assert_array_equal(
+        loaded.predict(batch, deterministic=True)[0], model.predict(batch, deterministic=True)[0]
+    )
+
+
+def test_the_folder_is_what_the_hub_and_readers_expect(trained, tmp_path):
+    zoo_folder(trained, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["agent"] == "dql" and config["model"]["algorithm"] == "DiffusionQL"
+    assert config["model"]["hyperparameters"]["batch_size"] == 16 and config["env"]["id"] == "Pendulum-v1"
+    assert config["versions"]["torch"] == torch.__version__
+    assert any("normalizer" in key for key in config["normalizers"])
+    card = (tmp_path / "README.md").read_text()
+    header = card.split("---")[1]
+    metadata = json.loads(header)  # JSON is YAML: the Hub reads the header
+    assert metadata["library_name"] == "diffgym"
+    assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == "-1100.00 +/- 100.00"
+
+
+def test_a_loaded_zoo_model_fine_tunes(trained, tmp_path, pendulum_dataset):
+    files = zoo_folder(trained, tmp_path)
+    loaded = read_model_folder(tmp_path, files, env=gym.make("Pendulum-v1"))
+    loaded.set_dataset(pendulum_dataset)
+    loaded.learn(5, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 25
+
+
+def test_a_changed_byte_is_refused_before_anything_is_read(trained, tmp_path):
+    files = zoo_folder(trained, tmp_path)
+    weights = bytearray((tmp_path / WEIGHTS).read_bytes())
+    weights[-1] ^= 1
+    (tmp_path / WEIGHTS).write_bytes(bytes(weights))
+    with pytest.raises(ModelFileError, match=r"model\.safetensors: tampered or corrupt: expected sha256"):
+        read_model_folder(tmp_path, files)
+
+
+def test_a_truncated_file_is_refused(trained, tmp_path):
+    files = zoo_folder(trained, tmp_path)
+    (tmp_path / "config.json").write_bytes((tmp_path / "config.json").read_bytes()[:100])
+    with pytest.raises(ModelFileError, match=r"config.json: expected \d+ bytes, got 100"):
+        read_model_folder(tmp_path, files)
+
+
+class Payload:
+    """Unpickling this would write a marker file: loading must never get that far."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_is_never_unpickled_even_with_matching_checksums(trained, tmp_path):
+    """The forger controls the registry entry too: the file is refused because it is not
+    safetensors, and what it holds never runs."""
+    zoo_folder(trained, tmp_path)
+    marker = tmp_path / "executed"
+    (tmp_path / WEIGHTS).write_bytes(pickle.dumps({"policy": Payload(marker)}))
+    files = {file: zoo.format.FileEntry.of(tmp_path / file) for file in MODEL_FILES}
+    with pytest.raises(ModelFileError, match=r"model\.safetensors: not a safetensors file"):
+        read_model_folder(tmp_path, files)
+    assert not marker.exists()
+
+
+def test_a_config_of_another_format_or_agent_is_refused(trained, tmp_path):
+    zoo_folder(trained, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "format": "other/9"}))
+    with pytest.raises(ModelFileError, match="format 'other/9'"):
+        read_model_folder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "agent": "nonexistent"}))
+    with pytest.raises(ModelFileError, match="names no known agent"):
+        read_model_folder(tmp_path)
+
+
+# ------------------------------------------------------------------------------ registry and sources
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A private cache ($DIFFGYM_HOME)."""
+    monkeypatch.setenv("DIFFGYM_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_shipped_files_load_in_place_and_list_info_describe_them(trained, tmp_path, home):
+    files = zoo_folder(trained, tmp_path / "models" / "dql")
+    registry = registry_with(
+        tmp_path, {"dql/pendulum-test": package_entry("dql/pendulum-test", "models/dql", files, tmp_path)}
+    )
+    assert list(zoo.list(registry)) == ["dql/pendulum-test"]
+    assert zoo.info("dql/pendulum-test", registry)["available"] == "shipped"
+    model = zoo.load("dql/pendulum-test", registry=registry)
+    batch = observations()
+    np.testing.assert_array_equal(
+        model.predict(batch, deterministic=True)[0], trained.predict(batch, deterministic=True)[0]
+    )
+    assert not home.exists()  # shipped files are read where they are, not copied
+
+
+def test_an_unknown_name_lists_the_close_ones(trained, tmp_path):
+    files = zoo_folder(trained, tmp_path / "m")
+    registry = registry_with(
+        tmp_path, {"dql/pendulum-test": package_entry("dql/pendulum-test", "m", files, tmp_path)}
+    )
+    with pytest.raises(KeyError, match="did you mean: dql/pendulum-test"):
+        zoo.load("dql/pendulum-tset", registry=registry)
+
+
+def test_tampered_shipped_files_are_refused_with_what_each_source_said(trained, tmp_path, home):
+    files = zoo_folder(trained, tmp_path / "m")
+    (tmp_path / "m" / "results.json").write_text("{}")
+    registry = registry_with(
+        tmp_path, {"dql/pendulum-test": package_entry("dql/pendulum-test", "m", files, tmp_path)}
+    )
+    with pytest.raises(
+        zoo.ZooUnavailableError, match=r"(?s)not in the cache.*shipped files m: .*results.json"
+    ):
+        zoo.load("dql/pendulum-test", registry=registry)
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """An HTTP server on loopback serving ``tmp_path / "served"``; yields (folder, base URL, request log)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    log = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            log.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(served))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/", log
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_remote_model_is_downloaded_verified_into_the_cache_then_read_from_there(
+    trained, tmp_path, home, file_server
+):
+    served, url, log = file_server
+    files = zoo_folder(trained, served / "dql-pendulum")
+    entry = ZooEntry(
+        "dql/pendulum-test",
+        "dql",
+        "Pendulum-v1",
+        "pendulum-test",
+        files,
+        (Source("url", url + "dql-pendulum/"),),
+    )
+    registry = registry_with(tmp_path, {entry.name: entry})
+    assert zoo.info(entry.name, registry)["available"] == "remote"
+    model = zoo.load(entry.name, registry=registry)
+    cached = home / "zoo" / "dql" / "pendulum-test"
+    assert sorted(p.name for p in cached.iterdir() if p.suffix != ".lock") == sorted(MODEL_FILES)
+    requests = len(log)
+    assert requests >= len(MODEL_FILES)
+    shutil.rmtree(served)  # the host is gone: the cache still serves
+    again = zoo.load(entry.name, registry=registry)
+    assert len(log) == requests
+    batch = observations()
+    np.testing.assert_array_equal(
+        again.predict(batch, deterministic=True)[0], model.predict(batch, deterministic=True)[0]
+    )
+
+
+def test_a_tampered_download_never_reaches_the_cache(trained, tmp_path, home, file_server):
+    served, url, _ = file_server
+    files = zoo_folder(trained, served / "m")
+    (served / "m" / "README.md").write_text("# an edited card\n")
+    entry = ZooEntry(
+        "dql/pendulum-test", "dql", "Pendulum-v1", "pendulum-test", files, (Source("url", url + "m/"),)
+    )
+    registry = registry_with(tmp_path, {entry.name: entry})
+    with pytest.raises(zoo.ZooUnavailableError, match=r"README\.md"):
+        zoo.load(entry.name, registry=registry)
+    cached = home / "zoo" / "dql" / "pendulum-test"
+    assert not (cached / "README.md").exists()
+    assert not [p for p in cached.iterdir() if p.name.startswith("README") and p.suffix != ".lock"]
+
+
+def test_export_copies_the_verified_files(trained, tmp_path):
+    files = zoo_folder(trained, tmp_path / "m")
+    registry = registry_with(
+        tmp_path, {"dql/pendulum-test": package_entry("dql/pendulum-test", "m", files, tmp_path)}
+    )
+    out = zoo.export("dql/pendulum-test", tmp_path / "upload", registry=registry)
+    assert sorted(p.name for p in out.iterdir()) == sorted(MODEL_FILES)
+
+
+def test_the_shipped_registry_is_valid():
+    entries = zoo.list()
+    for name, entry in entries.items():
+        assert name == entry.name and set(entry.files) == set(MODEL_FILES)
+
+
+# ------------------------------------------------------------------------------ benchmark run -> zoo model
+
+
+def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(pendulum_file, tmp_path, home):
+    suite = Suite(
+        name="tiny",
+        title="Tiny",
+        description="Diffusion-QL on random Pendulum data.",
+        datasets=("pendulum-tiny",),
+        agents=(Contender("dql"),),
+        budget=Budget(seeds=1, steps=6, eval_every=3, eval_episodes=1, final_episodes=2),
+        reference=lambda dataset: None,
+    )
+    small = (
+        "batch_size=16",
+        "policy_kwargs.num_candidates=4",
+        "policy_kwargs.actor_hidden=16",
+        "policy_kwargs.critic_hidden=16",
+    )
+    session = Session(suite, pendulum_file.parent, tmp_path / "out", suite.budget, small, save_models=True)
+    run_suite(session)
+    registry = tmp_path / "zoo" / "registry.json"
+    entry = publish(
+        session.folder / "dql_pendulum-tiny_s0.json",
+        session.folder / "models" / "dql_pendulum-tiny_s0.zip",
+        registry,
+    )
+    assert entry.name == "dql/pendulum-tiny" and entry.summary["episodes"] == 2
+    assert (tmp_path / "zoo" / "models" / "dql" / "pendulum-tiny" / "config.json").exists()
+    config = zoo.info("dql/pendulum-tiny", registry)["config"]
+    assert config["training"]["gradient_steps"] == 6 and "--steps 6" in config["training"]["command"]
+    result = check("dql/pendulum-tiny", registry, suite=suite)
+    assert result["max_abs_difference"] == 0.0
+    assert result["measured_returns"] == result["expected_returns"]

@@ -1,0 +1,93 @@
+"""``diffgym zoo ...`` and ``diffgym enjoy`` on a tiny model in a private registry."""
+
+import gymnasium as gym
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from diffgym.agents.dql import DiffusionQL
+from diffgym.cli import main
+from diffgym.zoo.catalog import Source, ZooEntry, write_registry
+from diffgym.zoo.format import write_model_folder
+
+DQL = dict(
+    batch_size=16,
+    seed=0,
+    ema_start=5,
+    policy_kwargs=dict(actor_hidden=16, critic_hidden=16, num_candidates=4),
+)
+NAME = "dql/pendulum-test"
+
+
+@pytest.fixture(scope="module")
+def registry(pendulum_dataset, tmp_path_factory):
+    """A registry with one tiny Diffusion-QL on Pendulum, shipped beside it."""
+    folder = tmp_path_factory.mktemp("zoo")
+    model = DiffusionQL("MlpPolicy", gym.make("Pendulum-v1"), dataset=pendulum_dataset, **DQL).learn(10)
+    files = write_model_folder(
+        model,
+        folder / "models" / "dql" / "pendulum-test",
+        name=NAME,
+        env={"id": "Pendulum-v1", "kwargs": {}},
+        dataset={"id": pendulum_dataset.id},
+        training={"gradient_steps": 10, "seed": 0},
+        results={
+            "final": {"returns": [-1300.0, -1100.0], "mean_return": -1200.0, "score": None},
+            "evaluation": {"seed": 0},
+        },
+    )
+    summary = {"score": None, "mean_return": -1200.0, "std_return": 100.0, "gradient_steps": 10}
+    entry = ZooEntry(
+        NAME,
+        "dql",
+        "Pendulum-v1",
+        "pendulum-test",
+        files,
+        (Source("package", "models/dql/pendulum-test"),),
+        summary=summary,
+    )
+    return write_registry({NAME: entry}, folder / "registry.json")
+
+
+def test_list_shows_every_model_with_its_return_and_where_it_is(registry, capsys):
+    assert main(["zoo", "list", "--registry", str(registry)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["name", "env", "score", "return", "steps", "files"]
+    assert out[1].split() == [NAME, "Pendulum-v1", "-", "-1200.0", "±", "100.0", "10", "shipped"]
+
+
+def test_info_prints_the_entry_and_the_card(registry, capsys):
+    assert main(["zoo", "info", NAME, "--registry", str(registry)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        '"available": "shipped"' in out and "library_name" in out and "zoo.load('dql/pendulum-test')" in out
+    )
+
+
+def test_an_unknown_model_is_one_line_naming_the_close_ones(registry, capsys):
+    assert main(["zoo", "info", "dql/pendulum-tets", "--registry", str(registry)]) == 1
+    assert "did you mean: dql/pendulum-test" in capsys.readouterr().err
+
+
+def test_export_writes_the_folder_to_upload(registry, tmp_path, capsys):
+    assert main(["zoo", "export", NAME, str(tmp_path / "up"), "--registry", str(registry)]) == 0
+    assert sorted(p.name for p in (tmp_path / "up").iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "results.json"
+    ]  # fmt: skip
+
+
+def test_enjoy_writes_a_playable_video_of_the_episodes(registry, tmp_path, capsys):
+    video = tmp_path / "pendulum.mp4"
+    assert main(["enjoy", NAME, "--episodes", "1", "--video", str(video), "--registry", str(registry)]) == 0
+    out = capsys.readouterr().out
+    assert "episode 0: return" in out and "in 200 steps" in out and f"wrote {video} (200 frames)" in out
+    frames = np.stack(imageio.mimread(video, format="ffmpeg", memtest=False))  # decoded again by ffmpeg
+    assert frames.shape[0] == 200 and frames.shape[-1] == 3
+    assert np.ptp(frames[:, :, :, 0]) > 0  # not blank
+
+
+def test_enjoy_replays_the_same_episodes_for_the_same_seed(registry, capsys):
+    for _ in range(2):
+        assert main(["enjoy", NAME, "--episodes", "2", "--seed", "3", "--registry", str(registry)]) == 0
+    first, second = (block for block in capsys.readouterr().out.split(f"{NAME}: mean return")[:2])
+    assert first.strip().splitlines()[-2:] == second.strip().splitlines()[-2:]

@@ -1,0 +1,329 @@
+"""The zoo's model format: a folder a user can read, and load without anything in it being executed.
+
+A zoo model is a folder of four files (the layout of Hugging Face Hub model repos, as LeRobot and
+rl-zoo3 use it):
+
+- ``model.safetensors``: the policy's state (networks, EMA weights, target networks, normaliser
+  statistics) under ``policy.<key>``, and the sampling generator's state under
+  ``generators.sampling``, so that seeded stochastic actions reproduce too. Optimizer moments are
+  not shared: a loaded model fine-tunes with fresh optimizers, as after SB3's ``set_parameters``.
+- ``config.json``: what rebuilds the agent (the ``manifest`` of :meth:`OfflineAlgorithm.manifest
+  <diffgym.algorithm.OfflineAlgorithm.manifest>`: class, every hyperparameter, spaces, seed, the
+  sampler and step count it acts with), the environment (Gymnasium id and kwargs), the dataset (id,
+  file, sha256, how it was made), the training (gradient steps, hyperparameter file and key, hardware,
+  time), the library versions, and a copy of the normaliser statistics for readers (the weights are
+  authoritative).
+- ``results.json``: the evaluation (returns of every episode, mean, std, normalised score, seeds,
+  last vs best, the learning curve, hardware).
+- ``README.md``: the model card, with YAML metadata as the Hub and rl-zoo3 write it.
+
+Loading reads JSON and safetensors only (never pickle), checks each file's size and SHA-256 against
+the registry before reading it when the caller has them (:mod:`diffgym.zoo.store` always does), and
+raises :class:`~diffgym.serialization.ModelFileError` naming the file for anything it cannot trust.
+A model converted from :meth:`save <diffgym.algorithm.OfflineAlgorithm.save>`'s zip and loaded back
+predicts exactly what the original does (``tests/zoo/test_format.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from stable_baselines3.common.type_aliases import GymEnv
+
+import diffgym
+from diffgym import registry
+from diffgym.serialization import ModelFileError, as_model_file_error, atomic_file
+from diffgym.zoo.download import file_sha256, verify_file
+
+WEIGHTS, CONFIG, RESULTS, CARD = "model.safetensors", "config.json", "results.json", "README.md"
+#: the files of every zoo model, in the order they are written
+MODEL_FILES = (WEIGHTS, CONFIG, RESULTS, CARD)
+FORMAT = "diffgym-zoo/1"
+POLICY_PREFIX, SAMPLING_GENERATOR = "policy.", "generators.sampling"
+#: normaliser tensors up to this many entries are copied into config.json for readers
+_READABLE_STATISTICS = 4096
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file as the registry records it: its SHA-256 (hex) and size in bytes."""
+
+    sha256: str
+    size: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileEntry:
+        """The entry of an existing file."""
+        return cls(file_sha256(path), path.stat().st_size)
+
+
+def write_model_folder(
+    model: Any,
+    folder: Path,
+    *,
+    name: str,
+    env: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    training: Mapping[str, Any],
+    results: Mapping[str, Any],
+) -> dict[str, FileEntry]:
+    """Write ``model`` as the zoo folder ``folder`` (created; files replaced atomically one by one).
+
+    Args:
+        model: a trained diffgym agent.
+        folder: where the four files go.
+        name: the zoo name, ``algo/env-dataset``.
+        env: ``{"id": gymnasium id, "kwargs": {...}}`` of the environment it acts in.
+        dataset: at least ``{"id": ...}``; the file, its sha256 and recipe where known.
+        training: the budget and how it was run (gradient steps, seed, hyperparameter file and key,
+            the command, hardware, seconds).
+        results: the evaluation, as :func:`results_summary` reads it: ``final`` (``returns``,
+            ``mean_return``, ``score``), optionally ``best``, ``curve``, ``seeds``, ``hardware``.
+
+    Returns:
+        file name -> :class:`FileEntry`, what the registry records.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {POLICY_PREFIX + key: _plain(value) for key, value in model.policy.state_dict().items()}
+    tensors[SAMPLING_GENERATOR] = model.policy.sampling_generator.get_state()
+    with atomic_file(folder / WEIGHTS) as file:
+        file.write(_safetensors_bytes(tensors))
+    config = {
+        "format": FORMAT,
+        "name": name,
+        "agent": registry.get(type(model).__name__).name,
+        "model": model.manifest(),
+        "env": dict(env),
+        "dataset": dict(dataset),
+        "training": dict(training),
+        "versions": {
+            "diffgym": diffgym.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "normalizers": _readable_normalizers(model.policy.state_dict()),
+    }
+    _write_json(folder / CONFIG, config)
+    _write_json(folder / RESULTS, dict(results))
+    with atomic_file(folder / CARD) as file:
+        file.write(model_card(config, results).encode())
+    return {file: FileEntry.of(folder / file) for file in MODEL_FILES}
+
+
+def read_model_folder(
+    folder: Path,
+    entries: Mapping[str, FileEntry] | None = None,
+    env: GymEnv | Any | None = None,
+    device: torch.device | str = "auto",
+    **kwargs: Any,
+) -> Any:
+    """The agent stored in a zoo folder; nothing in it is executed.
+
+    Args:
+        folder: a folder written by :func:`write_model_folder`.
+        entries: file name -> expected :class:`FileEntry`; every listed file is checked (size, then
+            SHA-256) before anything is read from it.
+        env: an environment with the model's spaces (a PettingZoo ``ParallelEnv`` for team agents).
+        device: where to put the networks.
+        kwargs: constructor arguments that override the saved ones (e.g. ``verbose``).
+
+    Raises:
+        ModelFileError: a file is missing, differs from its entry, or does not describe a model.
+    """
+    for file, entry in (entries or {}).items():
+        verify_entry(folder / file, entry)
+    config = read_config(folder)
+    tensors = _read_safetensors(folder / WEIGHTS)
+    policy = {
+        key[len(POLICY_PREFIX) :]: value for key, value in tensors.items() if key.startswith(POLICY_PREFIX)
+    }
+    members: dict[str, Any] = {"policy": policy}
+    if SAMPLING_GENERATOR in tensors:
+        members["generators"] = {
+            "training": torch.Generator().manual_seed(int(config["model"].get("seed") or 0)).get_state(),
+            "sampling": tensors[SAMPLING_GENERATOR],
+        }
+    with as_model_file_error(f"{folder / CONFIG}: names no known agent"):
+        cls: Any = registry.get(str(config["agent"])).load()  # an OfflineAlgorithm subclass
+    return cls.from_parts(config["model"], members, env, device, source=str(folder), **kwargs)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """``config.json`` of a zoo folder, checked for the format and the keys loading needs."""
+    config = _read_json(folder / CONFIG)
+    if config.get("format") != FORMAT:
+        raise ModelFileError(f"{folder / CONFIG}: format {config.get('format')!r} is not {FORMAT!r}")
+    missing = [key for key in ("name", "agent", "model", "env") if key not in config]
+    if missing or not isinstance(config["model"], dict):
+        raise ModelFileError(f"{folder / CONFIG}: lacks {', '.join(missing) or 'a model manifest'}")
+    return config
+
+
+def read_results(folder: Path) -> dict[str, Any]:
+    """``results.json`` of a zoo folder."""
+    return _read_json(folder / RESULTS)
+
+
+def verify_entry(path: Path, entry: FileEntry) -> None:
+    """Raise :class:`ModelFileError` unless ``path`` has the entry's size and SHA-256."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing")
+    verify_file(path, entry.sha256, entry.size)
+
+
+def results_summary(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline numbers of ``results.json``: mean and std of the final returns, episodes, score."""
+    final = results["final"]
+    returns = [float(value) for value in final["returns"]]
+    mean = sum(returns) / len(returns)
+    std = math.sqrt(sum((value - mean) ** 2 for value in returns) / len(returns))
+    score = final.get("score")
+    return {
+        "mean_return": mean,
+        "std_return": std,
+        "episodes": len(returns),
+        "score": None if score is None else float(score),
+        "best_score": (results.get("best") or {}).get("score"),
+    }
+
+
+def model_card(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
+    """The model card: YAML metadata (library, tags, ``model-index`` as rl-zoo3 writes it) and prose."""
+    summary = results_summary(results)
+    model, env, dataset, training = config["model"], config["env"], config["dataset"], config["training"]
+    score = "n/a" if summary["score"] is None else f"{summary['score']:.1f}"
+    metadata = {
+        "library_name": "diffgym",
+        "tags": [
+            "reinforcement-learning",
+            "offline-reinforcement-learning",
+            "diffusion",
+            "diffgym",
+            env["id"],
+        ],
+        "model-index": [
+            {
+                "name": model["algorithm"],
+                "results": [
+                    {
+                        "task": {"type": "reinforcement-learning", "name": "reinforcement-learning"},
+                        "dataset": {"name": dataset.get("id", ""), "type": dataset.get("id", "")},
+                        "metrics": [
+                            {
+                                "type": "mean_reward",
+                                "value": f"{summary['mean_return']:.2f} +/- {summary['std_return']:.2f}",
+                                "name": "mean_reward",
+                                "verified": False,
+                            },
+                            {"type": "normalized_score", "value": score, "name": "normalized_score"},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    hyperparams = training.get("hyperparams", {})
+    lines = [
+        "---",
+        json.dumps(metadata, indent=2),  # JSON is YAML: the Hub reads this header as it is
+        "---",
+        "",
+        f"# {config['name']}: {model['algorithm']} on {env['id']}, trained on `{dataset.get('id', '?')}`",
+        "",
+        f"A diffgym model (`pip install diffgym`): `from diffgym import zoo; model = zoo.load({config['name']!r})`.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| return (final, {summary['episodes']} episodes) | {summary['mean_return']:.1f} ± {summary['std_return']:.1f} |",
+        f"| normalised score (final) | {score} |",
+        f"| best score during training | {_maybe(summary['best_score'])} |",
+        f"| budget | {training.get('gradient_steps', '?')} gradient steps, seed {training.get('seed', '?')} |",
+        f"| hyperparameters | `zoo/hyperparams/{hyperparams.get('file', '?')}`, key `{hyperparams.get('key')}` |",
+        f"| sampler | {json.dumps(model.get('sampler'))} |",
+        f"| hardware | {json.dumps(training.get('hardware', results.get('hardware')))} |",
+        f"| dataset | {json.dumps(dataset)} |",
+        "",
+        "Reproduce it:",
+        "",
+        "```bash",
+        str(training.get("command", "(not recorded)")),
+        "```",
+        "",
+        "The score is the mean over the final evaluation's episodes (deterministic actions); "
+        "`results.json` holds every episode's return and the learning curve.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _maybe(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy (safetensors refuses tensors that share memory)."""
+    return tensor.detach().to("cpu").contiguous().clone()
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    return save(tensors, metadata={"format": "pt", "library": "diffgym"})
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, OSError) as error:
+        raise ModelFileError(f"{path}: not a safetensors file ({error})") from error
+
+
+def _readable_normalizers(state: Mapping[str, torch.Tensor]) -> dict[str, list[Any]]:
+    return {
+        key: value.detach().cpu().tolist()
+        for key, value in state.items()
+        if "normalizer" in key and value.numel() <= _READABLE_STATISTICS
+    }
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with atomic_file(path) as file:
+        file.write((json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path}: not JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{path}: holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+__all__ = [
+    "CARD",
+    "CONFIG",
+    "MODEL_FILES",
+    "RESULTS",
+    "WEIGHTS",
+    "FileEntry",
+    "model_card",
+    "read_config",
+    "read_model_folder",
+    "read_results",
+    "results_summary",
+    "verify_entry",
+    "write_model_folder",
+]

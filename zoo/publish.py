@@ -1,0 +1,233 @@
+"""Maintainers' side of the zoo: a benchmark run becomes a zoo model, and a zoo model is checked.
+
+A zoo model is made by the benchmark harness (``diffgym benchmark SUITE --agents A --datasets D
+--save-models``), which trains with ``zoo/hyperparams/``, evaluates, and writes the run's record
+and model file. :func:`publish` turns that pair into a zoo folder under ``zoo/models/`` and its
+registry entry; :func:`check` evaluates a zoo model again with the suite's own protocol (same env,
+seeds and episode count as its card), which reproduces the card's returns exactly on the same
+hardware and build, because the model acts deterministically from the same env seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from diffgym import registry as agents
+from diffgym.zoo.catalog import Source, ZooEntry, find, read_registry, registry_path, write_registry
+from diffgym.zoo.format import (
+    FileEntry,
+    read_config,
+    read_model_folder,
+    read_results,
+    results_summary,
+    write_model_folder,
+)
+from diffgym.zoo.store import locate
+
+if TYPE_CHECKING:
+    from diffgym.zoo.benchmarks.harness import Suite
+
+#: what the shared datasets are, for the config of models trained on them
+SHARED_DATA_RECIPE = (
+    "made on the diffgym development machine the way D4RL made its data (behaviour policies trained "
+    "with SB3, D4RL's flat HDF5 layout); the recipe is the README of the shared datasets folder"
+)
+
+
+def publish(
+    record_path: str | os.PathLike,
+    model_path: str | os.PathLike,
+    registry: str | os.PathLike | None = None,
+    name: str | None = None,
+    env_id: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> ZooEntry:
+    """Make the zoo model of one benchmark run and add it to ``registry`` (replacing one of that name).
+
+    Args:
+        record_path: the run's JSON record (``OUT/SUITE/<run>.json``).
+        model_path: its model file (``OUT/SUITE/models/<run>.zip``), read without executing anything.
+        registry: the registry file to update (default: the one in use, see :mod:`diffgym.zoo.catalog`).
+        name: the zoo name (default ``<agent>/<dataset>`` of the record).
+        env_id, env_kwargs: the env users make for it (default: the dataset's env id, no kwargs).
+
+    Returns:
+        the new registry entry; its files are in ``<registry folder>/models/<name>/``.
+    """
+    record = json.loads(Path(record_path).read_text())
+    config, data = record["config"], record["data"]
+    spec = agents.get(config["registry_name"])
+    algorithm: Any = spec.load()  # an OfflineAlgorithm subclass
+    model = algorithm.load(model_path)
+    name = name or f"{config['agent']}/{config['dataset']}"
+    env = {"id": env_id or data["env_id"], "kwargs": env_kwargs or {}}
+    relative = Path("models", *name.split("/"))
+    path = registry_path(registry)
+    files = write_model_folder(
+        model,
+        path.parent / relative,
+        name=name,
+        env=env,
+        dataset=_dataset_description(config["dataset"], data),
+        training=_training_description(record),
+        results=_results(record),
+    )
+    entry = ZooEntry(
+        name=name,
+        agent=config["agent"] if config["agent"] in agents.registered() else spec.name,
+        env_id=env["id"],
+        dataset=config["dataset"],
+        files=files,
+        sources=(Source("package", relative.as_posix()),),
+        env_kwargs=env["kwargs"],
+        summary=_summary(record),
+        base=path.parent,
+    )
+    entries = read_registry(path) if path.exists() else {}
+    write_registry({**entries, name: entry}, path)
+    return entry
+
+
+def check(
+    name: str,
+    registry: str | os.PathLike | None = None,
+    episodes: int | None = None,
+    suite: Suite | None = None,
+) -> dict[str, Any]:
+    """Evaluate zoo model ``name`` with its suite's protocol; returns the card's and the new returns.
+
+    Args:
+        name: the zoo name.
+        registry: the registry file.
+        episodes: how many of the card's episodes to replay (default: all of them; fewer replays
+            the first ones, which must then match those).
+        suite: the suite it came from (default: the registered suite its results name).
+    """
+    from diffgym.zoo.benchmarks import load_suite
+    from diffgym.zoo.benchmarks.harness import Budget, Dataset, Run, Session
+
+    folder = locate(find(name, registry))
+    config, results = read_config(folder), read_results(folder)
+    evaluation = results["evaluation"]
+    expected = [float(value) for value in results["final"]["returns"]]
+    episodes = episodes or len(expected)
+    suite = suite or load_suite(evaluation["suite"])
+    dataset = Dataset(evaluation["dataset"], None, dict(config["dataset"].get("info") or {}))
+    session = Session(suite, data_dir=Path("."), out=Path("."), budget=Budget(final_episodes=episodes))
+    run = Run(session, suite.contender(evaluation["agent"]), dataset, int(evaluation["seed"]))
+    point = run.assess(read_model_folder(folder), episodes)
+    measured = [float(value) for value in point["returns"]]
+    return {
+        "name": name,
+        "expected_returns": expected[:episodes],
+        "measured_returns": measured,
+        "max_abs_difference": float(np.max(np.abs(np.subtract(expected[:episodes], measured)))),
+        "expected": results_summary(results),
+        "measured_mean_return": float(np.mean(measured)),
+        "measured_score": point.get("score"),
+    }
+
+
+def _dataset_description(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    file = Path(str(data.get("file", "")))
+    described: dict[str, Any] = {
+        "id": name,
+        "info": {**data, "file": file.name},
+        "recipe": SHARED_DATA_RECIPE,
+    }
+    if file.is_file():
+        described |= {"file": file.name, "sha256": FileEntry.of(file).sha256, "size": file.stat().st_size}
+    return described
+
+
+def _training_description(record: dict[str, Any]) -> dict[str, Any]:
+    config, budget = record["config"], record["budget"]
+    command = (
+        f"diffgym benchmark {record['suite']} --agents {config['agent']} --datasets {config['dataset']} "
+        f"--seeds {config['seed'] + 1} --steps {budget['gradient_steps']} --eval-every {budget['eval_every']} "
+        f"--eval-episodes {budget['eval_episodes']} --final-episodes {budget['final_episodes']} "
+        "--data-dir DATA_DIR --save-models"
+    )
+    return {
+        "gradient_steps": budget["gradient_steps"],
+        "seed": config["seed"],
+        "hyperparams": config["hyperparams"],
+        "command": command,
+        "suite": record["suite"],
+        "date": record["date"],
+        "hardware": record["hardware"],
+        "seconds": record["wall_time"].get("train_seconds"),
+    }
+
+
+def _results(record: dict[str, Any]) -> dict[str, Any]:
+    config = record["config"]
+    return {
+        "final": record["final"],
+        "best": record.get("best"),
+        "curve": record.get("curve", []),
+        "seeds": [config["seed"]],
+        "evaluation": {
+            "suite": record["suite"],
+            "agent": config["agent"],
+            "dataset": config["dataset"],
+            "seed": config["seed"],
+            "episodes": len(record["final"]["returns"]),
+            "deterministic": config["deterministic"],
+        },
+        "data_score": record["data"].get("score"),
+        "reference": config.get("reference"),
+        "latency": record.get("latency"),
+        "hardware": record["hardware"],
+    }
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    headline = results_summary(_results(record))
+    return {
+        **headline,
+        "gradient_steps": record["budget"]["gradient_steps"],
+        "seeds": [record["config"]["seed"]],
+        "data_score": record["data"].get("score"),
+    }
+
+
+def markdown_table(entries: dict[str, ZooEntry]) -> str:
+    """Every zoo model of a diffusion agent: its score, the best baseline model on the same data at the
+    same budget, and the data's own score (the results README's table)."""
+    rows = [
+        "| model | score (final) | best baseline, same data and budget | data's own score | budget | seeds |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, entry in sorted(entries.items()):
+        if agents.get(entry.agent).baseline:
+            continue
+        summary = entry.summary
+        rival = _best_baseline(entry, entries)
+        rival_text = "-" if rival is None else f"{_number(rival.summary.get('score'))} ({rival.name})"
+        rows.append(
+            f"| {name} | {_number(summary.get('score'))} | {rival_text} | {_number(summary.get('data_score'))} "
+            f"| {summary.get('gradient_steps', '?')} steps | {len(summary.get('seeds', []))} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _best_baseline(entry: ZooEntry, entries: dict[str, ZooEntry]) -> ZooEntry | None:
+    rivals = [
+        other
+        for other in entries.values()
+        if agents.get(other.agent).baseline
+        and other.dataset == entry.dataset
+        and other.summary.get("gradient_steps") == entry.summary.get("gradient_steps")
+        and other.summary.get("score") is not None
+    ]
+    return max(rivals, key=lambda other: other.summary["score"], default=None)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
