@@ -296,8 +296,9 @@ def _readable_normalizers(state: Mapping[str, torch.Tensor]) -> dict[str, list[A
 
 
 def _write_json(path: Path, value: Any) -> None:
+    """Python's JSON: unbounded spaces are written as ``-Infinity`` / ``Infinity``, as the model zip does."""
     with atomic_file(path) as file:
-        file.write((json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
+        file.write((json.dumps(value, indent=2) + "\n").encode())
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -54,7 +54,8 @@ def publish(
         model_path: its model file (``OUT/SUITE/models/<run>.zip``), read without executing anything.
         registry: the registry file to update (default: the one in use, see :mod:`diffgym.zoo.catalog`).
         name: the zoo name (default ``<agent>/<dataset>`` of the record).
-        env_id, env_kwargs: the env users make for it (default: the dataset's env id, no kwargs).
+        env_id, env_kwargs: the env users make for it (default: the one its suite names, see
+            :attr:`Suite.zoo_env <diffgym.zoo.benchmarks.harness.Suite.zoo_env>`).
 
     Returns:
         the new registry entry; its files are in ``<registry folder>/models/<name>/``.
@@ -65,7 +66,7 @@ def publish(
     algorithm: Any = spec.load()  # an OfflineAlgorithm subclass
     model = algorithm.load(model_path)
     name = name or f"{config['agent']}/{config['dataset']}"
-    env = {"id": env_id or data["env_id"], "kwargs": env_kwargs or {}}
+    env = _zoo_env(record) if env_id is None else {"id": env_id, "kwargs": env_kwargs or {}}
     relative = Path("models", *name.split("/"))
     path = registry_path(registry)
     files = write_model_folder(
@@ -131,6 +132,17 @@ def check(
         "measured_mean_return": float(np.mean(measured)),
         "measured_score": point.get("score"),
     }
+
+
+def _zoo_env(record: dict[str, Any]) -> dict[str, Any]:
+    """The env its suite names for the record's dataset (the dataset's env id for unknown suites)."""
+    from diffgym.zoo.benchmarks import SUITES, load_suite
+    from diffgym.zoo.benchmarks.harness import Dataset
+
+    dataset = Dataset(record["config"]["dataset"], None, record["data"])
+    if record["suite"] not in SUITES:
+        return {"id": record["data"]["env_id"], "kwargs": {}}
+    return load_suite(record["suite"]).zoo_env(dataset)
 
 
 def _dataset_description(name: str, data: dict[str, Any]) -> dict[str, Any]:

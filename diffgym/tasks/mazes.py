@@ -36,6 +36,7 @@ __all__ = [
     "eval_path_lengths",
     "get_maze",
     "make_maze_eval_env",
+    "maze_eval_env_spec",
     "maze_eval_map",
     "maze_extent",
     "maze_walls",
@@ -121,16 +122,21 @@ def make_maze_eval_env(name: MazeName, render_mode: str | None = None) -> gym.En
     ``desired_goal`` (2,), the goal cell's centre plus U(-0.25, 0.25) noise per axis drawn at reset);
     actions (2,) in [-1, 1]; reward 1 within 0.45 of the goal, else 0; never terminates.
     """
+    env_id, kwargs = maze_eval_env_spec(name)
+    return gym.make(env_id, **kwargs, render_mode=render_mode)
+
+
+def maze_eval_env_spec(name: MazeName) -> tuple[str, dict[str, Any]]:
+    """The evaluation env of :func:`make_maze_eval_env` as ``(gymnasium id, gym.make kwargs)`` (JSON)."""
     task = _task(name)
     _robotics()
-    return gym.make(
-        task.env_id,
-        maze_map=maze_eval_map(name),
-        continuing_task=True,
-        reset_target=False,
-        max_episode_steps=task.max_episode_steps,
-        render_mode=render_mode,
-    )
+    kwargs = {
+        "maze_map": maze_eval_map(name),
+        "continuing_task": True,
+        "reset_target": False,
+        "max_episode_steps": task.max_episode_steps,
+    }
+    return task.env_id, kwargs
 
 
 @functools.lru_cache(maxsize=len(MAZE_TASKS))

@@ -269,6 +269,8 @@ class Suite:
         measures: per-run measurements after the procedure, kept under ``extra``.
         studies: measurements made once per session, each kept in ``<out>/<name>/studies/``.
         sections: Markdown sections appended to the report.
+        zoo_env: ``Dataset -> {"id": ..., "kwargs": {...}}``, the env a zoo model of this suite names
+            (what ``diffgym enjoy`` makes; default: the dataset's env id without arguments).
     """
 
     name: str
@@ -288,6 +290,10 @@ class Suite:
     measures: Mapping[str, Measure] = dataclasses.field(default_factory=dict)
     studies: Mapping[str, Study] = dataclasses.field(default_factory=dict)
     sections: tuple[Section, ...] = ()
+    zoo_env: Callable[[Dataset], dict[str, Any]] = lambda dataset: {
+        "id": dataset.info["env_id"],
+        "kwargs": {},
+    }
 
     @property
     def contenders(self) -> tuple[Contender, ...]:

@@ -24,7 +24,7 @@ import torch
 from diffgym.agents.diffuser import DiffuserPolicy, SingleAgentPlanner
 from diffgym.planning import ReturnConditionedPlanner
 from diffgym.samplers import make_sampler
-from diffgym.tasks.mazes import MAZE_TASKS, make_maze_eval_env
+from diffgym.tasks.mazes import MAZE_TASKS, make_maze_eval_env, maze_eval_env_spec
 from diffgym.tasks.plotting import animate_denoising, plot_maze_plans
 from diffgym.zoo.benchmarks.harness import Budget, Contender, Dataset, Report, Run, Suite, env_from_metadata
 from diffgym.zoo.benchmarks.report import latency_ms, markdown_table
@@ -42,6 +42,16 @@ def make_env(dataset: Dataset) -> gym.Env:
     """The maze2d evaluation env of a maze task, else the env its data records."""
     maze = _maze(dataset)
     return env_from_metadata(dataset) if maze is None else make_maze_eval_env(maze)  # type: ignore[arg-type]
+
+
+def zoo_env(dataset: Dataset) -> dict[str, Any]:
+    """The maze2d evaluation env (:func:`make_maze_eval_env`) of a maze task as id and kwargs, else the
+    env its data records."""
+    maze = _maze(dataset)
+    if maze is None:
+        return {"id": dataset.info["env_id"], "kwargs": {}}
+    env_id, kwargs = maze_eval_env_spec(maze)  # type: ignore[arg-type]
+    return {"id": env_id, "kwargs": kwargs}
 
 
 def reference(dataset: Dataset) -> str:
@@ -165,6 +175,7 @@ SUITE = Suite(
     ),
     budget=Budget(final_episodes=20),
     make_env=make_env,
+    zoo_env=zoo_env,
     reference=reference,
     score_data=False,
     measures={"planning_latency": planning_latency, "pictures": maze_pictures},
