@@ -397,6 +397,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                     f"{type(self).__name__} learns from a dataset only; online=True is not supported"
                 )
             self._learning_offline = False
+            self._load_named_dataset_for_buffer()
             self._prepare_replay_buffer(total_timesteps)
             return super().learn(
                 total_timesteps, callback, log_interval, name, reset_num_timesteps, progress_bar
@@ -528,6 +529,22 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         combined = CallbackList([callback, StepProgressBar()])  # tqdm, in steps (SB3's rich bar: 0 it/s)
         combined.init_callback(self)
         return combined
+
+    def _load_named_dataset_for_buffer(self) -> None:
+        """Before a loaded model's first online call: its named dataset, else a warning that the buffer
+        starts empty (a zoo model's data need not be on this machine)."""
+        if self.replay_buffer is not None or self._offline is not None or not isinstance(self.dataset, str):
+            return
+        try:
+            self.set_dataset(self.dataset)
+        except (OSError, ValueError, KeyError) as error:
+            warnings.warn(
+                f"{type(self).__name__}: online fine-tuning starts with an empty replay buffer: the model's "
+                f"dataset {self.dataset!r} could not be loaded ({error}); call set_dataset(...) first to "
+                "keep learning from it too",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _prepare_replay_buffer(self, online_steps: int) -> None:
         """A replay buffer holding the whole dataset, with room for ``buffer_size`` new steps."""

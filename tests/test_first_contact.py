@@ -117,6 +117,12 @@ def test_an_id_the_remote_lacks_says_first_that_it_is_not_local(no_download):
     assert "Minari could not download it: Couldn't find any version" in message
 
 
+def test_an_imported_id_is_local_by_construction_and_never_downloaded(no_download):
+    with pytest.raises(FileNotFoundError, match=r"Ids under imported/ name local imports .* pass the \.hdf5 file"):
+        load_dataset("imported/hopper-medium-0123456789ab-v0", download=True)
+    assert no_download == []
+
+
 # (3) extras: one message, naming the pip install command
 
 
@@ -315,7 +321,8 @@ def test_every_readme_command_parses(argv, capsys):
 
 def test_readme_commands_are_found():
     commands = readme_command_lines()
-    assert commands[1][:2] == ["train", "idql"] and len(commands) >= 15
+    assert commands[:2] == [["zoo", "list"], ["enjoy", "dql/hopper-medium", "--episodes", "3"]]
+    assert commands[3][:2] == ["train", "idql"] and len(commands) >= 15
 
 
 # (8) small things everyone sees

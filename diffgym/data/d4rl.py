@@ -64,6 +64,8 @@ __all__ = [
 #: 3: an import whose env could not be made records why (:data:`ENV_UNAVAILABLE`), so that it is imported
 #: afresh once the missing package is installed (imports of format 2 may hold spaces guessed from arrays).
 _IMPORT_FORMAT = 3
+#: The namespace of ids given to imported D4RL-layout files (local by construction: never downloaded).
+IMPORTED_NAMESPACE = "imported"
 #: Bytes read at a time while hashing a file (1 MiB).
 _HASH_CHUNK = 1 << 20
 #: The keys of a goal-conditioned env's ``Dict`` observation (``gymnasium_robotics.core.GoalEnv``).
@@ -128,7 +130,7 @@ def imported_dataset_id(path: str | Path, reference_spaces: SpacePair | None = N
         while chunk := file.read(_HASH_CHUNK):
             digest.update(chunk)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
-    dataset_id = f"imported/{stem}-{digest.hexdigest()[:12]}-v0"
+    dataset_id = f"{IMPORTED_NAMESPACE}/{stem}-{digest.hexdigest()[:12]}-v0"
     return dataset_id if reference_spaces is None else with_reference_spaces(dataset_id, reference_spaces)
 
 

@@ -25,6 +25,7 @@ from minari.storage import get_dataset_path
 
 from diffgym.data.d4rl import (
     ENV_UNAVAILABLE,
+    IMPORTED_NAMESPACE,
     SpacePair,
     check_hdf5_file,
     explain_cached_import,
@@ -171,6 +172,11 @@ def _load_id(dataset_id: str, download: bool) -> MinariDataset:
     if not download:
         raise FileNotFoundError(
             f"{missing}. Run `minari download {dataset_id}` or pass download=True (it needs internet)."
+        )
+    if dataset_id.startswith(IMPORTED_NAMESPACE + "/"):
+        raise FileNotFoundError(
+            f"{missing}. Ids under {IMPORTED_NAMESPACE}/ name local imports of D4RL-layout files, which no "
+            "remote has: pass the .hdf5 file itself (or import it again with `diffgym data import FILE`)."
         )
     if _is_typo(dataset_id, near):
         raise FileNotFoundError(
