@@ -118,7 +118,9 @@ def test_an_id_the_remote_lacks_says_first_that_it_is_not_local(no_download):
 
 
 def test_an_imported_id_is_local_by_construction_and_never_downloaded(no_download):
-    with pytest.raises(FileNotFoundError, match=r"Ids under imported/ name local imports .* pass the \.hdf5 file"):
+    with pytest.raises(
+        FileNotFoundError, match=r"Ids under imported/ name local imports .* pass the \.hdf5 file"
+    ):
         load_dataset("imported/hopper-medium-0123456789ab-v0", download=True)
     assert no_download == []
 

@@ -122,13 +122,19 @@ def test_a_loaded_zoo_model_fine_tunes(trained, tmp_path, pendulum_dataset):
 def test_online_fine_tuning_of_a_zoo_model_whose_data_is_elsewhere_warns_and_goes_on(trained, tmp_path):
     files = zoo_folder(trained, tmp_path)
     loaded = read_model_folder(tmp_path, files, env=gym.make("Pendulum-v1"))
-    loaded.dataset = "imported/elsewhere-0123456789ab-v0"  # as a zoo model trained on another machine names it
-    with pytest.warns(UserWarning, match="starts with an empty replay buffer: the model's dataset 'imported/elsewhere"):
+    loaded.dataset = (
+        "imported/elsewhere-0123456789ab-v0"  # as a zoo model trained on another machine names it
+    )
+    with pytest.warns(
+        UserWarning, match="starts with an empty replay buffer: the model's dataset 'imported/elsewhere"
+    ):
         loaded.learn(20, online=True)
     assert loaded.replay_buffer.size() == 20
 
 
-def test_online_fine_tuning_of_a_loaded_model_keeps_its_dataset_in_the_buffer(trained, tmp_path, pendulum_dataset):
+def test_online_fine_tuning_of_a_loaded_model_keeps_its_dataset_in_the_buffer(
+    trained, tmp_path, pendulum_dataset
+):
     files = zoo_folder(trained, tmp_path)
     loaded = read_model_folder(tmp_path, files, env=gym.make("Pendulum-v1"))
     assert loaded.dataset == pendulum_dataset.id
