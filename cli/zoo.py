@@ -182,5 +182,5 @@ def enjoy_model(args: argparse.Namespace) -> int:
     card = played.card.get("score")
     print(f"{args.name}: mean return {mean:.1f}{score}" + ("" if card is None else f" (card: {card:.1f})"))
     if played.video is not None:
-        print(f"wrote {played.video} ({played.frames} frames)")
+        print(f"wrote {played.video}")
     return 0

@@ -10,6 +10,7 @@ from diffgym.wrappers.synther import (
     fit_observation_normalizer,
     synthesize_dataset,
 )
+from diffgym.wrappers.video import record_video
 
 __all__ = [
     "ActionChunkWrapper",
@@ -22,5 +23,6 @@ __all__ = [
     "evaluate_team",
     "fit_observation_normalizer",
     "make_chunked_env",
+    "record_video",
     "synthesize_dataset",
 ]

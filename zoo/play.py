@@ -10,7 +10,6 @@ replay the card's own; teams play in their PettingZoo env through
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,11 @@ from stable_baselines3.common.monitor import Monitor
 
 from diffgym import registry as agents
 from diffgym.tasks.rendering import choose_headless_gl, rendering_error
+from diffgym.wrappers.video import record_video
 from diffgym.zoo import find, load, locate, make_env, read_results
 
-#: frames per second of written videos (MuJoCo locomotion runs at 125 steps/s; every frame is kept)
-VIDEO_FPS = 30
+#: frames per second of team videos (MPE's render_fps; single agents use their env's)
+TEAM_VIDEO_FPS = 10
 
 
 @dataclass
@@ -35,7 +35,6 @@ class Episodes:
     lengths: list[int]
     score: float | None = None
     video: Path | None = None
-    frames: int = 0
     card: dict[str, Any] = field(default_factory=dict)  # the card's final mean return and score
 
 
@@ -52,66 +51,71 @@ def enjoy(
     Args:
         name: the zoo name.
         episodes: how many episodes.
-        video: an ``.mp4`` (or ``.gif``) path; frames come from ``render_mode="rgb_array"`` (MuJoCo
-            without a display: see :mod:`diffgym.tasks.rendering`).
+        video: an ``.mp4`` path (teams: also ``.gif``); single agents are recorded by
+            :func:`~diffgym.wrappers.record_video` (Gymnasium's ``RecordVideo``; MuJoCo without a
+            display: see :mod:`diffgym.tasks.rendering`).
         seed: the first reset's seed (default: the card's evaluation seed).
         deterministic: ``predict(..., deterministic=...)``.
         registry: the registry file.
     """
     if video is not None:
-        choose_headless_gl()
+        choose_headless_gl()  # before any MuJoCo env exists
     entry = find(name, registry)
     results = read_results(locate(entry))
     seed = _card_seed(results) if seed is None else seed
     model = load(name, registry=registry)
     env = make_env(name, registry, **({"render_mode": "rgb_array"} if video is not None else {}))
-    frames: list[np.ndarray] = []
-    grab = _grabber(env, frames) if video is not None else None
     if agents.get(entry.agent).team:
-        from diffgym.wrappers import evaluate_team
-
-        callback = None if grab is None else (lambda joint: grab())
-        returns, lengths = evaluate_team(
-            model, env, episodes, deterministic, seed=seed, callback=callback, return_episode_rewards=True
-        )
+        returns, lengths = _play_team(model, env, episodes, deterministic, seed, video)
+    elif video is not None:
+        returns, lengths = record_video(model, env, video, episodes, deterministic, seed)
     else:
-        returns, lengths = _play_single(model, env, episodes, deterministic, seed, grab)
+        returns, lengths = _play_single(model, env, episodes, deterministic, seed)
     played = Episodes([float(r) for r in returns], [int(n) for n in lengths], card=entry.summary)
     played.score = _score(results, float(np.mean(played.returns)))
-    if video is not None:
-        from diffgym.tasks.plotting import write_animation
-
-        played.video = write_animation(Path(video), frames, VIDEO_FPS)
-        played.frames = len(frames)
+    played.video = None if video is None else Path(video)
     return played
 
 
 def _play_single(
-    model: Any, env: Any, episodes: int, deterministic: bool, seed: int, grab: Callable[[], None] | None
+    model: Any, env: Any, episodes: int, deterministic: bool, seed: int
 ) -> tuple[list[float], list[int]]:
     monitored = Monitor(env)
     monitored.reset(seed=seed)
-    callback = None if grab is None else (lambda local, shared: grab())
     returns, lengths = evaluate_policy(
-        model,
-        monitored,
-        n_eval_episodes=episodes,
-        deterministic=deterministic,
-        return_episode_rewards=True,
-        callback=callback,
+        model, monitored, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True
     )
     return list(returns), list(lengths)  # type: ignore[arg-type]
 
 
-def _grabber(env: Any, frames: list[np.ndarray]) -> Callable[[], None]:
-    def grab() -> None:
+def _play_team(
+    model: Any, env: Any, episodes: int, deterministic: bool, seed: int, video: str | os.PathLike | None
+) -> tuple[list[float], list[int]]:
+    """A PettingZoo team through :func:`~diffgym.wrappers.evaluate_team` (RecordVideo is Gymnasium's:
+    frames are grabbed after each reset and step, and written with imageio)."""
+    from diffgym.tasks.plotting import write_animation
+    from diffgym.wrappers import evaluate_team
+
+    frames: list[np.ndarray] = []
+
+    def grab(joint: Any) -> None:
         try:
-            frame = env.render()
+            frames.append(np.asarray(joint.render(), dtype=np.uint8))
         except Exception as error:  # OpenGL and its backends raise many kinds
             raise rendering_error(error) from error
-        frames.append(np.asarray(frame, dtype=np.uint8))
 
-    return grab
+    returns, lengths = evaluate_team(
+        model,
+        env,
+        episodes,
+        deterministic,
+        seed=seed,
+        callback=None if video is None else grab,
+        return_episode_rewards=True,
+    )
+    if video is not None:
+        write_animation(Path(video), frames, TEAM_VIDEO_FPS)
+    return list(returns), list(lengths)  # type: ignore[arg-type]
 
 
 def _card_seed(results: dict[str, Any]) -> int:
