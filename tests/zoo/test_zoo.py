@@ -351,3 +351,23 @@ def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(pendu
     result = check("dql/pendulum-tiny", registry, suite=suite)
     assert result["max_abs_difference"] == 0.0
     assert result["measured_returns"] == result["expected_returns"]
+
+
+def test_a_shipped_model_replays_its_cards_first_episode():
+    """``dql/hopper-medium`` as a user gets it: its first evaluation episode again, within the spread its
+    card states (identical on the hardware that made it; other CPUs may round differently)."""
+    from diffgym.zoo.benchmarks.harness import EVAL_SEED
+    from diffgym.zoo.format import read_results
+
+    results = read_results(zoo.download("dql/hopper-medium"))
+    env = gym.wrappers.RecordEpisodeStatistics(zoo.make_env("dql/hopper-medium"))
+    model = zoo.load("dql/hopper-medium", device="cpu")
+    observation, _ = env.reset(seed=EVAL_SEED + results["evaluation"]["seed"])
+    observation, _ = env.reset()  # evaluate_policy resets once more before its first episode
+    done = False
+    while not done:
+        action, _ = model.predict(observation, deterministic=True)
+        observation, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+    returns = np.array(results["final"]["returns"])
+    assert abs(info["episode"]["r"] - returns[0]) <= max(returns.std(), 1e-3 * abs(returns[0]))
