@@ -16,7 +16,7 @@ _SB3_ALGOS = ("a2c", "ddpg", "dqn", "ppo", "sac", "td3")
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
-    """``diffgym data make | import | info``."""
+    """``diffgym data make | import | info | fetch``."""
     data = subparsers.add_parser(
         "data",
         help="make, import and inspect Minari datasets",
@@ -72,6 +72,28 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     info.add_argument("dataset", help="Minari id, Minari dataset directory or D4RL-layout .hdf5 file")
     info.set_defaults(func=data_info)
+
+    fetch = commands.add_parser(
+        "fetch",
+        help="get a dataset of diffgym's registry (verified) into the Minari store",
+        description="Get the D4RL-layout files our benchmarks and zoo models were trained on, by name "
+        "(zoo/datasets.json: sha256, size, env, sources): verified into the cache, then imported into the "
+        "local Minari store. Prints the Minari id to pass as dataset=.",
+    )
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="dataset names, e.g. hopper-medium")
+    fetch.add_argument(
+        "--from",
+        dest="sources",
+        nargs="+",
+        default=[],
+        metavar="DIR_OR_URL",
+        help="also look in these folders or HTTP(S) folders (first), e.g. a mirror or a folder of the files",
+    )
+    fetch.add_argument("--list", action="store_true", help="list the registry's datasets")
+    fetch.add_argument(
+        "--registry", help="the dataset registry (default: $DIFFGYM_DATASET_REGISTRY, else the shipped one)"
+    )
+    fetch.set_defaults(func=data_fetch)
 
 
 def _load_policy(spec: str) -> Any:
@@ -169,4 +191,22 @@ def data_info(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in lines)
     for name, value in lines:
         print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def data_fetch(args: argparse.Namespace) -> int:
+    """``diffgym data fetch``."""
+    from diffgym.zoo import datasets
+
+    if args.list or not args.names:
+        for name, entry in datasets.read_datasets(args.registry).items():
+            where = ", ".join(source.describe() for source in entry.sources) or "no public source yet"
+            print(f"{name:36} {entry.checksum.size / 2**20:6.1f} MiB  {entry.env_id:38} {where}")
+        return 0
+    extra = datasets.parse_sources(args.sources)
+    for name in args.names:
+        dataset = datasets.load(name, args.registry, extra)
+        print(
+            f"{name}: Minari id {dataset.id} ({dataset.total_episodes} episodes, {dataset.total_steps} transitions)"
+        )
     return 0

@@ -8,7 +8,8 @@ local cache:
 - ``{"kind": "package", "path": "models/dql/hopper-medium"}``: files shipped with the library
   (a path relative to the registry file's folder, or absolute);
 - ``{"kind": "hf", "repo_id": "org/name", "revision": "<40-hex commit>"}``: a Hugging Face Hub
-  model repo at a pinned revision (``HF_ENDPOINT`` is honoured);
+  model repo at a pinned revision (``HF_ENDPOINT`` is honoured; ``"repo_type": "dataset"`` for a
+  dataset repo);
 - ``{"kind": "url", "url": "https://host/folder/"}``: plain HTTP(S), each file at ``url + name``.
 
 >>> entry = ZooEntry.from_json("dql/toy", {
@@ -54,6 +55,7 @@ class Source:
     kind: str
     location: str  # package: a folder; hf: the repo id; url: the base URL
     revision: str | None = None  # hf: the pinned commit
+    repo_type: str = "model"  # hf: "model" or "dataset"
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> Source:
@@ -64,7 +66,7 @@ class Source:
             revision = str(data.get("revision", ""))
             if not _COMMIT.fullmatch(revision):
                 raise ValueError(f"{where}: a Hub source needs a pinned 40-hex commit, not {revision!r}")
-            return cls(kind, str(data["repo_id"]), revision)
+            return cls(kind, str(data["repo_id"]), revision, str(data.get("repo_type", "model")))
         if kind == "url":
             url = str(data["url"])
             return cls(kind, url if url.endswith("/") else url + "/")
@@ -126,7 +128,8 @@ class ZooEntry:
             if source.kind == "package":
                 sources.append({"kind": "package", "path": source.location})
             elif source.kind == "hf":
-                sources.append({"kind": "hf", "repo_id": source.location, "revision": source.revision})
+                hub = {"kind": "hf", "repo_id": source.location, "revision": source.revision}
+                sources.append(hub | ({} if source.repo_type == "model" else {"repo_type": source.repo_type}))
             else:
                 sources.append({"kind": "url", "url": source.location})
         return {
@@ -140,8 +143,13 @@ class ZooEntry:
 
     def package_folder(self, source: Source) -> Path:
         """A package source's folder (relative paths start at the registry file's folder)."""
-        path = Path(source.location)
-        return path if path.is_absolute() else self.base / path
+        return source_folder(source, self.base)
+
+
+def source_folder(source: Source, base: Path) -> Path:
+    """A package source's folder (a relative path starts at ``base``, the registry file's folder)."""
+    path = Path(source.location)
+    return path if path.is_absolute() else base / path
 
 
 def registry_path(registry: str | os.PathLike | None = None) -> Path:

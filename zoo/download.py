@@ -129,8 +129,9 @@ def fetch_hf(
     *,
     endpoint: str | None = None,
     timeout: float = 30.0,
+    repo_type: str = "model",
 ) -> Path:
-    """Download ``filename`` of the Hugging Face model repo ``repo_id`` at commit ``revision``.
+    """Download ``filename`` of the Hugging Face repo ``repo_id`` at commit ``revision``.
 
     Through ``huggingface_hub.hf_hub_download``, into a temporary folder beside ``target`` (so
     ``huggingface_hub``'s own cache is neither read nor written); the file is verified, moved into
@@ -151,6 +152,7 @@ def fetch_hf(
         timeout: seconds to wait for the Hub's answer about the file (its HEAD request). The
             transfer uses ``huggingface_hub``'s read timeout, ``HF_HUB_DOWNLOAD_TIMEOUT`` (10 s
             unless set before it is imported); ``HF_HUB_ETAG_TIMEOUT``, if set, overrides ``timeout``.
+        repo_type: ``"model"`` (zoo models) or ``"dataset"`` (datasets).
 
     Raises:
         DownloadError: the Hub could not be reached, answered an error status (404 for a file or
@@ -169,7 +171,7 @@ def fetch_hf(
         target,
         sha256,
         size,
-        lambda: _download_hf(repo_id, filename, revision, target, sha256, size, endpoint, timeout),
+        lambda: _download_hf(repo_id, filename, revision, target, sha256, size, endpoint, timeout, repo_type),
     )
 
 
@@ -329,12 +331,14 @@ def _download_hf(
     size: int,
     endpoint: str | None,
     timeout: float,
+    repo_type: str,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as folder:
         try:
             downloaded = hf_hub_download(
                 repo_id,
                 filename,
+                repo_type=repo_type,
                 revision=revision,
                 local_dir=folder,
                 cache_dir=folder,  # else huggingface_hub looks for a copy in ~/.cache/huggingface

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from diffgym.serialization import ModelFileError
-from diffgym.zoo.catalog import Source, ZooEntry, ZooUnavailableError
+from diffgym.zoo.catalog import Source, ZooEntry, ZooUnavailableError, source_folder
 from diffgym.zoo.download import DownloadError, fetch_hf, fetch_url
-from diffgym.zoo.format import verify_entry
+from diffgym.zoo.format import FileEntry, verify_entry
 
 HOME_VARIABLE = "DIFFGYM_HOME"
 
@@ -34,9 +35,9 @@ def cache_folder(entry: ZooEntry) -> Path:
 
 def where(entry: ZooEntry) -> str | None:
     """``"cache"`` or ``"shipped"`` if the model is complete and verified there, else None (remote only)."""
-    if _complete(cache_folder(entry), entry):
+    if _complete(cache_folder(entry), entry.files):
         return "cache"
-    if any(_complete(entry.package_folder(s), entry) for s in entry.sources if s.kind == "package"):
+    if any(_complete(entry.package_folder(s), entry.files) for s in entry.sources if s.kind == "package"):
         return "shipped"
     return None
 
@@ -48,22 +49,47 @@ def locate(entry: ZooEntry, timeout: float = 30.0) -> Path:
         ZooUnavailableError: no source had it; the message says what each one answered (an
             unverifiable file is never used, and the attempt's failure is listed).
     """
-    cached = cache_folder(entry)
-    if _complete(cached, entry):
+    label = f"zoo model {entry.name!r}"
+    return locate_files(label, entry.files, entry.sources, cache_folder(entry), entry.base, timeout)
+
+
+def locate_files(
+    label: str,
+    files: Mapping[str, FileEntry],
+    sources: Sequence[Source],
+    cached: Path,
+    base: Path,
+    timeout: float = 30.0,
+) -> Path:
+    """A folder holding ``files``, verified: ``cached``, a local (``package``) source's folder as it is,
+    else ``cached`` after downloading from the first remote source that has them all.
+
+    Args:
+        label: what the files are, for the error message.
+        files: file name -> expected size and SHA-256.
+        sources: tried in order (package folders relative to ``base``).
+        cached: the cache folder for these files.
+        base: what relative package paths start from.
+        timeout: seconds a download may stall.
+
+    Raises:
+        ZooUnavailableError: no source had them; the message says what each one answered.
+    """
+    if _complete(cached, files):
         return cached
     failures: list[str] = []
-    for source in entry.sources:
+    for source in sources:
         try:
             if source.kind == "package":
-                folder = entry.package_folder(source)
-                _verify_all(folder, entry)
+                folder = source_folder(source, base)
+                _verify_all(folder, files)
                 return folder
-            _download_all(entry, source, cached, timeout)
+            _download_all(files, source, cached, timeout)
             return cached
         except (ModelFileError, DownloadError, ValueError) as error:
             failures.append(f"{source.describe()}: {error}")
     tried = "\n  ".join(failures) or "the registry lists no source"
-    raise ZooUnavailableError(f"zoo model {entry.name!r} is not in the cache ({cached}), and\n  {tried}")
+    raise ZooUnavailableError(f"{label} is not in the cache ({cached}), and\n  {tried}")
 
 
 def copy_to(entry: ZooEntry, target: Path, timeout: float = 30.0) -> Path:
@@ -72,25 +98,25 @@ def copy_to(entry: ZooEntry, target: Path, timeout: float = 30.0) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for file in entry.files:
         shutil.copyfile(folder / file, target / file)
-    _verify_all(target, entry)
+    _verify_all(target, entry.files)
     return target
 
 
-def _complete(folder: Path, entry: ZooEntry) -> bool:
+def _complete(folder: Path, files: Mapping[str, FileEntry]) -> bool:
     try:
-        _verify_all(folder, entry)
+        _verify_all(folder, files)
     except ModelFileError:
         return False
     return True
 
 
-def _verify_all(folder: Path, entry: ZooEntry) -> None:
-    for file, expected in entry.files.items():
+def _verify_all(folder: Path, files: Mapping[str, FileEntry]) -> None:
+    for file, expected in files.items():
         verify_entry(folder / file, expected)
 
 
-def _download_all(entry: ZooEntry, source: Source, folder: Path, timeout: float) -> None:
-    for file, expected in entry.files.items():
+def _download_all(files: Mapping[str, FileEntry], source: Source, folder: Path, timeout: float) -> None:
+    for file, expected in files.items():
         target = folder / file
         if source.kind == "hf":
             assert source.revision is not None  # Source.from_json requires it
@@ -102,6 +128,7 @@ def _download_all(entry: ZooEntry, source: Source, folder: Path, timeout: float)
                 expected.sha256,
                 expected.size,
                 timeout=timeout,
+                repo_type=source.repo_type,
             )
         else:
             fetch_url(source.location + file, target, expected.sha256, expected.size, timeout=timeout)
