@@ -41,7 +41,7 @@ REGISTRY_FORMAT = "diffgym-zoo-registry/1"
 SOURCE_KINDS = ("package", "hf", "url")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_NAME = re.compile(r"[a-z0-9_]+/[A-Za-z0-9_.-]+")
+_NAME = re.compile(r"[a-z0-9_-]+/[A-Za-z0-9_.-]+")
 
 
 class ZooUnavailableError(OSError):
@@ -97,7 +97,9 @@ class ZooEntry:
         """An entry from its JSON; ``ValueError`` naming the model for anything malformed."""
         where = f"zoo model {name!r}"
         if not _NAME.fullmatch(name):
-            raise ValueError(f"{where}: a name is 'algo/env-dataset' (lowercase algo, no spaces)")
+            raise ValueError(
+                f"{where}: a name is 'algo/env-dataset' (lowercase algo; letters, digits, _ . -)"
+            )
         try:
             files = {
                 file: _file_entry(value, f"{where}, file {file!r}") for file, value in data["files"].items()

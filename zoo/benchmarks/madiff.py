@@ -134,6 +134,7 @@ SUITE = Suite(
     ),
     budget=Budget(final_episodes=50),
     make_env=make_env,
+    zoo_env=lambda dataset: {"id": "mpe2.simple_spread_v3", "kwargs": ENV_KWARGS},
     evaluate=evaluate_team_episodes,
     measures={"unet": unet_latency, "clip": render_clip},
     sections=(latency_section,),

@@ -390,6 +390,7 @@ SUITE = Suite(
     },
     prepare=demonstrations,
     make_env=make_env,
+    zoo_env=lambda dataset: {"id": "Meta-World/MT1", "kwargs": {"env_name": task_of(dataset)}},
     evaluate=evaluate,
     reference=lambda dataset: None,
     metric=Metric("success_rate", "success rate (%)", 100.0),
