@@ -180,19 +180,30 @@ def verify_entry(path: Path, entry: FileEntry) -> None:
     verify_file(path, entry.sha256, entry.size)
 
 
+#: how a score is read from an evaluation when ``results.json`` names no metric: D4RL's normalised score
+DEFAULT_METRIC: dict[str, Any] = {"key": "score", "label": "normalised score", "scale": 1.0}
+
+
 def results_summary(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The headline numbers of ``results.json``: mean and std of the final returns, episodes, score."""
+    """The headline numbers of ``results.json``: mean and std of the final returns, episodes, and the
+    score under the results' ``metric`` (key, label, display scale; default: the normalised score)."""
     final = results["final"]
+    metric: Mapping[str, Any] = results.get("metric") or DEFAULT_METRIC
     returns = [float(value) for value in final["returns"]]
     mean = sum(returns) / len(returns)
     std = math.sqrt(sum((value - mean) ** 2 for value in returns) / len(returns))
-    score = final.get("score")
+
+    def scaled(point: Mapping[str, Any] | None) -> float | None:
+        value = (point or {}).get(metric["key"])
+        return None if value is None else float(value) * float(metric["scale"])
+
     return {
         "mean_return": mean,
         "std_return": std,
         "episodes": len(returns),
-        "score": None if score is None else float(score),
-        "best_score": (results.get("best") or {}).get("score"),
+        "metric": metric["label"],
+        "score": scaled(final),
+        "best_score": scaled(results.get("best")),
     }
 
 
@@ -224,7 +235,11 @@ def model_card(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
                                 "name": "mean_reward",
                                 "verified": False,
                             },
-                            {"type": "normalized_score", "value": score, "name": "normalized_score"},
+                            {
+                                "type": summary["metric"].replace(" ", "_"),
+                                "value": score,
+                                "name": summary["metric"],
+                            },
                         ],
                     }
                 ],
@@ -244,7 +259,7 @@ def model_card(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
         "| | |",
         "| --- | --- |",
         f"| return (final, {summary['episodes']} episodes) | {summary['mean_return']:.1f} ± {summary['std_return']:.1f} |",
-        f"| normalised score (final) | {score} |",
+        f"| {summary['metric']} (final) | {score} |",
         f"| best score during training | {_maybe(summary['best_score'])} |",
         f"| budget | {training.get('gradient_steps', '?')} gradient steps, seed {training.get('seed', '?')} |",
         f"| hyperparameters | `zoo/hyperparams/{hyperparams.get('file', '?')}`, key `{hyperparams.get('key')}` |",

@@ -192,11 +192,23 @@ def _results(record: dict[str, Any]) -> dict[str, Any]:
             "episodes": len(record["final"]["returns"]),
             "deterministic": config["deterministic"],
         },
+        "metric": _metric(record["suite"]),
         "data_score": record["data"].get("score"),
         "reference": config.get("reference"),
         "latency": record.get("latency"),
         "hardware": record["hardware"],
     }
+
+
+def _metric(suite: str) -> dict[str, Any]:
+    """The suite's headline metric (key, label, display scale); the normalised score for unknown suites."""
+    from diffgym.zoo.benchmarks import SUITES, load_suite
+    from diffgym.zoo.format import DEFAULT_METRIC
+
+    if suite not in SUITES:
+        return dict(DEFAULT_METRIC)
+    metric = load_suite(suite).metric
+    return {"key": metric.key, "label": metric.label, "scale": metric.scale}
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -213,8 +225,8 @@ def markdown_table(entries: dict[str, ZooEntry]) -> str:
     """Every zoo model of a diffusion agent: its score, the best baseline model on the same data at the
     same budget, and the data's own score (the results README's table)."""
     rows = [
-        "| model | score (final) | best baseline, same data and budget | data's own score | budget | seeds |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | metric | score (final) | best baseline, same data and budget | data's own score | budget | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, entry in sorted(entries.items()):
         if agents.get(entry.agent).baseline:
@@ -223,7 +235,8 @@ def markdown_table(entries: dict[str, ZooEntry]) -> str:
         rival = _best_baseline(entry, entries)
         rival_text = "-" if rival is None else f"{_number(rival.summary.get('score'))} ({rival.name})"
         rows.append(
-            f"| {name} | {_number(summary.get('score'))} | {rival_text} | {_number(summary.get('data_score'))} "
+            f"| {name} | {summary.get('metric', 'normalised score')} | {_number(summary.get('score'))} | {rival_text} "
+            f"| {_number(summary.get('data_score'))} "
             f"| {summary.get('gradient_steps', '?')} steps | {len(summary.get('seeds', []))} |"
         )
     return "\n".join(rows) + "\n"
