@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from diffgym.zoo import datasets
 from diffgym.zoo.catalog import ZooEntry, ZooUnavailableError, find, read_registry
 from diffgym.zoo.format import read_config, read_model_folder, read_results
 from diffgym.zoo.store import copy_to, locate, where
@@ -55,6 +56,7 @@ def load(
     device: torch.device | str = "auto",
     registry: Registry = None,
     timeout: float = 30.0,
+    dataset: Any = None,
     **kwargs: Any,
 ) -> Any:
     """The pretrained agent called ``name``; nothing in its files is executed.
@@ -65,6 +67,8 @@ def load(
         device: where to put the networks.
         registry: the registry file.
         timeout: seconds a download may stall before it fails (it resumes on the next call).
+        dataset: data to keep learning from (offline, or in the replay buffer online): e.g. its own,
+            ``zoo.datasets.fetch(zoo.info(name)["dataset"])`` (see :mod:`diffgym.zoo.datasets`).
         kwargs: constructor arguments that override the saved ones (e.g. ``verbose=1``).
 
     Raises:
@@ -73,7 +77,7 @@ def load(
         ModelFileError: the files do not describe a model.
     """
     entry = find(name, registry)
-    return read_model_folder(locate(entry, timeout), env=env, device=device, **kwargs)
+    return read_model_folder(locate(entry, timeout), env=env, device=device, dataset=dataset, **kwargs)
 
 
 def make_env(name: str, registry: Registry = None, **make_kwargs: Any) -> Any:
@@ -99,6 +103,7 @@ def export(name: str, target: str | os.PathLike, registry: Registry = None, time
 __all__ = [
     "ZooEntry",
     "ZooUnavailableError",
+    "datasets",
     "download",
     "export",
     "info",

@@ -41,7 +41,7 @@ REGISTRY_FORMAT = "diffgym-zoo-registry/1"
 SOURCE_KINDS = ("package", "hf", "url")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_NAME = re.compile(r"[a-z0-9_-]+/[A-Za-z0-9_.-]+")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class ZooUnavailableError(OSError):
@@ -96,13 +96,10 @@ class ZooEntry:
     def from_json(cls, name: str, data: Mapping[str, Any], base: Path = Path(".")) -> ZooEntry:
         """An entry from its JSON; ``ValueError`` naming the model for anything malformed."""
         where = f"zoo model {name!r}"
-        if not _NAME.fullmatch(name):
-            raise ValueError(
-                f"{where}: a name is 'algo/env-dataset' (lowercase algo; letters, digits, _ . -)"
-            )
+        check_name(name)
         try:
             files = {
-                file: _file_entry(value, f"{where}, file {file!r}") for file, value in data["files"].items()
+                file: file_entry(value, f"{where}, file {file!r}") for file, value in data["files"].items()
             }
             sources = tuple(
                 Source.from_json(source, f"{where}, source {i}") for i, source in enumerate(data["sources"])
@@ -154,6 +151,15 @@ def source_folder(source: Source, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def check_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is a zoo name: ``algo/env-dataset``, two plain path parts."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"zoo model {name!r}: a name is 'algo/env-dataset' (lowercase algo; letters, digits, _ . -; "
+            "each part starting with a letter or digit)"
+        )
+
+
 def registry_path(registry: str | os.PathLike | None = None) -> Path:
     """The registry file in use: ``registry``, else ``$DIFFGYM_ZOO_REGISTRY``, else the shipped one."""
     return Path(registry or os.environ.get(REGISTRY_VARIABLE) or SHIPPED_REGISTRY)
@@ -181,14 +187,18 @@ def read_registry(registry: str | os.PathLike | None = None) -> dict[str, ZooEnt
 
 
 def write_registry(entries: Mapping[str, ZooEntry], registry: str | os.PathLike | None = None) -> Path:
-    """Write ``entries`` (sorted by name) as the registry file; atomic."""
+    """Write ``entries`` (sorted by name) as the registry file; atomic.
+
+    Raises:
+        ValueError: an entry would not read back (a malformed name, files other than the model's).
+    """
     from diffgym.serialization import atomic_file
 
     path = registry_path(registry)
-    data = {
-        "format": REGISTRY_FORMAT,
-        "models": {name: entries[name].to_json() for name in sorted(entries)},
-    }
+    models = {name: entries[name].to_json() for name in sorted(entries)}
+    for name, entry in models.items():  # what is written must read back: ValueError naming the model
+        ZooEntry.from_json(name, entry, path.parent)
+    data = {"format": REGISTRY_FORMAT, "models": models}
     with atomic_file(path) as file:
         file.write((json.dumps(data, indent=2) + "\n").encode())
     return path
@@ -209,7 +219,7 @@ def find(name: str, registry: str | os.PathLike | None = None) -> ZooEntry:
     raise KeyError(f"no zoo model named {name!r}; {hint}: {', '.join(listed) or 'no models yet'}")
 
 
-def _file_entry(value: Mapping[str, Any], where: str) -> FileEntry:
+def file_entry(value: Mapping[str, Any], where: str) -> FileEntry:
     sha256, size = str(value["sha256"]), value["size"]
     if not _SHA256.fullmatch(sha256) or not isinstance(size, int) or size < 0:
         raise ValueError(f"{where}: needs a 64-hex sha256 and a size in bytes")

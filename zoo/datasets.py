@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +27,15 @@ from typing import Any
 from minari import MinariDataset
 
 from diffgym.serialization import ModelFileError
-from diffgym.zoo.catalog import Source
+from diffgym.zoo.catalog import Source, file_entry
 from diffgym.zoo.format import FileEntry
 from diffgym.zoo.store import HOME_VARIABLE, locate_files
 
 SHIPPED_DATASETS = Path(__file__).parent / "datasets.json"
 DATASETS_VARIABLE = "DIFFGYM_DATASET_REGISTRY"
 DATASETS_FORMAT = "diffgym-datasets/1"
+#: a dataset's name and file name: one path component that cannot lead elsewhere
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,14 @@ class DatasetEntry:
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any], base: Path) -> DatasetEntry:
         where = f"dataset {name!r}"
+        file = str(data.get("file", ""))
+        if not (_PLAIN_NAME.fullmatch(name) and _PLAIN_NAME.fullmatch(file)):
+            raise ValueError(f"{where}: a name and its file are plain file names (letters, digits, _ . -)")
         try:
             return cls(
                 name=name,
-                file=str(data["file"]),
-                checksum=FileEntry(str(data["sha256"]), int(data["size"])),
+                file=file,
+                checksum=file_entry(data, where),
                 env_id=str(data["env_id"]),
                 description=str(data.get("description", "")),
                 sources=tuple(

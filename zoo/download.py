@@ -11,7 +11,7 @@ Both keep the same guarantees:
   downloaded again, never returned.
 - **A verified target costs no network access**: it is hashed and returned, and nothing is written.
 - **An interrupted download resumes** (:func:`fetch_url`): the bytes received so far stay in
-  ``<target>.part``, and the next call asks for the rest with an HTTP ``Range`` request (a server
+  ``<target>.<sha256[:16]>.part``, and the next call asks for the rest with an HTTP ``Range`` request (a server
   that ignores it sends the whole file again, which replaces the partial; one that cannot continue
   it makes the partial go, and the next call starts over). A server that sends another number of
   bytes than expected, or bytes whose SHA-256 differs, is refused with
@@ -36,10 +36,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-import httpx2
 from filelock import FileLock
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import XetDownloadError
 
 import diffgym
 from diffgym.serialization import ModelFileError
@@ -94,7 +91,7 @@ def file_sha256(path: Path) -> str:
 def fetch_url(url: str, target: Path, sha256: str, size: int, *, timeout: float = 30.0) -> Path:
     """Download ``url`` into the file ``target`` (parent folders are created) and verify it.
 
-    Bytes stream into ``<target>.part``; a ``.part`` shorter than ``size`` left by an earlier
+    Bytes stream into :func:`partial_path` (``<target>.<sha256[:16]>.part``); a ``.part`` shorter than ``size`` left by an earlier
     attempt is continued with a ``Range`` request. Only a verified file is moved into place.
 
     Args:
@@ -213,8 +210,16 @@ def _sibling(target: Path, suffix: str) -> Path:
     return target.with_name(target.name + suffix)
 
 
+def partial_path(target: Path, sha256: str) -> Path:
+    """Where the bytes of an unfinished download of ``target`` wait: ``<target>.<sha256[:16]>.part``.
+
+    The expected hash is in the name, so a partial of another version of the file (an older
+    registry, another mirror's file) is never resumed into this one."""
+    return _sibling(target, f".{sha256.lower()[:16]}.part")
+
+
 def _download_url(url: str, target: Path, sha256: str, size: int, timeout: float) -> None:
-    partial = _sibling(target, ".part")
+    partial = partial_path(target, sha256)
     offset = _resume_offset(partial, size)
     if offset < size or not partial.is_file():  # (an empty file is downloaded too)
         _stream(url, partial, offset, size, timeout)
@@ -333,6 +338,10 @@ def _download_hf(
     timeout: float,
     repo_type: str,
 ) -> None:
+    import httpx2  # huggingface_hub's HTTP client; both are imported only for a Hub download
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import XetDownloadError
+
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as folder:
         try:
             downloaded = hf_hub_download(

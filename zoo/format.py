@@ -139,6 +139,10 @@ def read_model_folder(
     Raises:
         ModelFileError: a file is missing, differs from its entry, or does not describe a model.
     """
+    if entries is not None and set(entries) != set(MODEL_FILES):
+        raise ModelFileError(
+            f"{folder}: the checksums given cover {sorted(entries)}, not every file {list(MODEL_FILES)}"
+        )
     for file, entry in (entries or {}).items():
         verify_entry(folder / file, entry)
     config = read_config(folder)

@@ -52,8 +52,8 @@ def enjoy(
         name: the zoo name.
         episodes: how many episodes.
         video: an ``.mp4`` path (teams: also ``.gif``); single agents are recorded by
-            :func:`~diffgym.wrappers.record_video` (Gymnasium's ``RecordVideo``; MuJoCo without a
-            display: see :mod:`diffgym.tasks.rendering`).
+            :func:`~diffgym.wrappers.record_video` (MuJoCo without a display: see
+            :mod:`diffgym.tasks.rendering`).
         seed: the first reset's seed (default: the card's evaluation seed).
         deterministic: ``predict(..., deterministic=...)``.
         registry: the registry file.
@@ -91,8 +91,8 @@ def _play_single(
 def _play_team(
     model: Any, env: Any, episodes: int, deterministic: bool, seed: int, video: str | os.PathLike | None
 ) -> tuple[list[float], list[int]]:
-    """A PettingZoo team through :func:`~diffgym.wrappers.evaluate_team` (RecordVideo is Gymnasium's:
-    frames are grabbed after each reset and step, and written with imageio)."""
+    """A PettingZoo team through :func:`~diffgym.wrappers.evaluate_team`; frames are grabbed after each
+    reset and step (MPE's are small: 700 x 700, 25 steps an episode) and written with imageio."""
     from diffgym.tasks.plotting import write_animation
     from diffgym.wrappers import evaluate_team
 

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diffgym import registry as agents
-from diffgym.zoo.catalog import Source, ZooEntry, find, read_registry, registry_path, write_registry
+from diffgym.zoo.catalog import (
+    Source,
+    ZooEntry,
+    check_name,
+    find,
+    read_registry,
+    registry_path,
+    write_registry,
+)
 from diffgym.zoo.format import (
     FileEntry,
     read_config,
@@ -54,8 +62,9 @@ def publish(
         model_path: its model file (``OUT/SUITE/models/<run>.zip``), read without executing anything.
         registry: the registry file to update (default: the one in use, see :mod:`diffgym.zoo.catalog`).
         name: the zoo name (default ``<agent>/<dataset>`` of the record).
-        env_id, env_kwargs: the env users make for it (default: the one its suite names, see
+        env_id: the env id users make for it (default: the one its suite names, see
             :attr:`Suite.zoo_env <diffgym.zoo.benchmarks.harness.Suite.zoo_env>`).
+        env_kwargs: arguments added to (or replacing) that env's kwargs.
 
     Returns:
         the new registry entry; its files are in ``<registry folder>/models/<name>/``.
@@ -66,7 +75,9 @@ def publish(
     algorithm: Any = spec.load()  # an OfflineAlgorithm subclass
     model = algorithm.load(model_path)
     name = name or f"{config['agent']}/{config['dataset']}"
-    env = _zoo_env(record) if env_id is None else {"id": env_id, "kwargs": env_kwargs or {}}
+    check_name(name)
+    env: dict[str, Any] = _zoo_env(record) if env_id is None else {"id": env_id, "kwargs": {}}
+    env["kwargs"] = {**env["kwargs"], **(env_kwargs or {})}
     relative = Path("models", *name.split("/"))
     path = registry_path(registry)
     files = write_model_folder(
@@ -100,14 +111,22 @@ def check(
     episodes: int | None = None,
     suite: Suite | None = None,
 ) -> dict[str, Any]:
-    """Evaluate zoo model ``name`` with its suite's protocol; returns the card's and the new returns.
+    """Evaluate zoo model ``name`` with its suite's protocol (on the CPU, as the cards were made) and
+    compare with its card.
 
     Args:
         name: the zoo name.
         registry: the registry file.
-        episodes: how many of the card's episodes to replay (default: all of them; fewer replays
-            the first ones, which must then match those).
+        episodes: replay the card's first ``episodes`` episodes (default: all of them).
         suite: the suite it came from (default: the registered suite its results name).
+
+    Returns:
+        the card's and the measured returns, their largest difference, and ``verdict``:
+        ``"identical"``, ``"within spread"`` (every difference within the card's standard deviation
+        of returns: another CPU may round differently) or ``"differs"``.
+
+    Raises:
+        ValueError: ``episodes`` is not between 1 and the card's number of episodes.
     """
     from diffgym.zoo.benchmarks import load_suite
     from diffgym.zoo.benchmarks.harness import Budget, Dataset, Run, Session
@@ -116,18 +135,26 @@ def check(
     config, results = read_config(folder), read_results(folder)
     evaluation = results["evaluation"]
     expected = [float(value) for value in results["final"]["returns"]]
-    episodes = episodes or len(expected)
+    episodes = len(expected) if episodes is None else episodes
+    if not 1 <= episodes <= len(expected):
+        raise ValueError(
+            f"{name}: its card has {len(expected)} episodes; replay 1 to {len(expected)} of them"
+        )
     suite = suite or load_suite(evaluation["suite"])
     dataset = Dataset(evaluation["dataset"], None, dict(config["dataset"].get("info") or {}))
     session = Session(suite, data_dir=Path("."), out=Path("."), budget=Budget(final_episodes=episodes))
     run = Run(session, suite.contender(evaluation["agent"]), dataset, int(evaluation["seed"]))
-    point = run.assess(read_model_folder(folder), episodes)
+    point = run.assess(read_model_folder(folder, device="cpu"), episodes)
     measured = [float(value) for value in point["returns"]]
+    difference = float(np.max(np.abs(np.subtract(expected[:episodes], measured))))
+    spread = results_summary(results)["std_return"]
+    verdict = "identical" if difference == 0.0 else "within spread" if difference <= spread else "differs"
     return {
         "name": name,
         "expected_returns": expected[:episodes],
         "measured_returns": measured,
-        "max_abs_difference": float(np.max(np.abs(np.subtract(expected[:episodes], measured)))),
+        "max_abs_difference": difference,
+        "verdict": verdict,
         "expected": results_summary(results),
         "measured_mean_return": float(np.mean(measured)),
         "measured_score": point.get("score"),

@@ -118,6 +118,10 @@ def _verify_all(folder: Path, files: Mapping[str, FileEntry]) -> None:
 def _download_all(files: Mapping[str, FileEntry], source: Source, folder: Path, timeout: float) -> None:
     for file, expected in files.items():
         target = folder / file
+        if not target.resolve().is_relative_to(
+            folder.resolve()
+        ):  # registries check names; this is the backstop
+            raise ValueError(f"file name {file!r} leads out of the cache folder {folder}")
         if source.kind == "hf":
             assert source.revision is not None  # Source.from_json requires it
             fetch_hf(

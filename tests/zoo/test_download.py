@@ -16,7 +16,7 @@ from huggingface_hub import constants
 
 import diffgym
 from diffgym.serialization import ModelFileError
-from diffgym.zoo.download import DownloadError, fetch_hf, fetch_url, verify_file
+from diffgym.zoo.download import DownloadError, fetch_hf, fetch_url, partial_path, verify_file
 
 PAYLOAD = bytes(range(256)) * 64  # 16 KiB
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -188,7 +188,7 @@ def test_an_empty_file_is_downloaded_too(server, tmp_path):
 
 
 def test_truncated_download_keeps_its_half_and_the_next_call_resumes(server, tmp_path):
-    target, partial = tmp_path / "model.zip", tmp_path / "model.zip.part"
+    target, partial = tmp_path / "model.zip", partial_path(tmp_path / "model.zip", SHA256)
     server.routes["/model.zip"] = serve_truncated(PAYLOAD)
     with pytest.raises(DownloadError, match=f"closed after {HALF} of {SIZE} bytes"):
         fetch_url(server.url + "/model.zip", target, SHA256, SIZE)
@@ -203,7 +203,7 @@ def test_truncated_download_keeps_its_half_and_the_next_call_resumes(server, tmp
 
 
 def test_a_server_that_ignores_range_replaces_the_partial(server, tmp_path):
-    target, partial = tmp_path / "model.zip", tmp_path / "model.zip.part"
+    target, partial = tmp_path / "model.zip", partial_path(tmp_path / "model.zip", SHA256)
     partial.write_bytes(b"x" * HALF)  # bytes that must not stay in front of the file
     server.routes["/model.zip"] = serve(PAYLOAD, ranges=False)
     fetch_url(server.url + "/model.zip", target, SHA256, SIZE)
@@ -212,7 +212,7 @@ def test_a_server_that_ignores_range_replaces_the_partial(server, tmp_path):
 
 
 def test_a_partial_longer_than_the_file_is_discarded(server, tmp_path):
-    (tmp_path / "model.zip.part").write_bytes(PAYLOAD + b"x")
+    (partial_path(tmp_path / "model.zip", SHA256)).write_bytes(PAYLOAD + b"x")
     server.routes["/model.zip"] = serve(PAYLOAD)
     fetch_url(server.url + "/model.zip", tmp_path / "model.zip", SHA256, SIZE)
     assert server.requests[0][2]["Range"] is None
@@ -231,7 +231,7 @@ def restarts_from_zero(handler):
 def test_a_partial_the_server_cannot_continue_is_dropped_and_the_next_call_starts_over(
     server, tmp_path, route
 ):
-    target, partial = tmp_path / "model.zip", tmp_path / "model.zip.part"
+    target, partial = tmp_path / "model.zip", partial_path(tmp_path / "model.zip", SHA256)
     partial.write_bytes(PAYLOAD[:HALF])
     server.routes["/model.zip"] = route
     with pytest.raises(DownloadError):
@@ -269,7 +269,7 @@ def test_a_body_of_another_length_is_refused_and_nothing_is_left(server, tmp_pat
 
 
 def test_stalled_download_fails_within_the_timeout_and_keeps_what_came(server, tmp_path):
-    target, partial = tmp_path / "model.zip", tmp_path / "model.zip.part"
+    target, partial = tmp_path / "model.zip", partial_path(tmp_path / "model.zip", SHA256)
     server.routes["/model.zip"] = serve_stalled(PAYLOAD, sent=1000, stall=1.0)
     started = time.monotonic()
     with pytest.raises(DownloadError, match="timed out"):
@@ -399,3 +399,14 @@ def test_hf_missing_file_is_a_download_error_naming_it(hub, tmp_path, headers):
         fetch_hf(REPO, "model.zip", COMMIT, tmp_path / "model.zip", SHA256, SIZE, endpoint=hub.url)
     assert "404" in str(error.value)
     assert files_in(tmp_path) == ["model.zip.lock"]
+
+
+def test_a_partial_of_another_version_is_never_resumed_into_this_one(server, tmp_path):
+    """The expected hash names the partial file: bytes of an older file (another registry, another
+    mirror) wait under their own name and are not spliced into this download."""
+    target = tmp_path / "model.zip"
+    partial_path(target, hashlib.sha256(b"OLD VERSION").hexdigest()).write_bytes(b"OLD VERSION")
+    server.routes["/model.zip"] = serve(PAYLOAD)
+    fetch_url(server.url + "/model.zip", target, SHA256, SIZE)
+    assert "Range" not in server.requests[-1][2]
+    assert target.read_bytes() == PAYLOAD

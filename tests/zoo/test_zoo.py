@@ -349,8 +349,10 @@ def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(pendu
     config = zoo.info("dql/pendulum-tiny", registry)["config"]
     assert config["training"]["gradient_steps"] == 6 and "--steps 6" in config["training"]["command"]
     result = check("dql/pendulum-tiny", registry, suite=suite)
-    assert result["max_abs_difference"] == 0.0
+    assert result["max_abs_difference"] == 0.0 and result["verdict"] == "identical"
     assert result["measured_returns"] == result["expected_returns"]
+    with pytest.raises(ValueError, match="its card has 2 episodes; replay 1 to 2 of them"):
+        check("dql/pendulum-tiny", registry, episodes=3, suite=suite)
 
 
 def test_a_shipped_model_replays_its_cards_first_episode():
