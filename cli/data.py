@@ -84,10 +84,10 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     fetch.add_argument(
         "--from",
         dest="sources",
-        nargs="+",
+        action="append",
         default=[],
         metavar="DIR_OR_URL",
-        help="also look in these folders or HTTP(S) folders (first), e.g. a mirror or a folder of the files",
+        help="also look in this folder or HTTP(S) folder first, e.g. a mirror or a folder of the files (repeatable)",
     )
     fetch.add_argument("--list", action="store_true", help="list the registry's datasets")
     fetch.add_argument(

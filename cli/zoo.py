@@ -30,7 +30,10 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     info = commands.add_parser("info", help="a model's registry entry, and its card when its files are local")
     info.add_argument("name")
-    download = commands.add_parser("download", help="fetch a model's files into the cache (verified)")
+    download = commands.add_parser(
+        "download",
+        help="make a model's verified files local (shipped files stay where they are; remote ones go to the cache)",
+    )
     download.add_argument("names", nargs="+", metavar="NAME")
     export = commands.add_parser(
         "export", help="copy a model's verified files into DIR (to upload to a Hub repo)"
@@ -110,7 +113,8 @@ def zoo_list(args: argparse.Namespace) -> int:
                 "-" if score is None else f"{score:.1f}",
                 f"{summary.get('mean_return', float('nan')):.1f} ± {summary.get('std_return', float('nan')):.1f}",
                 str(summary.get("gradient_steps", "?")),
-                where(entry) or "remote",
+                where(entry)
+                or ("remote" if any(s.kind != "package" for s in entry.sources) else "unavailable"),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -38,7 +38,12 @@ def info(name: str, registry: Registry = None) -> dict[str, Any]:
     local, its config and results."""
     entry = find(name, registry)
     available = where(entry)
-    details: dict[str, Any] = {"name": name, **entry.to_json(), "available": available or "remote"}
+    remote = any(source.kind != "package" for source in entry.sources)
+    details: dict[str, Any] = {
+        "name": name,
+        **entry.to_json(),
+        "available": available or ("remote" if remote else "unavailable"),
+    }
     if available:
         folder = locate(entry)
         details |= {"folder": str(folder), "config": read_config(folder), "results": read_results(folder)}

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from diffgym.serialization import ModelFileError
-from diffgym.zoo.format import FileEntry
+from diffgym.zoo.format import MODEL_FILES, FileEntry
 
 #: the registry file that ships with the library
 SHIPPED_REGISTRY = Path(__file__).parent / "registry.json"
@@ -101,6 +101,8 @@ class ZooEntry:
             files = {
                 file: file_entry(value, f"{where}, file {file!r}") for file, value in data["files"].items()
             }
+            if set(files) != set(MODEL_FILES):  # every file is checked, and no name leads elsewhere
+                raise ValueError(f"{where}: lists files {sorted(files)}, not exactly {sorted(MODEL_FILES)}")
             sources = tuple(
                 Source.from_json(source, f"{where}, source {i}") for i, source in enumerate(data["sources"])
             )

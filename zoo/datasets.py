@@ -134,10 +134,12 @@ def fetch(
         ZooUnavailableError: no source had the file (the message says what each one answered).
     """
     entry = find(name, registry)
+    sources = (*extra_sources, *entry.sources)
+    hint = "" if sources else "; pass a folder or mirror that holds it: --from DIR_OR_URL (extra_sources=)"
     folder = locate_files(
-        f"dataset {name!r}",
+        f"dataset {name!r}{hint}",
         {entry.file: entry.checksum},
-        (*extra_sources, *entry.sources),
+        sources,
         cache_folder(entry),
         entry.base,
         timeout,

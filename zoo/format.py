@@ -21,7 +21,7 @@ Loading reads JSON and safetensors only (never pickle), checks each file's size 
 the registry before reading it when the caller has them (:mod:`diffgym.zoo.store` always does), and
 raises :class:`~diffgym.serialization.ModelFileError` naming the file for anything it cannot trust.
 A model converted from :meth:`save <diffgym.algorithm.OfflineAlgorithm.save>`'s zip and loaded back
-predicts exactly what the original does (``tests/zoo/test_format.py``).
+predicts exactly what the original does (``tests/zoo/test_zoo.py``).
 """
 
 from __future__ import annotations

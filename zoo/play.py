@@ -125,7 +125,8 @@ def _card_seed(results: dict[str, Any]) -> int:
 
 
 def _score(results: dict[str, Any], mean_return: float) -> float | None:
+    """The normalised score of ``mean_return``, when the card's metric is the normalised score."""
     reference = results.get("reference")
-    if not reference:
+    if not reference or (results.get("metric") or {}).get("key", "score") != "score":
         return None
     return 100.0 * (mean_return - reference["random"]) / (reference["expert"] - reference["random"])

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 #: what the shared datasets are, for the config of models trained on them
 SHARED_DATA_RECIPE = (
     "made on the diffgym development machine the way D4RL made its data (behaviour policies trained "
-    "with SB3, D4RL's flat HDF5 layout); the recipe is the README of the shared datasets folder"
+    "with SB3, D4RL's flat HDF5 layout); zoo/datasets.json lists the file with its sha256 "
+    "(diffgym data fetch NAME), and the README of the shared datasets folder gives the recipe"
 )
 
 

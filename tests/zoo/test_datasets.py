@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from diffgym.cli import main
+from diffgym.serialization import ModelFileError
 from diffgym.zoo import ZooUnavailableError, datasets
 from diffgym.zoo.format import FileEntry
 
@@ -112,3 +113,29 @@ def test_the_shipped_registry_lists_the_shared_datasets(capsys):
     assert all(len(entry.checksum.sha256) == 64 and entry.checksum.size > 0 for entry in entries.values())
     assert main(["data", "fetch", "--list"]) == 0
     assert "hopper-medium" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "file"), [("../escape", "x.hdf5"), ("hopper", "../../x.hdf5"), ("hopper", "/tmp/x.hdf5")]
+)
+def test_a_name_or_file_that_leads_elsewhere_is_refused(tmp_path, name, file):
+    data = {"file": file, "sha256": "0" * 64, "size": 1, "env_id": "Hopper-v5", "sources": []}
+    path = tmp_path / "datasets.json"
+    path.write_text(json.dumps({"format": "diffgym-datasets/1", "datasets": {name: data}}))
+    with pytest.raises(ModelFileError, match="plain file names"):
+        datasets.read_datasets(path)
+
+
+def test_without_any_source_the_error_says_to_pass_one(tmp_path, pendulum_file):
+    entry = FileEntry.of(pendulum_file)
+    data = {
+        "file": "p.hdf5",
+        "sha256": entry.sha256,
+        "size": entry.size,
+        "env_id": "Pendulum-v1",
+        "sources": [],
+    }
+    path = tmp_path / "datasets.json"
+    path.write_text(json.dumps({"format": "diffgym-datasets/1", "datasets": {"p": data}}))
+    with pytest.raises(ZooUnavailableError, match="pass a folder or mirror that holds it: --from DIR_OR_URL"):
+        datasets.fetch("p", path)

@@ -18,7 +18,7 @@ from diffgym.agents.diffuser import DecisionDiffuser
 from diffgym.agents.dql import DiffusionQL
 from diffgym.serialization import ModelFileError
 from diffgym.zoo.benchmarks.harness import Budget, Contender, Session, Suite, run_suite
-from diffgym.zoo.catalog import Source, ZooEntry, write_registry
+from diffgym.zoo.catalog import SHIPPED_REGISTRY, Source, ZooEntry, read_registry, write_registry
 from diffgym.zoo.format import MODEL_FILES, WEIGHTS, read_model_folder, write_model_folder
 from diffgym.zoo.publish import check, publish
 
@@ -290,7 +290,8 @@ def test_a_remote_model_is_downloaded_verified_into_the_cache_then_read_from_the
 def test_a_tampered_download_never_reaches_the_cache(trained, tmp_path, home, file_server):
     served, url, _ = file_server
     files = zoo_folder(trained, served / "m")
-    (served / "m" / "README.md").write_text("# an edited card\n")
+    card = (served / "m" / "README.md").read_bytes()
+    (served / "m" / "README.md").write_bytes(card.replace(b"diffgym", b"DIFFGYM"))  # same size, other bytes
     entry = ZooEntry(
         "dql/pendulum-test", "dql", "Pendulum-v1", "pendulum-test", files, (Source("url", url + "m/"),)
     )
@@ -300,6 +301,48 @@ def test_a_tampered_download_never_reaches_the_cache(trained, tmp_path, home, fi
     cached = home / "zoo" / "dql" / "pendulum-test"
     assert not (cached / "README.md").exists()
     assert not [p for p in cached.iterdir() if p.name.startswith("README") and p.suffix != ".lock"]
+
+
+def test_the_next_source_is_tried_when_one_fails_and_every_failure_is_reported(
+    trained, tmp_path, home, file_server
+):
+    served, url, _ = file_server
+    files = zoo_folder(trained, served / "good")
+    sources = (Source("url", url + "missing/"), Source("url", url + "good/"))
+    entry = ZooEntry("dql/pendulum-test", "dql", "Pendulum-v1", "pendulum-test", files, sources)
+    registry = registry_with(tmp_path, {entry.name: entry})
+    zoo.load(entry.name, registry=registry)  # the first answers 404, the second has it
+    shutil.rmtree(home)
+    shutil.rmtree(served / "good")
+    with pytest.raises(
+        zoo.ZooUnavailableError, match=r"(?s)URL .*missing/: .*HTTP 404.*URL .*good/: .*HTTP 404"
+    ):
+        zoo.load(entry.name, registry=registry)
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "message"),
+    [
+        ("dql/..", {}, "a name is 'algo/env-dataset'"),
+        ("DQL/hopper", {}, "a name is 'algo/env-dataset'"),
+        ("dql/x", {"files": {"../../escape": {"sha256": "0" * 64, "size": 1}}}, "not exactly"),
+        (
+            "dql/x",
+            {"sources": [{"kind": "hf", "repo_id": "a/b", "revision": "main"}]},
+            "pinned 40-hex commit",
+        ),
+        ("dql/x", {"sources": [{"kind": "ftp", "path": "x"}]}, "source kind 'ftp'"),
+    ],
+    ids=["dot-dot", "uppercase", "path outside", "unpinned hub", "unknown kind"],
+)
+def test_a_malformed_registry_entry_is_refused_by_name(trained, tmp_path, name, change, message):
+    files = zoo_folder(trained, tmp_path / "m")
+    good = package_entry("dql/x", "m", files, tmp_path).to_json()
+    (tmp_path / "registry.json").write_text(
+        json.dumps({"format": "diffgym-zoo-registry/1", "models": {name: {**good, **change}}})
+    )
+    with pytest.raises(ModelFileError, match=message):
+        read_registry(tmp_path / "registry.json")
 
 
 def test_export_copies_the_verified_files(trained, tmp_path):
@@ -312,7 +355,7 @@ def test_export_copies_the_verified_files(trained, tmp_path):
 
 
 def test_the_shipped_registry_is_valid():
-    entries = zoo.list()
+    entries = zoo.list(SHIPPED_REGISTRY)
     for name, entry in entries.items():
         assert name == entry.name and set(entry.files) == set(MODEL_FILES)
 
