@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffgym: error: {shadowing}", file=sys.stderr)
         return 1
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # the command as given (train records it)
     try:
         return int(args.func(args))
     except (ValueError, KeyError, OSError) as error:  # bad input, missing or unverifiable files

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import textwrap
 import time
 from collections.abc import Callable
@@ -156,6 +157,11 @@ def train_agent(args: argparse.Namespace) -> int:
             )
     except TypeError as error:  # a key of the file or of --set that the class does not take
         raise ValueError(f"{spec.class_name} does not take these hyperparameters: {error}") from error
+    model.provenance = {
+        "hyperparams": {"file": f"{spec.hyperparams_name}.yml", "key": key, "values": config},
+        "command": shlex.join(["diffgym", *args.argv]),
+        "gradient_steps": steps,
+    }
     started = time.perf_counter()
     model.learn(steps, callback=None if args.no_progress else StepProgressBar())
     seconds = time.perf_counter() - started

@@ -240,6 +240,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.lr_decay_steps = lr_decay_steps
         self.lr_warmup_steps = lr_warmup_steps
         self._offline: Any = None  # the dataset on the device: OfflineBatches, or a subclass's own
+        #: how the model was made (JSON: e.g. the hyperparameter file, key and command line of
+        #: ``diffgym train``), saved in its file and read back by ``load``
+        self.provenance: dict[str, Any] = {}
         self._learning_offline = False
         self._monitor = TrainingMonitor(check_every, explode_above)
         self._last_log: tuple[float, int] | None = None  # wall time and step of the last offline log
@@ -637,6 +640,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             "sampler": sampler_config(sampler)
             if (sampler := getattr(self.policy, "sampler", None))
             else None,
+            "provenance": self.provenance,
         }
 
     def generator_states(self) -> dict[str, Tensor]:
@@ -839,6 +843,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
                 model.generator.set_state(members["generators"]["training"])
                 model.policy.sampling_generator.set_state(members["generators"]["sampling"])  # type: ignore[union-attr]
         model.dataset = manifest.get("dataset")  # loaded lazily, if learning continues offline
+        model.provenance = dict(manifest.get("provenance") or {})
         model.num_timesteps, model._n_updates = num_timesteps, n_updates
         if dataset is not None:
             model.set_dataset(dataset)

@@ -36,6 +36,15 @@ def test_a_chosen_key_and_overrides(train):
     assert "key 'default'" in out and model.grad_norm == 9.0 and model.eta == 0.5
 
 
+def test_the_model_records_its_hyperparameter_file_key_and_command(train):
+    _, model = train("eta=0.5")
+    hyperparams = model.provenance["hyperparams"]
+    assert hyperparams["file"] == "dql.yml" and hyperparams["key"] == "hopper-medium-replay"
+    assert hyperparams["values"]["eta"] == 0.5 and model.provenance["gradient_steps"] == 2
+    assert model.provenance["command"].startswith("diffgym train dql --env Hopper-v5 --dataset ")
+    assert model.provenance["command"].endswith("--set " + " ".join(SMALL) + " eta=0.5")
+
+
 def test_a_hyperparameter_the_agent_does_not_take_is_an_error(hopper_file, minari_store, capsys):
     argv = ["train", "dql", "--env", "Hopper-v5", "--dataset", str(hopper_file), "--set", "etaa=0.5"]
     assert main(argv) == 1
