@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from diffgym.cli.envs import add_env_options, env_kwargs
+from diffgym.data.recipe import KINDS as _RECIPE_KINDS
 
 __all__ = ["add_data_commands", "data_import", "data_info", "data_make"]
 
@@ -16,7 +18,7 @@ _SB3_ALGOS = ("a2c", "ddpg", "dqn", "ppo", "sac", "td3")
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
-    """``diffgym data make | import | info | fetch``."""
+    """``diffgym data make | import | info | make-d4rl | fetch``."""
     data = subparsers.add_parser(
         "data",
         help="make, import and inspect Minari datasets",
@@ -72,6 +74,42 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     info.add_argument("dataset", help="Minari id, Minari dataset directory or D4RL-layout .hdf5 file")
     info.set_defaults(func=data_info)
+
+    recipe = commands.add_parser(
+        "make-d4rl",
+        help="D4RL's recipe: train SAC, then write random / medium / medium-replay / expert sets",
+        description="Make D4RL-style datasets the way D4RL (and our shared datasets) did: train Stable-Baselines3's "
+        "SAC with checkpoints, take the checkpoint nearest a third of the expert reference return as 'medium' and "
+        "the last as 'expert', roll each out with stochastic actions, keep SAC's replay buffer up to 'medium' as "
+        "'medium-replay', and uniform actions as 'random'. Writes OUT/<env>-<kind>.hdf5 in D4RL's flat layout "
+        "(what `diffgym data import` and `diffgym benchmark --data-dir` read).",
+    )
+    add_env_options(recipe, "Gymnasium env id, e.g. Hopper-v5", required=True)
+    recipe.add_argument("--out", required=True, type=Path, help="folder of the .hdf5 files")
+    recipe.add_argument(
+        "--train-steps", type=int, default=150_000, help="SAC env steps (default: %(default)s)"
+    )
+    recipe.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10_000,
+        help="env steps between checkpoints (default: %(default)s)",
+    )
+    recipe.add_argument(
+        "--transitions", type=int, default=100_000, help="rows of each rolled-out set (default: %(default)s)"
+    )
+    recipe.add_argument(
+        "--medium-return",
+        type=float,
+        help="the return 'medium' aims at (default: a third of the expert reference)",
+    )
+    recipe.add_argument(
+        "--kinds", nargs="+", default=list(_RECIPE_KINDS), choices=_RECIPE_KINDS, help="which sets"
+    )
+    recipe.add_argument(
+        "--seed", type=int, default=0, help="SAC's and the rollouts' seed (default: %(default)s)"
+    )
+    recipe.set_defaults(func=data_make_d4rl)
 
     fetch = commands.add_parser(
         "fetch",
@@ -209,4 +247,24 @@ def data_fetch(args: argparse.Namespace) -> int:
         print(
             f"{name}: Minari id {dataset.id} ({dataset.total_episodes} episodes, {dataset.total_steps} transitions)"
         )
+    return 0
+
+
+def data_make_d4rl(args: argparse.Namespace) -> int:
+    """``diffgym data make-d4rl``."""
+    from diffgym.data.recipe import D4RLRecipe, make_d4rl_datasets
+
+    if env_kwargs(args):
+        raise ValueError(
+            "diffgym data make-d4rl makes its env from the id alone; --env-kwargs is not supported"
+        )
+    recipe = D4RLRecipe(
+        args.env,
+        train_steps=args.train_steps,
+        checkpoint_every=args.checkpoint_every,
+        transitions=args.transitions,
+        medium_return=args.medium_return,
+        seed=args.seed,
+    )
+    make_d4rl_datasets(recipe, args.out, args.kinds)
     return 0
