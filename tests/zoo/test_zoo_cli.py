@@ -99,3 +99,58 @@ def test_enjoy_replays_the_same_episodes_for_the_same_seed(registry, capsys):
         assert main(["enjoy", NAME, "--episodes", "2", "--seed", "3", "--registry", str(registry)]) == 0
     first, second = (block for block in capsys.readouterr().out.split(f"{NAME}: mean return")[:2])
     assert first.strip().splitlines()[-2:] == second.strip().splitlines()[-2:]
+
+
+@pytest.fixture(scope="module")
+def team_registry(minari_store, tmp_path_factory):
+    """A registry with one tiny MADiff on a 2-agent MPE spread, shipped beside it."""
+    from mpe2 import simple_spread_v3
+
+    from diffgym.agents.madiff import MADiff
+    from diffgym.data import collect_multiagent_dataset
+
+    kwargs = dict(N=2, max_cycles=10, continuous_actions=True)
+    env = simple_spread_v3.parallel_env(**kwargs)
+    data = collect_multiagent_dataset(env, None, "test/zoo-spread/random-v0", n_episodes=4, seed=0)
+    tiny = dict(horizon=4, num_timesteps=5, dim=8, dim_mults=(1, 2), inverse_hidden=16, sampler="ddpm")
+    model = MADiff(
+        "MlpPolicy", env, dataset=data, batch_size=16, seed=0, ema_start=5, policy_kwargs=tiny
+    ).learn(5)
+    folder = tmp_path_factory.mktemp("team-zoo")
+    files = write_model_folder(
+        model,
+        folder / "models" / "madiff" / "spread",
+        name="madiff/spread",
+        env={"id": "mpe2.simple_spread_v3", "kwargs": kwargs},
+        dataset={"id": data.id},
+        training={"gradient_steps": 5, "seed": 0},
+        results={
+            "final": {"returns": [-10.0], "mean_return": -10.0, "score": None},
+            "evaluation": {"seed": 0},
+        },
+    )
+    entry = ZooEntry(
+        "madiff/spread", "madiff", "mpe2.simple_spread_v3", "spread", files,
+        (Source("package", "models/madiff/spread"),), env_kwargs=kwargs,
+    )  # fmt: skip
+    return write_registry({"madiff/spread": entry}, folder / "registry.json")
+
+
+def test_enjoy_plays_a_team_and_writes_its_video(team_registry, tmp_path, capsys, gl_environment):
+    video = tmp_path / "team.gif"
+    argv = [
+        "enjoy",
+        "madiff/spread",
+        "--episodes",
+        "2",
+        "--video",
+        str(video),
+        "--registry",
+        str(team_registry),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "episode 1: return" in out and "in 10 steps" in out
+    frames = imageio.mimread(video, memtest=False)
+    # a frame at each reset and step (2 x 11); GIF merges a frame identical to the one before it
+    assert 2 * 10 <= len(frames) <= 2 * 11 and frames[0].shape == (700, 700, 3)
