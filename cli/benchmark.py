@@ -71,6 +71,12 @@ def add_benchmark_command(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--report", action="store_true", help="only rebuild the report from the records in OUT"
     )
+    bench.add_argument(
+        "--zoo",
+        action="store_true",
+        help="evaluate the suite's zoo models (trained by it) with its protocol instead of training: each "
+        "card's evaluation replayed (as `diffgym zoo check`)",
+    )
     bench.set_defaults(func=run_benchmark)
 
 
@@ -82,6 +88,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     from diffgym.zoo.benchmarks.harness import Session, run_suite
 
     torch.set_num_threads(args.threads)
+    if args.zoo:
+        return _evaluate_zoo_models(args)
     suite = load_suite(args.suite)
     chosen = {name: getattr(args, name) for name in _BUDGET_OPTIONS if getattr(args, name) is not None}
     session = Session(
@@ -95,3 +103,33 @@ def run_benchmark(args: argparse.Namespace) -> int:
     path = run_suite(session, agents=args.agents, datasets=args.datasets, report_only=args.report)
     print(path.read_text())
     return 0
+
+
+def _evaluate_zoo_models(args: argparse.Namespace) -> int:
+    """``--zoo``: replay the card of every zoo model the suite trained (filtered by --agents, --datasets)."""
+    import numpy as np
+
+    from diffgym import zoo
+    from diffgym.zoo.publish import check
+
+    chosen = [
+        name
+        for name in zoo.list()
+        if (card := zoo.info(name).get("results", {}).get("evaluation", {})).get("suite") == args.suite
+        and (not args.agents or card.get("agent") in args.agents)
+        and (not args.datasets or card.get("dataset") in args.datasets)
+    ]
+    if not chosen:
+        print(f"no zoo model of the {args.suite} suite matches")
+        return 0
+    print("| model | card's mean return (same episodes) | measured mean return | episodes | verdict |")
+    print("| --- | --- | --- | --- | --- |")
+    failed = 0
+    for name in chosen:
+        result = check(name, episodes=args.final_episodes)
+        failed += result["verdict"] == "differs"
+        print(
+            f"| {name} | {np.mean(result['expected_returns']):.1f} | {result['measured_mean_return']:.1f} "
+            f"| {len(result['measured_returns'])} | {result['verdict']} |"
+        )
+    return 1 if failed else 0

@@ -171,7 +171,7 @@ def zoo_check(args: argparse.Namespace) -> int:
         result = check(name, args.registry, args.episodes)
         failed += result["verdict"] == "differs"
         print(
-            f"{name}: card mean return {result['expected']['mean_return']:.1f}, measured "
+            f"{name}: card mean return {sum(result['expected_returns']) / len(result['expected_returns']):.1f}, measured "
             f"{result['measured_mean_return']:.1f} over {len(result['measured_returns'])} episodes: "
             f"{result['verdict']} (largest difference {result['max_abs_difference']:.3g}, card's spread "
             f"{result['expected']['std_return']:.3g})"

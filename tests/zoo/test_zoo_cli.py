@@ -154,3 +154,9 @@ def test_enjoy_plays_a_team_and_writes_its_video(team_registry, tmp_path, capsys
     frames = imageio.mimread(video, memtest=False)
     # a frame at each reset and step (2 x 11); GIF merges a frame identical to the one before it
     assert 2 * 10 <= len(frames) <= 2 * 11 and frames[0].shape == (700, 700, 3)
+
+
+def test_benchmark_zoo_finds_no_model_of_another_suite(capsys, monkeypatch, registry):
+    monkeypatch.setenv("DIFFGYM_ZOO_REGISTRY", str(registry))
+    assert main(["benchmark", "d4rl", "--zoo"]) == 0  # the tiny model names no suite
+    assert "no zoo model of the d4rl suite matches" in capsys.readouterr().out
