@@ -83,6 +83,9 @@ def add_enjoy_command(subparsers: argparse._SubParsersAction) -> None:
     enjoy.add_argument("name", help="the zoo name (see diffgym zoo list)")
     enjoy.add_argument("--episodes", type=int, default=5, help="episodes to play (default: %(default)s)")
     enjoy.add_argument("--video", type=Path, help="write the episodes to this .mp4 (team agents: also .gif)")
+    enjoy.add_argument(
+        "--plans", type=Path, help="Diffuser on a maze: draw 8 of its plans from a start (PNG)"
+    )
     enjoy.add_argument("--seed", type=int, help="the first reset's seed (default: the card's)")
     enjoy.add_argument("--stochastic", action="store_true", help="sample actions (default: deterministic)")
     enjoy.add_argument("--registry", type=Path, help=REGISTRY_HELP)
@@ -182,13 +185,16 @@ def zoo_check(args: argparse.Namespace) -> int:
 def enjoy_model(args: argparse.Namespace) -> int:
     from diffgym.zoo.play import enjoy
 
-    played = enjoy(args.name, args.episodes, args.video, args.seed, not args.stochastic, args.registry)
+    played = enjoy(
+        args.name, args.episodes, args.video, args.seed, not args.stochastic, args.registry, args.plans
+    )
     for episode, (value, length) in enumerate(zip(played.returns, played.lengths, strict=True)):
         print(f"episode {episode}: return {value:.1f} in {length} steps")
     mean = sum(played.returns) / len(played.returns)
     score = "" if played.score is None else f", normalised score {played.score:.1f}"
     card = played.card.get("score")
     print(f"{args.name}: mean return {mean:.1f}{score}" + ("" if card is None else f" (card: {card:.1f})"))
-    if played.video is not None:
-        print(f"wrote {played.video}")
+    for written in (played.video, played.plans):
+        if written is not None:
+            print(f"wrote {written}")
     return 0

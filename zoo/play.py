@@ -35,6 +35,7 @@ class Episodes:
     lengths: list[int]
     score: float | None = None
     video: Path | None = None
+    plans: Path | None = None
     card: dict[str, Any] = field(default_factory=dict)  # the card's final mean return and score
 
 
@@ -45,6 +46,7 @@ def enjoy(
     seed: int | None = None,
     deterministic: bool = True,
     registry: str | os.PathLike | None = None,
+    plans: str | os.PathLike | None = None,
 ) -> Episodes:
     """Play ``episodes`` episodes of zoo model ``name``; with ``video``, write them as a video.
 
@@ -57,6 +59,7 @@ def enjoy(
         seed: the first reset's seed (default: the card's evaluation seed).
         deterministic: ``predict(..., deterministic=...)``.
         registry: the registry file.
+        plans: a Diffuser planner on a maze: draw its plans from a start (PNG, :func:`draw_maze_plans`).
     """
     if video is not None:
         choose_headless_gl()  # before any MuJoCo env exists
@@ -74,6 +77,8 @@ def enjoy(
     played = Episodes([float(r) for r in returns], [int(n) for n in lengths], card=entry.summary)
     played.score = _score(results, float(np.mean(played.returns)))
     played.video = None if video is None else Path(video)
+    if plans is not None:
+        played.plans = draw_maze_plans(model, make_env(name, registry), plans, title=f"{name}: 8 plans")
     return played
 
 
@@ -116,6 +121,50 @@ def _play_team(
     if video is not None:
         write_animation(Path(video), frames, TEAM_VIDEO_FPS)
     return list(returns), list(lengths)  # type: ignore[arg-type]
+
+
+def draw_maze_plans(
+    model: Any,
+    env: Any,
+    path: str | os.PathLike,
+    n_plans: int = 8,
+    seed: int = 1,
+    denoising: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> Path:
+    """Diffuser's plans on a maze: ``n_plans`` plans sampled from the first observation of ``env``
+    (reset with ``seed``) drawn over the walls (PNG), and with ``denoising`` their denoising chain
+    (GIF/MP4).
+
+    Raises:
+        ValueError: ``model`` is not a Diffuser planner, or ``env`` not a maze with goals.
+    """
+    import torch
+
+    from diffgym.agents.diffuser import DiffuserPolicy
+    from diffgym.tasks.plotting import animate_denoising, plot_maze_plans
+
+    policy = model.policy
+    if not isinstance(policy, DiffuserPolicy):
+        raise ValueError(f"plans are drawn for Diffuser planners, not {type(model).__name__}")
+    policy.set_training_mode(False)
+    observation, _ = env.reset(seed=seed)
+    if not isinstance(observation, dict) or "desired_goal" not in observation:
+        raise ValueError("plans are drawn on maze envs with goals (Dict observations with 'desired_goal')")
+    features = policy.features(policy.obs_to_tensor(observation)[0])
+    chain: list[np.ndarray] = []
+
+    def record(t: int, x: torch.Tensor) -> None:
+        chain.append(policy.raw_states(x)[..., :2].numpy())
+
+    with torch.no_grad():
+        plans = policy.sample_plans(features, n_plans, torch.Generator().manual_seed(0), on_step=record)[0]
+    start, goal = observation["observation"][:2], observation["desired_goal"]
+    xy = policy.raw_states(plans)[..., :2].numpy()
+    plot_maze_plans(env, xy, start=start, goal=goal, path=Path(path), title=title or f"{n_plans} plans")
+    if denoising is not None:
+        animate_denoising(np.stack(chain), env, Path(denoising), start=start, goal=goal)
+    return Path(path)
 
 
 def _card_seed(results: dict[str, Any]) -> int:

@@ -160,3 +160,43 @@ def test_benchmark_zoo_finds_no_model_of_another_suite(capsys, monkeypatch, regi
     monkeypatch.setenv("DIFFGYM_ZOO_REGISTRY", str(registry))
     assert main(["benchmark", "d4rl", "--zoo"]) == 0  # the tiny model names no suite
     assert "no zoo model of the d4rl suite matches" in capsys.readouterr().out
+
+
+def test_enjoy_draws_a_maze_planners_plans(minari_store, tmp_path, capsys):
+    from diffgym.agents.diffuser import DiffuserPlanner
+    from diffgym.data import collect_dataset
+    from diffgym.tasks.mazes import make_maze_eval_env, maze_eval_env_spec
+
+    env = make_maze_eval_env("umaze")
+    data = collect_dataset(env, None, "test/zoo-maze/random-v0", n_steps=200, seed=0)
+    tiny = dict(
+        horizon=8, num_timesteps=5, dim=8, dim_mults=(1, 2), value_dim=8, value_dim_mults=(1, 2), n_plans=2
+    )
+    model = DiffuserPlanner(
+        "MultiInputPolicy", env, dataset=data, batch_size=8, seed=0, policy_kwargs=tiny
+    ).learn(3)
+    env_id, kwargs = maze_eval_env_spec("umaze")
+    files = write_model_folder(
+        model,
+        tmp_path / "models" / "diffuser" / "umaze",
+        name="diffuser/umaze",
+        env={"id": env_id, "kwargs": kwargs},
+        dataset={"id": data.id},
+        training={"gradient_steps": 3, "seed": 0},
+        results={"final": {"returns": [0.0], "mean_return": 0.0, "score": None}, "evaluation": {"seed": 0}},
+    )
+    entry = ZooEntry(
+        "diffuser/umaze",
+        "diffuser",
+        env_id,
+        "umaze",
+        files,
+        (Source("package", "models/diffuser/umaze"),),
+        kwargs,
+    )
+    registry = write_registry({"diffuser/umaze": entry}, tmp_path / "registry.json")
+    plans = tmp_path / "plans.png"
+    argv = ["enjoy", "diffuser/umaze", "--episodes", "1", "--plans", str(plans), "--registry", str(registry)]
+    assert main(argv) == 0
+    assert f"wrote {plans}" in capsys.readouterr().out
+    assert imageio.imread(plans).shape[-1] in (3, 4)

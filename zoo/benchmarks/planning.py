@@ -18,14 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 
 from diffgym.agents.diffuser import DiffuserPolicy, SingleAgentPlanner
 from diffgym.planning import ReturnConditionedPlanner
 from diffgym.samplers import make_sampler
 from diffgym.tasks.mazes import MAZE_TASKS, make_maze_eval_env, maze_eval_env_spec
-from diffgym.tasks.plotting import animate_denoising, plot_maze_plans
 from diffgym.zoo.benchmarks.harness import Budget, Contender, Dataset, Report, Run, Suite, env_from_metadata
 from diffgym.zoo.benchmarks.report import latency_ms, markdown_table
 
@@ -100,27 +98,14 @@ def _unet_forward_ms(policy: SingleAgentPlanner) -> float:
 
 def maze_pictures(model: Any, run: Run) -> dict[str, Any]:
     """For Diffuser on a maze task (seed 0): 8 plans from one start (PNG) and their denoising (GIF)."""
-    maze, policy = _maze(run.dataset), model.policy
-    if maze is None or run.seed != 0 or not isinstance(policy, DiffuserPolicy):
+    from diffgym.zoo.play import draw_maze_plans
+
+    if _maze(run.dataset) is None or run.seed != 0 or not isinstance(model.policy, DiffuserPolicy):
         return {}
-    env = run.make_env()
-    policy.set_training_mode(False)
-    observation, _ = env.reset(seed=1)
-    features = policy.features(policy.obs_to_tensor(observation)[0])
-    chain: list[np.ndarray] = []
-
-    def record(t: int, x: torch.Tensor) -> None:
-        chain.append(policy.raw_states(x)[..., :2].numpy())
-
-    with torch.no_grad():
-        plans = policy.sample_plans(features, 8, torch.Generator().manual_seed(0), on_step=record)[0]
-    start, goal = observation["observation"][:2], observation["desired_goal"]
-    xy = policy.raw_states(plans)[..., :2].numpy()
     out = run.session.out
     plans_path, chain_path = out / f"{run.dataset.name}_plans.png", out / f"{run.dataset.name}_denoising.gif"
     title = f"Diffuser: 8 plans on {run.dataset.name}"
-    plot_maze_plans(env, xy, start=start, goal=goal, path=plans_path, title=title)
-    animate_denoising(np.stack(chain), env, chain_path, start=start, goal=goal)
+    draw_maze_plans(model, run.make_env(), plans_path, denoising=chain_path, title=title)
     return {"plans": str(plans_path), "denoising": str(chain_path)}
 
 
