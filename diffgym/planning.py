@@ -22,7 +22,7 @@ entries of a step are its normalised state, the entries before them its action (
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
@@ -64,6 +64,7 @@ class PlannerPolicy(RecedingHorizonPolicy):
     model: GaussianDiffusion
     ema: EMA[GaussianDiffusion]
     sampler: Sampler
+    derived_state: ClassVar[dict[str, str]] = {"model.": "ema.module."}  # plans come from the EMA
     x_dim: int  # entries of one planned step (of one agent)
     state_dim: int  # the state's entries, the last ones of a planned step
     warm_start_steps: int  # noise level a continuing plan is re-noised to; 0: plans start from noise
@@ -230,6 +231,10 @@ class ReturnConditionedPlanner(PlannerPolicy):
 
     inverse: nn.Module  # (B, ..., state_dim) twice -> (B, ..., A)
     inverse_ema: EMA[nn.Module]  # its average, which acting uses
+    derived_state: ClassVar[dict[str, str]] = {
+        **PlannerPolicy.derived_state,
+        "inverse.": "inverse_ema.module.",
+    }
     return_range: Tensor  # (2,) lowest and highest segment return of the dataset
     return_target: Tensor  # () the segment return plans are conditioned on
     model_optimizer: torch.optim.Optimizer  # the diffusion model's and the inverse dynamics'

@@ -81,6 +81,11 @@ class AgentPolicy(BasePolicy):
 
     #: SB3's ``net_arch`` parts (``"pi"``, ``"qf"``) this policy takes; empty: it takes none
     net_arch_parts: ClassVar[dict[str, NetArchPart]] = {}
+    #: state a copy of other state can stand in for without changing any action: ``{target prefix:
+    #: source prefix}`` of state-dict keys (the networks being trained, rebuilt from the averaged or
+    #: target copies that act). A zoo model leaves the targets out (inference weights only); loaded,
+    #: they start as copies of their sources, as after SB3's ``set_parameters`` of acting weights.
+    derived_state: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,

@@ -3,11 +3,15 @@
 A zoo model is a folder of four files (the layout of Hugging Face Hub model repos, as LeRobot and
 rl-zoo3 use it):
 
-- ``model.safetensors``: the policy's state (networks, EMA weights, target networks, normaliser
-  statistics) under ``policy.<key>``, and the sampling generator's state under
-  ``generators.sampling``, so that seeded stochastic actions reproduce too. Optimizer moments are
-  not shared: a loaded model fine-tunes with fresh optimizers, as after SB3's ``set_parameters``.
-- ``config.json``: what rebuilds the agent (the ``manifest`` of :meth:`OfflineAlgorithm.manifest
+- ``model.safetensors``: the inference weights: the policy's state that acts (EMA networks, the
+  critics that rank candidates, normaliser statistics) and whatever cannot be rebuilt (e.g. IDQL's
+  value network) under ``policy.<key>``, and the sampling generator's state under
+  ``generators.sampling``, so that seeded stochastic actions reproduce too. The networks being
+  trained are left out where an acting copy stands in for them (``derived_state`` of the policy:
+  Diffusion-QL's online actor is its EMA, its critic the target critic; a planner's model its EMA):
+  a loaded model starts them as copies, which changes no action, and fine-tunes from there with
+  fresh optimizers, as after SB3's ``set_parameters``. This halves most files.
+- ``config.json``: what rebuilds the agent (``derived_state``: the state left out, and its source) (the ``manifest`` of :meth:`OfflineAlgorithm.manifest
   <diffgym.algorithm.OfflineAlgorithm.manifest>`: class, every hyperparameter, spaces, seed, the
   sampler and step count it acts with), the environment (Gymnasium id and kwargs), the dataset (id,
   file, sha256, how it was made), the training (gradient steps, hyperparameter file and key, hardware,
@@ -93,7 +97,8 @@ def write_model_folder(
         file name -> :class:`FileEntry`, what the registry records.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {POLICY_PREFIX + key: _plain(value) for key, value in model.policy.state_dict().items()}
+    state, derived = inference_state(model.policy)
+    tensors = {POLICY_PREFIX + key: _plain(value) for key, value in state.items()}
     tensors[SAMPLING_GENERATOR] = model.policy.sampling_generator.get_state()
     with atomic_file(folder / WEIGHTS) as file:
         file.write(_safetensors_bytes(tensors))
@@ -110,7 +115,8 @@ def write_model_folder(
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
-        "normalizers": _readable_normalizers(model.policy.state_dict()),
+        "normalizers": _readable_normalizers(state),
+        "derived_state": derived,
     }
     _write_json(folder / CONFIG, config)
     _write_json(folder / RESULTS, dict(results))
@@ -150,6 +156,8 @@ def read_model_folder(
     policy = {
         key[len(POLICY_PREFIX) :]: value for key, value in tensors.items() if key.startswith(POLICY_PREFIX)
     }
+    with as_model_file_error(f"{folder / CONFIG}: its derived_state does not fit its weights"):
+        policy = with_derived_state(policy, dict(config.get("derived_state") or {}))
     members: dict[str, Any] = {"policy": policy}
     if SAMPLING_GENERATOR in tensors:
         members["generators"] = {
@@ -159,6 +167,36 @@ def read_model_folder(
     with as_model_file_error(f"{folder / CONFIG}: names no known agent"):
         cls: Any = registry.get(str(config["agent"])).load()  # an OfflineAlgorithm subclass
     return cls.from_parts(config["model"], members, env, device, source=str(folder), **kwargs)
+
+
+def inference_state(policy: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The policy's state less what its acting copies can rebuild (``policy.derived_state``), and the
+    ``{target prefix: source prefix}`` pairs left out. A pair is left out only when every key under the
+    target has its counterpart under the source (a Diffuser without a value keeps what it has)."""
+    state = policy.state_dict()
+    derived: dict[str, str] = {}
+    for target, source in getattr(policy, "derived_state", {}).items():
+        targets = [key for key in state if key.startswith(target)]
+        if targets and all(source + key[len(target) :] in state for key in targets):
+            derived[target] = source
+            for key in targets:
+                del state[key]
+    return state, derived
+
+
+def with_derived_state(state: dict[str, torch.Tensor], derived: dict[str, str]) -> dict[str, torch.Tensor]:
+    """``state`` with each left-out target rebuilt as a copy of its source (see :func:`inference_state`)."""
+    full = dict(state)
+    for target, source in derived.items():
+        copies = {
+            target + key[len(source) :]: value.clone()
+            for key, value in state.items()
+            if key.startswith(source)
+        }
+        if not copies:
+            raise ValueError(f"no weights under {source!r} to rebuild {target!r} from")
+        full |= copies
+    return full
 
 
 def read_config(folder: Path) -> dict[str, Any]:

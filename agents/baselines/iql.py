@@ -61,6 +61,8 @@ class IQLPolicy(CandidateSelectionPolicy):
             ``net_arch`` sets it too: 2 equal widths, the same for ``pi`` and ``qf``.
     """
 
+    derived_state: ClassVar[dict[str, str]] = {"critic_target.": "critic."}
+
     net_arch_parts: ClassVar[dict[str, NetArchPart]] = {
         "pi": NetArchPart("hidden_dim", 2),
         "qf": NetArchPart("hidden_dim", 2),

@@ -323,6 +323,9 @@ class DiffuserPolicy(SingleAgentPlanner):
         value_dim, value_dim_mults: the value network's width (Diffuser: as the U-Net).
     """
 
+    # plans come from the EMA model, and are guided and chosen by the value's EMA
+    derived_state: ClassVar[dict[str, str]] = {**PlannerPolicy.derived_state, "value.": "value_ema.module."}
+
     mode = "diffuser"
     plans_actions = True
     paper_prediction = "sample"
@@ -421,6 +424,8 @@ class DecisionDiffuserPolicy(SingleAgentPlanner, ReturnConditionedPlanner):
             returns' range is about their 0.65–0.7 quantile).
         inverse_hidden: inverse-dynamics width (DD: 256).
     """
+
+    derived_state: ClassVar[dict[str, str]] = ReturnConditionedPlanner.derived_state
 
     mode = "decision_diffuser"
     paper_prediction = "epsilon"

@@ -3,7 +3,7 @@ order or blended by temporal ensembling."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -61,6 +61,8 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
             see :class:`~diffgym.ema.EMA`).
         deterministic_seed, normalize_observations: see :class:`~diffgym.policies.AgentPolicy`.
     """
+
+    derived_state: ClassVar[dict[str, str]] = {"model.": "ema.module."}  # the EMA model acts
 
     model: GaussianDiffusion
     ema: EMA[GaussianDiffusion]

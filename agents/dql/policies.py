@@ -32,6 +32,9 @@ class DiffusionQLPolicy(DiffusionActorPolicy):
     have 3 hidden layers (the paper's), so each part is 3 equal widths, e.g. ``[256, 256, 256]``.
     """
 
+    # acting samples from the actor (the EMA only makes the critic's targets) and ranks by the target critic
+    derived_state: ClassVar[dict[str, str]] = {"ema_actor.module.": "actor.", "critic.": "critic_target."}
+
     net_arch_parts: ClassVar[dict[str, NetArchPart]] = {
         "pi": NetArchPart("actor_hidden", 3),
         "qf": NetArchPart("critic_hidden", 3),

@@ -72,6 +72,9 @@ class IDQLPolicy(DiffusionActorPolicy):
     ``qf`` is 2 equal widths. E.g. ``dict(pi=[256] * 3, qf=[256, 256])`` is the default.
     """
 
+    # acting samples from the EMA actor and weighs candidates by the target critic
+    derived_state: ClassVar[dict[str, str]] = {"actor.": "ema_actor.module.", "critic.": "critic_target."}
+
     expectile: float = 0.7
     net_arch_parts: ClassVar[dict[str, NetArchPart]] = {
         "pi": NetArchPart("actor_hidden", "actor_blocks"),

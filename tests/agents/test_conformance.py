@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from gymnasium import ObservationWrapper, make, spaces
 from stable_baselines3.common.callbacks import (
@@ -24,6 +25,7 @@ from stable_baselines3.common.utils import set_random_seed
 from diffgym import registry
 from diffgym.data import DatasetSpaceMismatchError, collect_dataset, load_transitions
 from diffgym.serialization import ModelFileError, load_model_file
+from diffgym.zoo.format import read_model_folder, write_model_folder
 
 
 class Settings(NamedTuple):
@@ -184,6 +186,33 @@ def test_save_load_predicts_the_same_and_resumes(trained, agent, tmp_path, pendu
     loaded.learn(10, reset_num_timesteps=False)
     assert loaded.num_timesteps == trained.num_timesteps + 10
     assert any(not torch.equal(w, p) for w, p in zip(weights, loaded.policy.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_the_zoo_format_keeps_inference_weights_and_predicts_the_same(trained, tmp_path, deterministic):
+    """A zoo folder holds what acts (the trained copies that an acting copy stands in for are left out)
+    and loads back to the same actions, seeded sampling included."""
+    files = write_model_folder(
+        trained,
+        tmp_path,
+        name="agent/test",
+        env={"id": "Pendulum-v1", "kwargs": {}},
+        dataset={"id": "test"},
+        training={},
+        results={"final": {"returns": [0.0], "mean_return": 0.0, "score": None}},
+    )
+    stored = safetensors.torch.load_file(str(tmp_path / "model.safetensors"))
+    full = trained.policy.state_dict()
+    for target in trained.policy.derived_state:  # left out wherever the policy has them
+        assert not any(key.startswith("policy." + target) for key in stored)
+    assert len(stored) - 1 <= len(full)  # (one entry is the sampling generator)
+    loaded = read_model_folder(tmp_path, files, env=make("Pendulum-v1"))
+    assert loaded.policy.state_dict().keys() == full.keys()
+    observations = make_vec_env("Pendulum-v1", n_envs=8, seed=2).reset()
+    for _ in range(2):
+        expected, _ = trained.predict(observations, deterministic=deterministic)
+        actual, _ = loaded.predict(observations, deterministic=deterministic)
+        np.testing.assert_array_equal(actual, expected)
 
 
 def test_saved_state_includes_optimizers_and_rng(trained, agent, tmp_path, pendulum_dataset):

@@ -13,6 +13,7 @@ from diffgym import registry
 from diffgym.data import AgentMismatchError, collect_multiagent_dataset
 from diffgym.serialization import ModelFileError
 from diffgym.wrappers import evaluate_team
+from diffgym.zoo.format import read_model_folder, write_model_folder
 
 TINY = dict(batch_size=16, check_every=10, seed=0)
 #: registry name -> tiny settings (agents not listed: their defaults)
@@ -86,6 +87,23 @@ def test_save_load_predicts_the_same(trained, case, tmp_path):
     after, _ = loaded.predict(observations, deterministic=True)
     for agent in before:
         np.testing.assert_array_equal(before[agent], after[agent])
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_the_zoo_format_predicts_the_same(trained, tmp_path, deterministic):
+    results = {"final": {"returns": [0.0], "mean_return": 0.0, "score": None}}
+    files = write_model_folder(
+        trained, tmp_path, name="team/test", env={"id": "mpe2.simple_spread_v3", "kwargs": {}},
+        dataset={"id": "test"}, training={}, results=results,
+    )  # fmt: skip
+    loaded = read_model_folder(tmp_path, files, env=spread())
+    assert loaded.policy.state_dict().keys() == trained.policy.state_dict().keys()
+    observations, _ = spread().reset(seed=1)
+    for _ in range(2):
+        expected, _ = trained.predict(observations, deterministic=deterministic)
+        actual, _ = loaded.predict(observations, deterministic=deterministic)
+        for agent in expected:
+            np.testing.assert_array_equal(actual[agent], expected[agent])
 
 
 def test_a_corrupt_model_file_is_refused(trained, case, tmp_path):
