@@ -105,7 +105,7 @@ def zoo_list(args: argparse.Namespace) -> int:
 
         print(markdown_table(entries), end="")
         return 0
-    rows = [("name", "env", "score", "return", "steps", "files")]
+    rows = [("name", "env", "score", "metric", "return", "steps", "files")]
     for name, entry in entries.items():
         summary = entry.summary
         score = summary.get("score")
@@ -114,6 +114,7 @@ def zoo_list(args: argparse.Namespace) -> int:
                 name,
                 entry.env_id,
                 "-" if score is None else f"{score:.1f}",
+                summary.get("metric", "normalised score").replace(" ", "_"),
                 f"{summary.get('mean_return', float('nan')):.1f} ± {summary.get('std_return', float('nan')):.1f}",
                 str(summary.get("gradient_steps", "?")),
                 where(entry)

@@ -52,8 +52,18 @@ def registry(pendulum_dataset, tmp_path_factory):
 def test_list_shows_every_model_with_its_return_and_where_it_is(registry, capsys):
     assert main(["zoo", "list", "--registry", str(registry)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["name", "env", "score", "return", "steps", "files"]
-    assert out[1].split() == [NAME, "Pendulum-v1", "-", "-1200.0", "±", "100.0", "10", "shipped"]
+    assert out[0].split() == ["name", "env", "score", "metric", "return", "steps", "files"]
+    assert out[1].split() == [
+        NAME,
+        "Pendulum-v1",
+        "-",
+        "normalised_score",
+        "-1200.0",
+        "±",
+        "100.0",
+        "10",
+        "shipped",
+    ]
 
 
 def test_info_prints_the_entry_and_the_card(registry, capsys):
