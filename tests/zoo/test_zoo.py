@@ -363,13 +363,16 @@ def test_the_shipped_registry_is_valid():
 # ------------------------------------------------------------------------------ benchmark run -> zoo model
 
 
-def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(pendulum_file, tmp_path, home):
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "sampled actions"])
+def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(
+    pendulum_file, tmp_path, home, deterministic
+):
     suite = Suite(
         name="tiny",
         title="Tiny",
         description="Diffusion-QL on random Pendulum data.",
         datasets=("pendulum-tiny",),
-        agents=(Contender("dql"),),
+        agents=(Contender("dql", deterministic=deterministic),),
         budget=Budget(seeds=1, steps=6, eval_every=3, eval_episodes=1, final_episodes=2),
         reference=lambda dataset: None,
     )

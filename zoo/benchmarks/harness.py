@@ -428,7 +428,13 @@ class Run:
         return float(normalized_score(reference, mean_return))
 
     def assess(self, model: Any, episodes: int) -> dict[str, Any]:
-        """One evaluation point: step, returns, mean return, score, metrics, seconds, ms per env step."""
+        """One evaluation point: step, returns, mean return, score, metrics, seconds, ms per env step.
+
+        The env's first reset and the agent's sampling generator are seeded from the run's seed, so
+        an evaluation of the same weights replays exactly, sampled actions included (``diffgym zoo
+        check``)."""
+        if (generator := getattr(model.policy, "sampling_generator", None)) is not None:
+            generator.manual_seed(EVAL_SEED + self.seed)
         started = time.perf_counter()
         evaluation = self.session.suite.evaluate(model, self, episodes)
         seconds = time.perf_counter() - started
