@@ -100,8 +100,9 @@ def write_model_folder(
     state, derived = inference_state(model.policy)
     tensors = {POLICY_PREFIX + key: _plain(value) for key, value in state.items()}
     tensors[SAMPLING_GENERATOR] = model.policy.sampling_generator.get_state()
-    with atomic_file(folder / WEIGHTS) as file:
-        file.write(_safetensors_bytes(tensors))
+    if not _holds(folder / WEIGHTS, tensors):  # safetensors' header order varies: rewrite only changes
+        with atomic_file(folder / WEIGHTS) as file:
+            file.write(_safetensors_bytes(tensors))
     config = {
         "format": FORMAT,
         "name": name,
@@ -335,6 +336,15 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return save(tensors, metadata={"format": "pt", "library": "diffgym"})
 
 
+def _holds(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether ``path`` is a safetensors file of exactly ``tensors``."""
+    try:
+        stored = _read_safetensors(path)
+    except ModelFileError:
+        return False
+    return stored.keys() == tensors.keys() and all(torch.equal(stored[k], tensors[k]) for k in tensors)
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelFileError(f"{path}: missing")
@@ -352,21 +362,48 @@ def _readable_normalizers(state: Mapping[str, torch.Tensor]) -> dict[str, list[A
     }
 
 
+#: how strict JSON (what the Hub's and browsers' parsers accept) spells the floats it has no literal for
+_NON_FINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
 def _write_json(path: Path, value: Any) -> None:
-    """Python's JSON: unbounded spaces are written as ``-Infinity`` / ``Infinity``, as the model zip does."""
+    """Strict JSON: an unbounded space's ``inf`` is written as the string ``"-Infinity"`` (or
+    ``"Infinity"``, ``"NaN"``), which :func:`_read_json` turns back into the float."""
     with atomic_file(path) as file:
-        file.write((json.dumps(value, indent=2) + "\n").encode())
+        file.write((json.dumps(_spelled(value), indent=2, allow_nan=False) + "\n").encode())
+
+
+def _spelled(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _spelled(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_spelled(item) for item in value]
+    return value
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelFileError(f"{path}: missing")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"), object_hook=_unspelled_object)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelFileError(f"{path}: not JSON ({error})") from error
     if not isinstance(value, dict):
         raise ModelFileError(f"{path}: holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _unspelled_object(pairs: dict[str, Any]) -> dict[str, Any]:
+    return {key: _unspelled(value) for key, value in pairs.items()}
+
+
+def _unspelled(value: Any) -> Any:
+    if isinstance(value, str):
+        return _NON_FINITE.get(value, value)
+    if isinstance(value, list):
+        return [_unspelled(item) for item in value]
     return value
 
 

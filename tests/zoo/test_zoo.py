@@ -419,3 +419,19 @@ def test_a_shipped_model_replays_its_cards_first_episode():
         done = terminated or truncated
     returns = np.array(results["final"]["returns"])
     assert abs(info["episode"]["r"] - returns[0]) <= max(returns.std(), 1e-3 * abs(returns[0]))
+
+
+def test_config_json_is_strict_json_and_unbounded_spaces_round_trip(tmp_path, home):
+    """Hopper's observation bounds are infinite: written as "-Infinity" strings (strict JSON, which the
+    Hub and browsers parse), read back as floats."""
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    trained = zoo.load("dql/hopper-medium")
+    files = write_model_folder(trained, tmp_path / "again", name="dql/hopper-medium", **DESCRIPTION)
+    text = (tmp_path / "again" / "config.json").read_text()
+    config = json.loads(text, parse_constant=refuse)
+    assert config["model"]["observation_space"]["low"][0] == "-Infinity"
+    loaded = read_model_folder(tmp_path / "again", files)
+    assert np.isneginf(loaded.observation_space.low).all()
