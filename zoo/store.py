@@ -82,6 +82,11 @@ def locate_files(
         try:
             if source.kind == "package":
                 folder = source_folder(source, base)
+                if not folder.is_dir():
+                    raise ModelFileError(
+                        f"{folder} is not there: this install does not ship these files (a wheel carries no "
+                        "zoo weights; a clone of the repository does, or a registry with a Hub or URL source)"
+                    )
                 _verify_all(folder, files)
                 return folder
             _download_all(files, source, cached, timeout)

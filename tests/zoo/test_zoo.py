@@ -435,3 +435,12 @@ def test_config_json_is_strict_json_and_unbounded_spaces_round_trip(tmp_path, ho
     assert config["model"]["observation_space"]["low"][0] == "-Infinity"
     loaded = read_model_folder(tmp_path / "again", files)
     assert np.isneginf(loaded.observation_space.low).all()
+
+
+def test_an_install_without_the_shipped_files_says_so(trained, tmp_path, home):
+    files = zoo_folder(trained, tmp_path / "elsewhere")
+    registry = registry_with(
+        tmp_path, {"dql/pendulum-test": package_entry("dql/pendulum-test", "models/dql", files, tmp_path)}
+    )
+    with pytest.raises(zoo.ZooUnavailableError, match="this install does not ship these files"):
+        zoo.load("dql/pendulum-test", registry=registry)
