@@ -250,10 +250,11 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown_table(entries: dict[str, ZooEntry]) -> str:
-    """Every zoo model of a diffusion agent: its score, the best baseline model on the same data at the
-    same budget, and the data's own score (the results README's table)."""
+    """Every zoo model of a diffusion agent: its score, the best baseline model on the same data (with
+    its budget: a suite may give a baseline more steps, as the Meta-World one gives BC), and the
+    data's own score (the results README's table)."""
     rows = [
-        "| model | metric | score (final) | best baseline, same data and budget | data's own score | budget | seeds |",
+        "| model | metric | score (final) | best baseline on the same data (its budget) | data's own score | budget | seeds |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, entry in sorted(entries.items()):
@@ -261,7 +262,11 @@ def markdown_table(entries: dict[str, ZooEntry]) -> str:
             continue
         summary = entry.summary
         rival = _best_baseline(entry, entries)
-        rival_text = "-" if rival is None else f"{_number(rival.summary.get('score'))} ({rival.name})"
+        rival_text = (
+            "-"
+            if rival is None
+            else f"{_number(rival.summary.get('score'))} ({rival.name}, {rival.summary.get('gradient_steps', '?')} steps)"
+        )
         rows.append(
             f"| {name} | {summary.get('metric', 'normalised score')} | {_number(summary.get('score'))} | {rival_text} "
             f"| {_number(summary.get('data_score'))} "
@@ -276,7 +281,7 @@ def _best_baseline(entry: ZooEntry, entries: dict[str, ZooEntry]) -> ZooEntry | 
         for other in entries.values()
         if agents.get(other.agent).baseline
         and other.dataset == entry.dataset
-        and other.summary.get("gradient_steps") == entry.summary.get("gradient_steps")
+        and other.summary.get("metric") == entry.summary.get("metric")
         and other.summary.get("score") is not None
     ]
     return max(rivals, key=lambda other: other.summary["score"], default=None)
