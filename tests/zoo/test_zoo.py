@@ -444,3 +444,33 @@ def test_an_install_without_the_shipped_files_says_so(trained, tmp_path, home):
     )
     with pytest.raises(zoo.ZooUnavailableError, match="this install does not ship these files"):
         zoo.load("dql/pendulum-test", registry=registry)
+
+
+def test_the_results_table_puts_each_diffusion_model_beside_the_best_baseline_on_its_data():
+    from diffgym.zoo.publish import markdown_table
+
+    def entry(name, agent, dataset, score, steps, metric="normalised score"):
+        summary = {
+            "score": score,
+            "gradient_steps": steps,
+            "metric": metric,
+            "seeds": [0],
+            "data_score": 33.0,
+        }
+        return ZooEntry(name, agent, "Hopper-v5", dataset, {}, (), summary=summary)
+
+    entries = {
+        e.name: e
+        for e in (
+            entry("dql/hopper-medium", "dql", "hopper-medium", 12.1, 15000),
+            entry("td3bc/hopper-medium", "td3bc", "hopper-medium", 35.8, 15000),
+            entry("iql/hopper-medium", "iql", "hopper-medium", 24.2, 15000),
+            entry("iql/halfcheetah-medium", "iql", "halfcheetah-medium", 42.3, 15000),
+        )
+    }
+    rows = markdown_table(entries).splitlines()
+    assert len(rows) == 3  # header, rule, and the one diffusion model
+    assert rows[2] == (
+        "| dql/hopper-medium | normalised score | 12.1 | 35.8 (td3bc/hopper-medium, 15000 steps) | 33.0 "
+        "| 15000 steps | 1 |"
+    )
