@@ -193,8 +193,11 @@ def enjoy_model(args: argparse.Namespace) -> int:
         print(f"episode {episode}: return {value:.1f} in {length} steps")
     mean = sum(played.returns) / len(played.returns)
     score = "" if played.score is None else f", normalised score {played.score:.1f}"
-    card = played.card.get("score")
-    print(f"{args.name}: mean return {mean:.1f}{score}" + ("" if card is None else f" (card: {card:.1f})"))
+    card, metric = played.card.get("score"), played.card.get("metric", "normalised score")
+    print(
+        f"{args.name}: mean return {mean:.1f}{score}"
+        + ("" if card is None else f" (card's {metric}: {card:.1f})")
+    )
     for written in (played.video, played.plans):
         if written is not None:
             print(f"wrote {written}")
