@@ -29,7 +29,7 @@ from minari import MinariDataset
 from diffgym.serialization import ModelFileError
 from diffgym.zoo.catalog import Source, file_entry
 from diffgym.zoo.format import FileEntry
-from diffgym.zoo.store import HOME_VARIABLE, locate_files
+from diffgym.zoo.store import diffgym_home, locate_files
 
 SHIPPED_DATASETS = Path(__file__).parent / "datasets.json"
 DATASETS_VARIABLE = "DIFFGYM_DATASET_REGISTRY"
@@ -117,8 +117,7 @@ def parse_sources(texts: Sequence[str]) -> tuple[Source, ...]:
 
 def cache_folder(entry: DatasetEntry) -> Path:
     """``$DIFFGYM_HOME/datasets/<name>`` (default ``~/.cache/diffgym/datasets/<name>``)."""
-    home = os.environ.get(HOME_VARIABLE)
-    return (Path(home) if home else Path.home() / ".cache" / "diffgym") / "datasets" / entry.name
+    return diffgym_home() / "datasets" / entry.name
 
 
 def fetch(

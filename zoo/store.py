@@ -22,10 +22,15 @@ from diffgym.zoo.format import FileEntry, verify_entry
 HOME_VARIABLE = "DIFFGYM_HOME"
 
 
+def diffgym_home() -> Path:
+    """``$DIFFGYM_HOME``, default ``~/.cache/diffgym``: the zoo's and the datasets' caches live in it."""
+    home = os.environ.get(HOME_VARIABLE)
+    return Path(home) if home else Path.home() / ".cache" / "diffgym"
+
+
 def cache_root() -> Path:
     """``$DIFFGYM_HOME/zoo``, default ``~/.cache/diffgym/zoo``."""
-    home = os.environ.get(HOME_VARIABLE)
-    return (Path(home) if home else Path.home() / ".cache" / "diffgym") / "zoo"
+    return diffgym_home() / "zoo"
 
 
 def cache_folder(entry: ZooEntry) -> Path:
