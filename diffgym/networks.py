@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffgym.activations import Mish
+
 
 class EnsembleLinear(nn.Module):
     """``members`` independent linear layers applied at once: (E, B, in) -> (E, B, out)."""
@@ -57,7 +59,7 @@ class EnsembleMLP(nn.Module):
         hidden_dim: int = 256,
         num_hidden: int = 3,
         layer_norm: bool = False,
-        activation: type[nn.Module] = nn.Mish,
+        activation: type[nn.Module] = Mish,
     ) -> None:
         super().__init__()
         self.members = members
@@ -75,7 +77,12 @@ class EnsembleMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.members, -1, -1)
-        return self.net(x)
+        hidden = self.net[:-1](x)
+        # Under bf16 autocast (``precision="bf16"``) the output layer still runs in float32: values
+        # of a few hundred would round to steps of 1-2 in bfloat16's 8-bit mantissa, and TD errors
+        # are differences of such values.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.net[-1](hidden.float())
 
 
 class StateActionCritic(nn.Module):

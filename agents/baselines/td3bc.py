@@ -23,7 +23,7 @@ from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
 from diffgym.networks import make_adam, soft_update
 from diffgym.policies import CandidateSelectionPolicy, NetArchPart
-from diffgym.rl import bellman_target, fit_twin_critic, min_q, twin_critic
+from diffgym.rl import bellman_target, fit_twin_critic, min_q, q_for_actor, twin_critic
 from diffgym.samplers import Randomness
 
 
@@ -128,7 +128,7 @@ class TD3BC(OfflineAlgorithm):
     def _update_actor(self, batch: ReplayBufferSamples) -> dict[str, Tensor]:
         policy = self.policy
         actions = policy.actor(batch.observations)
-        q = policy.critic(batch.observations, actions)[0]
+        q = q_for_actor(policy.critic, batch.observations, actions)[0]
         bc_loss = F.mse_loss(actions, batch.actions)
         loss = -(self.alpha / q.abs().mean().detach()) * q.mean() + bc_loss
         policy.actor_optimizer.zero_grad(set_to_none=True)

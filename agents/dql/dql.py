@@ -12,7 +12,7 @@ from diffgym.agents.dql.policies import DiffusionQLPolicy
 from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
 from diffgym.networks import soft_update
-from diffgym.rl import bellman_target, fit_twin_critic, gradient_norm
+from diffgym.rl import bellman_target, fit_twin_critic, gradient_norm, q_for_actor
 
 
 class DiffusionQL(OfflineAlgorithm):
@@ -128,7 +128,7 @@ class DiffusionQL(OfflineAlgorithm):
         policy = self.policy
         bc_loss = policy.actor.loss(batch.actions, batch.observations, generator=self.generator)
         new_actions = policy.sample_actions(batch.observations, self.generator, differentiable=True)
-        q_new = policy.critic(batch.observations, new_actions)  # (2, B); no critic step follows
+        q_new = q_for_actor(policy.critic, batch.observations, new_actions)  # (2, B)
         first_twin = torch.rand((), generator=self.generator, device=self.generator.device) < 0.5
         q_loss = torch.where(  # the paper flips a coin for which twin is maximised; no host sync here
             first_twin.to(q_new.device),

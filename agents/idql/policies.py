@@ -9,6 +9,7 @@ from gymnasium import spaces
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
+from diffgym.activations import Mish
 from diffgym.denoisers import ResidualMLPDenoiser
 from diffgym.networks import EnsembleMLP, make_adam
 from diffgym.policies import DiffusionActorPolicy, NetArchPart
@@ -16,7 +17,7 @@ from diffgym.rl import min_q
 from diffgym.samplers import Randomness
 
 SELECTIONS = ("argmax", "expectile")
-ACTIVATIONS: dict[str, type[nn.Module]] = {"swish": nn.SiLU, "mish": nn.Mish}
+ACTIVATIONS: dict[str, type[nn.Module]] = {"swish": nn.SiLU, "mish": Mish}
 
 
 def expectile_log_weights(q: Tensor, v: Tensor, expectile: float, min_gap: float = 1e-6) -> Tensor:

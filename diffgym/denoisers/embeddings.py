@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from diffgym.activations import Mish
+
 __all__ = [
     "GaussianFourierEmb",
     "SinusoidalPosEmb",
@@ -53,7 +55,7 @@ def make_time_mlp(dim: int, hidden: int) -> nn.Sequential:
 
     ``t: (B,)`` -> ``(B, dim)``.
     """
-    return nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, hidden), nn.Mish(), nn.Linear(hidden, dim))
+    return nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, hidden), Mish(), nn.Linear(hidden, dim))
 
 
 def make_cond_mlp(cond_dim: int, dim: int) -> nn.Sequential:
@@ -62,7 +64,7 @@ def make_cond_mlp(cond_dim: int, dim: int) -> nn.Sequential:
     ``cond: (B, cond_dim)`` -> ``(B, dim)``.
     """
     return nn.Sequential(
-        nn.Linear(cond_dim, dim), nn.Mish(), nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim)
+        nn.Linear(cond_dim, dim), Mish(), nn.Linear(dim, 4 * dim), Mish(), nn.Linear(4 * dim, dim)
     )
 
 

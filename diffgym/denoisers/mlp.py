@@ -7,6 +7,7 @@ Shapes: ``x: (B, D)``, ``t: (B,)``, ``cond: (B, C)``, ``cond_mask: (B,)`` -> ``(
 import torch
 from torch import Tensor, nn
 
+from diffgym.activations import Mish
 from diffgym.denoisers.embeddings import check_cond, make_time_mlp, mask_cond
 
 __all__ = ["MLPDenoiser"]
@@ -42,7 +43,7 @@ class MLPDenoiser(nn.Module):
         layers: list[nn.Module] = []
         width = x_dim + time_dim + cond_dim
         for _ in range(num_layers):
-            layers += [nn.Linear(width, hidden_dim), nn.Mish()]
+            layers += [nn.Linear(width, hidden_dim), Mish()]
             width = hidden_dim
         self.body = nn.Sequential(*layers, nn.Linear(width, x_dim))
 

@@ -9,6 +9,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from diffgym.activations import Mish
 from diffgym.denoisers.temporal_unet import TemporalUnet
 
 __all__ = ["AgentAttention", "MultiAgentTemporalUnet"]
@@ -47,7 +48,7 @@ class AgentAttention(nn.Module):
         self.embedding_biases = (
             None
             if embed_dim is None
-            else nn.ModuleList(nn.Sequential(nn.Mish(), nn.Linear(embed_dim, w)) for w in widths)
+            else nn.ModuleList(nn.Sequential(Mish(), nn.Linear(embed_dim, w)) for w in widths)
         )
         self.gain = nn.Parameter(torch.zeros(1))  # MADiff's ``gamma``
 

@@ -7,6 +7,7 @@ Shapes: ``x: (B, D)``, ``t: (B,)``, ``cond: (B, C)``, ``cond_mask: (B,)`` -> ``(
 import torch
 from torch import Tensor, nn
 
+from diffgym.activations import Mish
 from diffgym.denoisers.embeddings import GaussianFourierEmb, check_cond, mask_cond
 
 __all__ = ["ResidualMLPDenoiser"]
@@ -66,7 +67,7 @@ class ResidualMLPDenoiser(nn.Module):
         fourier_scale: std of the learned Fourier frequencies' initialisation, in units of step
             index (0.2: IDQL's ``normal(0.2)`` initialiser on raw integer steps).
         activation: the nonlinearity everywhere (IDQL's final code: swish = ``nn.SiLU``; its
-            paper-era learner and SynthER-style models here: ``nn.Mish``).
+            paper-era learner and SynthER-style models here: ``Mish``).
     """
 
     def __init__(
@@ -79,7 +80,7 @@ class ResidualMLPDenoiser(nn.Module):
         dropout: float = 0.1,
         expansion: int = 4,
         fourier_scale: float = 0.2,
-        activation: type[nn.Module] = nn.Mish,
+        activation: type[nn.Module] = Mish,
     ) -> None:
         super().__init__()
         self.cond_dim = cond_dim

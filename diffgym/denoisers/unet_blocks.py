@@ -9,6 +9,8 @@ All blocks run channels-first over the horizon: features ``(B, C, H)``, conditio
 import torch
 from torch import Tensor, nn
 
+from diffgym.activations import Mish
+
 __all__ = [
     "Conv1dBlock",
     "Downsample1d",
@@ -33,7 +35,7 @@ class Conv1dBlock(nn.Sequential):
         super().__init__(
             nn.Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(groups, out_ch),
-            nn.Mish(),
+            Mish(),
         )
 
 
@@ -58,7 +60,7 @@ class ResidualTemporalBlock(nn.Module):
         self.film = film
         self.block1 = Conv1dBlock(in_ch, out_ch, kernel_size)
         self.block2 = Conv1dBlock(out_ch, out_ch, kernel_size)
-        self.emb_proj = nn.Sequential(nn.Mish(), nn.Linear(embed_dim, out_ch * (2 if film else 1)))
+        self.emb_proj = nn.Sequential(Mish(), nn.Linear(embed_dim, out_ch * (2 if film else 1)))
         self.residual = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:

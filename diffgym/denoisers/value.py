@@ -7,6 +7,7 @@ Shapes: ``x: (B, H, D)``, ``t: (B,)`` -> ``(B,)``.
 import torch
 from torch import Tensor, nn
 
+from diffgym.activations import Mish
 from diffgym.denoisers.embeddings import make_time_mlp
 from diffgym.denoisers.unet_blocks import Downsample1d, UnetLevel
 
@@ -45,8 +46,8 @@ class TemporalValueNet(nn.Module):
         )
         self.downsamples = nn.ModuleList(Downsample1d(w) for w in widths)
         self.head = nn.Sequential(
-            nn.Linear(widths[-1] + dim, widths[-1]), nn.Mish(), nn.Linear(widths[-1], widths[-1] // 2),
-            nn.Mish(), nn.Linear(widths[-1] // 2, 1),
+            nn.Linear(widths[-1] + dim, widths[-1]), Mish(), nn.Linear(widths[-1], widths[-1] // 2),
+            Mish(), nn.Linear(widths[-1] // 2, 1),
         )  # fmt: skip
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:

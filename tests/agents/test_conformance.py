@@ -303,6 +303,23 @@ def test_online_fine_tuning_adds_env_experience(agent, pendulum_dataset):
     assert model.num_timesteps == 40
 
 
+def test_bf16_precision_trains_and_is_kept_by_save_and_load(case, pendulum_dataset, tmp_path):
+    model = case.make(make("Pendulum-v1"), dataset=pendulum_dataset, precision="bf16")
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(10)
+    after = list(model.policy.parameters())
+    assert all(p.dtype == torch.float32 and p.isfinite().all() for p in after)  # stored in float32
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert model._monitor.means and all(np.isfinite(v) for v in model._monitor.means.values())
+    model.save(tmp_path / "bf16")
+    assert case.cls.load(tmp_path / "bf16", env=make("Pendulum-v1")).precision == "bf16"
+
+
+def test_an_unknown_precision_is_refused_naming_the_choices(case, pendulum_dataset):
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+        case.make(make("Pendulum-v1"), dataset=pendulum_dataset, precision="fp16")
+
+
 def test_diverging_training_stops_with_the_step(case, pendulum_dataset):
     model = case.make(make("Pendulum-v1"), dataset=pendulum_dataset, **case.diverging)
     with pytest.raises(RuntimeError, match=r"training diverged: .* at gradient step \d+"):

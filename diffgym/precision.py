@@ -1,0 +1,45 @@
+"""Training precision: float32, or bfloat16 autocast of the gradient step (``precision="bf16"``).
+
+With ``"bf16"`` each gradient step runs under :func:`torch.autocast` with ``torch.bfloat16``: matrix
+products and convolutions take bfloat16 inputs and accumulate in float32; weights, gradients,
+optimiser state and the losses stay float32. Acting (``predict``) is not affected. Two places keep
+float32 on purpose: the output layer of value and Q networks (:class:`~diffgym.networks.EnsembleMLP`;
+a Q of a few hundred would otherwise round to steps of 1–2) and Mish
+(:func:`~diffgym.activations.mish`, computed in float32 from its bfloat16 input).
+
+On a CPU with native bfloat16 instructions (AVX512-BF16 or AMX) the matrix products run 3–4x faster;
+without them bfloat16 is emulated and slower than float32, so :func:`check_precision` warns. The
+accuracy cost, measured on Diffusion-QL, is in ``zoo/results/train_speed.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any
+
+import torch
+
+__all__ = ["PRECISIONS", "check_precision", "step_autocast"]
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, device: torch.device) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`; warns when bf16 would be emulated on this CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn(
+            "precision='bf16': this CPU has no native bfloat16 instructions (AVX512-BF16 or AMX), so "
+            "bfloat16 products are emulated and slower than float32; use precision='fp32'",
+            stacklevel=3,
+        )
+    return precision
+
+
+def step_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The context a gradient step runs in: nothing for fp32, bfloat16 autocast on ``device`` for bf16."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
