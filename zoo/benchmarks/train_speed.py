@@ -1,14 +1,21 @@
-"""Training speed: gradient steps per second, and how much of a step is spent in torch kernels.
+"""Training speed against the networks' own cost: gradient steps per second, ``predict`` latency, and
+the floor of each (:mod:`~diffgym.zoo.benchmarks.kernel_floor`: the step's matrix products and
+convolutions replayed alone).
 
-For each agent on the hopper-medium data (its ``zoo/hyperparams`` settings for that key): steps per
-second at each thread count of ``suite:threads`` (1 and 2), and, from ``torch.profiler`` over the same steps, the share of
-wall time spent inside ATen kernels (matmuls, activations, their backward, the optimiser): what is
-left is Python and dispatch overhead. A share near 100 % means the step runs at the network's own
-cost, so only smaller networks or fewer passes could make it faster. ``--steps`` is the number of
-gradient steps per measurement (after 20 warm-up steps); nothing is evaluated.
+For each agent on the hopper-medium data (its ``zoo/hyperparams`` settings for that key), at each
+precision of ``suite:precision`` (``"fp32"``, and ``"bf16"``: bfloat16 autocast, see
+:mod:`diffgym.precision`):
+
+- gradient steps per second at each thread count of ``suite:threads`` (``--steps`` steps after 20
+  warm-up steps);
+- the floor of one step at 1 thread, and the step's time ÷ floor;
+- ``predict`` at batch 1 (median, fp32, 1 thread; a new decision each call) and its floor.
+
+Nothing is evaluated. The precision is switched on the one built model (``model.precision``) between
+measurements, so every measurement of an agent trains the same networks.
 
     diffgym benchmark train_speed
-    diffgym benchmark train_speed --steps 20 --set "suite:threads=[1]"
+    diffgym benchmark train_speed --agents dql idql --steps 100 --set "suite:threads=[1]"
 """
 
 from __future__ import annotations
@@ -19,11 +26,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from diffgym.zoo.benchmarks.d4rl import SUITE as D4RL
-from diffgym.zoo.benchmarks.harness import Budget, Report, Run, Suite
-from diffgym.zoo.benchmarks.report import markdown_table
+from diffgym.zoo.benchmarks.harness import Budget, Contender, Report, Run, Suite
+from diffgym.zoo.benchmarks.kernel_floor import measure_floor
+from diffgym.zoo.benchmarks.report import latency_ms, markdown_table
 
 WARM_UP = 20  # gradient steps before each timing
 
@@ -46,41 +53,76 @@ def steps_per_second(model: Any, steps: int) -> float:
     return steps / (time.perf_counter() - started)
 
 
-def kernel_share(model: Any, steps: int) -> float:
-    """Self time of ATen ops (``aten::``) ÷ wall time, over ``steps`` gradient steps."""
-    started = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        model.learn(steps)
-    wall = time.perf_counter() - started
-    aten_us = sum(e.self_cpu_time_total for e in profiler.key_averages() if e.key.startswith("aten::"))
-    return float(aten_us / 1e6 / wall)
+def floor_record(fn: Any) -> dict[str, float]:
+    """The floor of one ``fn()`` at 1 thread: seconds, FLOPs and the products' GFLOP/s."""
+    with torch_threads(1):
+        floor = measure_floor(fn)
+    return {"seconds": floor.seconds, "flops": floor.flops, "gflops_per_second": floor.gflops_per_second}
 
 
 def measure_speed(model: Any, run: Run) -> dict[str, Any]:
-    """The run's procedure: steps per second at each of the suite's thread counts, the kernel share at 1."""
-    speeds = {}
-    for threads in run.session.params["threads"]:
-        with torch_threads(threads):
-            speeds[str(threads)] = steps_per_second(model, run.steps)
+    """The run's procedure: per precision, steps/s at each thread count and the step's floor; then
+    ``predict``'s latency and floor (fp32, 1 thread)."""
+    params = run.session.params
+    speed: dict[str, dict[str, float]] = {}
+    floor: dict[str, dict[str, float]] = {}
+    for precision in params["precision"]:
+        model.precision = precision
+        speed[precision] = {}
+        for threads in params["threads"]:
+            with torch_threads(threads):
+                speed[precision][str(threads)] = steps_per_second(model, run.steps)
+        floor[precision] = floor_record(lambda: model.learn(1))
+    model.precision = "fp32"
+    observation = run.make_env().reset(seed=0)[0]
+    act = lambda: model.predict(observation, deterministic=run.contender.deterministic)  # noqa: E731
     with torch_threads(1):
-        share = kernel_share(model, run.steps)
-    return {"steps_per_second": speeds, "kernel_share": share}
+        predict_ms = latency_ms(act)
+    return {
+        "steps_per_second": speed,
+        "step_floor": floor,
+        "predict": {"ms": predict_ms, "floor": floor_record(act)},
+    }
+
+
+SPEED_HEADER = ["agent", "precision", "torch threads", "gradient steps / s", "floor (ms / step)",
+                "products' GFLOP/s", "÷ floor"]  # fmt: skip
 
 
 def speed_table(report: Report) -> str:
-    rows = [
-        [report.suite.label(r["config"]["agent"]), threads, f"{speed:.1f}",
-         f"{100 * r['kernel_share']:.0f} %" if threads == "1" else "-"]
-        for r in report.runs
-        for threads, speed in r["steps_per_second"].items()
-    ]  # fmt: skip
+    rows = []
+    for r in report.runs:
+        for precision, by_threads in r["steps_per_second"].items():
+            floor = r["step_floor"][precision]
+            for threads, speed in by_threads.items():
+                ratio = f"{1 / speed / floor['seconds']:.2f}" if threads == "1" else "-"
+                rows.append([
+                    report.suite.label(r["config"]["agent"]), precision, threads, f"{speed:.1f}",
+                    f"{1e3 * floor['seconds']:.1f}", f"{floor['gflops_per_second']:.0f}", ratio,
+                ])  # fmt: skip
     steps = ", ".join(sorted({str(r["budget"]["gradient_steps"]) for r in report.runs}))
     return "\n\n".join(
         [
-            f"{steps} gradient steps per measurement after {WARM_UP} warm-up steps. *time in torch kernels*: "
-            "self time of `aten::` ops from `torch.profiler` ÷ wall time (the profiler's own overhead lowers "
-            "it slightly).",
-            markdown_table(["agent", "torch threads", "gradient steps / s", "time in torch kernels"], rows),
+            f"{steps} gradient steps per measurement after {WARM_UP} warm-up steps. *floor*: one step's "
+            "matrix products and convolutions, each replayed alone on fresh tensors of the same layout "
+            "(1 thread; `zoo/benchmarks/kernel_floor.py`); *GFLOP/s*: their FLOPs "
+            "(`torch.utils.flop_counter`) ÷ that time; *÷ floor*: the step's time at 1 thread ÷ its floor.",
+            markdown_table(SPEED_HEADER, rows),
+        ]
+    )
+
+
+def predict_table(report: Report) -> str:
+    rows = [
+        [report.suite.label(r["config"]["agent"]), f"{r['predict']['ms']:.2f}",
+         f"{1e3 * r['predict']['floor']['seconds']:.2f}", f"{r['predict']['ms'] / 1e3 / r['predict']['floor']['seconds']:.2f}"]
+        for r in report.runs
+    ]  # fmt: skip
+    return "\n\n".join(
+        [
+            "`predict` at batch 1, fp32, 1 thread: median over repeated calls, a new decision each call "
+            "(planners replan, Diffusion Policy samples a new chunk).",
+            markdown_table(["agent", "predict (ms)", "floor (ms)", "÷ floor"], rows),
         ]
     )
 
@@ -88,11 +130,17 @@ def speed_table(report: Report) -> str:
 SUITE = Suite(
     name="train_speed",
     title="Training speed (hopper-medium, default networks)",
-    description="Gradient steps per second of each agent, machine otherwise idle.",
+    description="Gradient steps per second and predict latency of each agent against their floors, "
+    "machine otherwise idle.",
     datasets=("hopper-medium",),
-    agents=D4RL.agents,
+    agents=(
+        *D4RL.agents,
+        Contender("diffuser", title="Diffuser"),
+        Contender("decision_diffuser", title="Decision Diffuser"),
+        Contender("diffusion_policy", title="Diffusion Policy"),
+    ),
     budget=Budget(steps=200),
-    params={"threads": [1, 2]},  # torch thread counts measured
+    params={"threads": [1, 2], "precision": ["fp32", "bf16"]},
     procedure=measure_speed,
-    sections=(speed_table,),
+    sections=(speed_table, predict_table),
 )
