@@ -39,13 +39,18 @@ _EXP_CLAMP = 20.0  # n / (n + 2) == 1 in float32 beyond it; keeps exp(2x) finite
 _X_FLOOR = 1e4  # below -_X_FLOOR, x e^x is 0 in any float dtype
 
 
+def _exp_terms(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``u = exp(min(x, 20))`` and ``n = u (u + 2)`` (module docstring), as new tensors."""
+    u = x.clamp(max=_EXP_CLAMP).exp_()
+    return u, (u + 2.0).mul_(u)
+
+
 class _CpuMish(torch.autograd.Function):
     """Mish through one exponential, with its derivative written out (module docstring)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
-        u = x.clamp(max=_EXP_CLAMP).exp_()
-        n = (u + 2.0).mul_(u)
+        u, n = _exp_terms(x)
         denominator = n + 2.0
         ctx.save_for_backward(x, u, denominator)
         return n.div_(denominator).mul_(x)
@@ -64,9 +69,12 @@ def mish(x: Tensor) -> Tensor:
     computed in float32 and returned in their own dtype, as ``F.mish`` does inside its kernel."""
     if x.device.type != "cpu":
         return F.mish(x)
-    if x.dtype in (torch.float32, torch.float64):
+    if x.dtype not in (torch.float32, torch.float64):
+        return mish(x.float()).to(x.dtype)
+    if torch.is_grad_enabled() and x.requires_grad:
         return _CpuMish.apply(x)
-    return _CpuMish.apply(x.float()).to(x.dtype)
+    _, n = _exp_terms(x)  # no graph to record (acting): the value alone
+    return n.div_(n + 2.0).mul_(x)
 
 
 class Mish(nn.Module):

@@ -52,6 +52,7 @@ from torch import Tensor
 
 import diffgym
 from diffgym.batches import MappedBatches, OfflineBatches
+from diffgym.compilation import compile_networks
 from diffgym.data import DatasetLike, check_spaces, load_dataset, load_transitions, map_episodes
 from diffgym.data.d4rl import explain_cached_import
 from diffgym.lr_schedules import cosine_decay, linear_warmup
@@ -115,6 +116,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         precision: ``"fp32"``, or ``"bf16"``: each gradient step under bfloat16 autocast (matrix products
             in bfloat16, everything stored in float32; :mod:`diffgym.precision`), 2x faster on a CPU
             with AVX512-BF16 or AMX, at the accuracy stated in ``zoo/results/train_speed.md``.
+        compile_networks: run the policy's networks through ``torch.compile``
+            (:mod:`diffgym.compilation`; needs a C++ compiler on CPU); the first steps at each new
+            batch shape compile.
         replay_buffer_class, replay_buffer_kwargs: the online replay buffer, as in SB3 (default:
             SB3's ``ReplayBuffer``, or ``DictReplayBuffer`` for Dict observations); it is created by
             ``learn(..., online=True)``, filled with the dataset first (a
@@ -164,6 +168,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         "lr_decay_steps",
         "lr_warmup_steps",
         "precision",
+        "compile_networks",
     )
 
     def __init__(
@@ -186,6 +191,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         lr_decay_steps: int | None = None,
         lr_warmup_steps: int = 0,
         precision: str = "fp32",
+        compile_networks: bool = False,
         replay_buffer_class: type[ReplayBuffer] | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -246,6 +252,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.lr_decay_steps = lr_decay_steps
         self.lr_warmup_steps = lr_warmup_steps
         self.precision = check_precision(precision, self.device)
+        self.compile_networks = compile_networks
         self._offline: Any = None  # the dataset on the device: OfflineBatches, or a subclass's own
         #: how the model was made (JSON: e.g. the hyperparameter file, key and command line of
         #: ``diffgym train``), saved in its file and read back by ``load``
@@ -282,6 +289,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             observation_space, action_space, self.lr_schedule, **self.policy_kwargs
         )
         self.policy = self.policy.to(self.device)
+        if self.compile_networks:
+            compile_networks(self.policy, self.device)
 
     def _seed_generators(self, seed: int) -> None:
         """The training generator (batches, diffusion noise) from ``seed``; the policy's stochastic
