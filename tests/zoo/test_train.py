@@ -55,3 +55,17 @@ def test_an_unknown_key_is_an_error(hopper_file, minari_store, capsys):
     argv = ["train", "dql", "--env", "Hopper-v5", "--dataset", str(hopper_file), "--hyperparams", "nope"]
     assert main(argv) == 1
     assert "dql.yml has no key 'nope'" in capsys.readouterr().err
+
+
+def test_auto_threads_take_the_idle_cores_and_say_so(train, monkeypatch):
+    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 1.0))
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    out, _ = train("--threads", "auto")
+    assert "torch threads: 1 (the idle cores of 2; --threads N to choose)" in out
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_a_bad_thread_count_is_refused_by_name(value, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "dql", "--env", "Hopper-v5", "--dataset", "x.hdf5", "--threads", value])
+    assert f"--threads takes a positive number or 'auto', got {value!r}" in capsys.readouterr().err

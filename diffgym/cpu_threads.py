@@ -1,0 +1,45 @@
+"""How many torch threads a training process takes: the cores that nothing else is using.
+
+Measured on a 2-core machine (``zoo/results/train_speed.md``, Diffusion-QL): alone, 2 threads train
+1.7x faster than 1; with one other busy process, 2 threads run at half the speed of 1 (their OpenMP
+workers spin waiting for a core that is taken), and OpenMP's passive wait policy only halves that
+loss while costing 60 % when the machine is idle. So ``diffgym train`` takes the idle cores
+(``--threads auto``): the cores this process may use minus the 1-minute load average, at least 1.
+
+>>> choose_threads(cores=2, load=0.1)
+2
+>>> choose_threads(cores=2, load=1.2)
+1
+>>> choose_threads(cores=2, load=7.0)
+1
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["available_cores", "choose_threads", "parse_threads"]
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def choose_threads(cores: int | None = None, load: float | None = None) -> int:
+    """``cores - round(load)``, at least 1: by default this process's cores and the 1-minute load."""
+    cores = available_cores() if cores is None else cores
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, cores - round(load))
+
+
+def parse_threads(value: str) -> int | None:
+    """``--threads``: a positive count, or ``"auto"`` (None: :func:`choose_threads` decides)."""
+    if value == "auto":
+        return None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise ValueError(f"--threads takes a positive number or 'auto', got {value!r}")
