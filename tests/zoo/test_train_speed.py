@@ -43,7 +43,7 @@ def test_the_procedure_records_speed_floor_and_predict_per_precision(pendulum_fi
         datasets=("pendulum-tiny",),
         agents=("dql",),
         budget=Budget(steps=2),
-        params={"threads": [1], "precision": ["fp32", "bf16"]},
+        params={"threads": [1], "precision": ["fp32", "bf16"], "compile": False},
         procedure=measure_speed,
         reference=lambda dataset: None,  # nothing is scored
         sections=(speed_table, predict_table),

@@ -9,7 +9,9 @@ precision of ``suite:precision`` (``"fp32"``, and ``"bf16"``: bfloat16 autocast,
 - gradient steps per second at each thread count of ``suite:threads`` (``--steps`` steps after 20
   warm-up steps);
 - the floor of one step at 1 thread, and the step's time ÷ floor;
-- ``predict`` at batch 1 (median, fp32, 1 thread; a new decision each call) and its floor.
+- the same steps per second with the networks compiled (``suite:compile``; see
+  :mod:`diffgym.compilation`), after the eager measurements;
+- ``predict`` at batch 1 (median, fp32, 1 thread, eager; a new decision each call) and its floor.
 
 Nothing is evaluated. The precision is switched on the one built model (``model.precision``) between
 measurements, so every measurement of an agent trains the same networks.
@@ -27,6 +29,7 @@ from typing import Any
 
 import torch
 
+from diffgym.compilation import compile_networks
 from diffgym.zoo.benchmarks.d4rl import SUITE as D4RL
 from diffgym.zoo.benchmarks.harness import Budget, Contender, Report, Run, Suite
 from diffgym.zoo.benchmarks.kernel_floor import measure_floor
@@ -61,43 +64,44 @@ def floor_record(fn: Any) -> dict[str, float]:
 
 
 def measure_speed(model: Any, run: Run) -> dict[str, Any]:
-    """The run's procedure: per precision, steps/s at each thread count and the step's floor; then
-    ``predict``'s latency and floor (fp32, 1 thread)."""
+    """The run's procedure: per precision, steps/s at each thread count and the step's floor, then
+    the same steps/s with the networks compiled (``suite:compile``); then ``predict``'s latency
+    and floor (fp32, 1 thread, as built: eager)."""
     params = run.session.params
     speed: dict[str, dict[str, float]] = {}
     floor: dict[str, dict[str, float]] = {}
-    for precision in params["precision"]:
-        model.precision = precision
-        speed[precision] = {}
-        for threads in params["threads"]:
-            with torch_threads(threads):
-                speed[precision][str(threads)] = steps_per_second(model, run.steps)
-        floor[precision] = floor_record(lambda: model.learn(1))
-    model.precision = "fp32"
     observation = run.make_env().reset(seed=0)[0]
     act = lambda: model.predict(observation, deterministic=run.contender.deterministic)  # noqa: E731
     with torch_threads(1):
-        predict_ms = latency_ms(act)
-    return {
-        "steps_per_second": speed,
-        "step_floor": floor,
-        "predict": {"ms": predict_ms, "floor": floor_record(act)},
-    }
+        predict = {"ms": latency_ms(act), "floor": floor_record(act)}
+    for compiled in (False, True) if params["compile"] else (False,):
+        if compiled:
+            compile_networks(model.policy, model.device)
+        for precision in params["precision"]:
+            model.precision = precision
+            variant = f"{precision}+compile" if compiled else precision
+            speed[variant] = {}
+            for threads in params["threads"]:
+                with torch_threads(threads):
+                    speed[variant][str(threads)] = steps_per_second(model, run.steps)
+            if not compiled:  # compiling changes no product
+                floor[precision] = floor_record(lambda: model.learn(1))
+    return {"steps_per_second": speed, "step_floor": floor, "predict": predict}
 
 
-SPEED_HEADER = ["agent", "precision", "torch threads", "gradient steps / s", "floor (ms / step)",
+SPEED_HEADER = ["agent", "precision (+ compiled networks)", "torch threads", "gradient steps / s", "floor (ms / step)",
                 "products' GFLOP/s", "÷ floor"]  # fmt: skip
 
 
 def speed_table(report: Report) -> str:
     rows = []
     for r in report.runs:
-        for precision, by_threads in r["steps_per_second"].items():
-            floor = r["step_floor"][precision]
+        for variant, by_threads in r["steps_per_second"].items():
+            floor = r["step_floor"][variant.split("+")[0]]
             for threads, speed in by_threads.items():
                 ratio = f"{1 / speed / floor['seconds']:.2f}" if threads == "1" else "-"
                 rows.append([
-                    report.suite.label(r["config"]["agent"]), precision, threads, f"{speed:.1f}",
+                    report.suite.label(r["config"]["agent"]), variant, threads, f"{speed:.1f}",
                     f"{1e3 * floor['seconds']:.1f}", f"{floor['gflops_per_second']:.0f}", ratio,
                 ])  # fmt: skip
     steps = ", ".join(sorted({str(r["budget"]["gradient_steps"]) for r in report.runs}))
@@ -140,7 +144,7 @@ SUITE = Suite(
         Contender("diffusion_policy", title="Diffusion Policy"),
     ),
     budget=Budget(steps=200),
-    params={"threads": [1, 2], "precision": ["fp32", "bf16"]},
+    params={"threads": [1, 2], "precision": ["fp32", "bf16"], "compile": True},
     procedure=measure_speed,
     sections=(speed_table, predict_table),
 )
