@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch._dynamo
 
 from diffgym.compilation import compile_networks
 from diffgym.zoo.benchmarks.d4rl import SUITE as D4RL
@@ -78,6 +79,7 @@ def measure_speed(model: Any, run: Run) -> dict[str, Any]:
         if compiled:
             compile_networks(model.policy, model.device)
         for precision in params["precision"]:
+            torch._dynamo.reset()  # each precision compiles afresh (else both fill one recompile limit)
             model.precision = precision
             variant = f"{precision}+compile" if compiled else precision
             speed[variant] = {}
