@@ -28,6 +28,13 @@ def test_recorded_products_count_what_torchs_flop_counter_counts():
     assert expanded and expanded[0].replay()() is not None  # the shared input: stride 0, replayable
 
 
+def test_convolutions_and_their_backward_are_recorded_and_replayed():
+    conv, x = torch.nn.Conv1d(4, 8, kernel_size=5, padding=2), torch.randn(3, 4, 16)
+    calls = record_products(lambda: conv(x).sum().backward())
+    assert {call.op.__name__ for call in calls} == {"convolution.default", "convolution_backward.default"}
+    assert measure_floor(lambda: conv(x).sum().backward()).seconds > 0
+
+
 def test_the_floor_is_the_products_time_alone():
     net, x = EnsembleMLP(in_dim=5, out_dim=1, members=2, hidden_dim=32), torch.randn(64, 5)
     floor = measure_floor(lambda: ensemble_step(net, x))

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch.utils import benchmark
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import flop_registry
 
 __all__ = ["Floor", "ProductCall", "floor_seconds", "measure_floor", "record_products"]
@@ -61,14 +60,25 @@ class ProductCall:
 
     def replay(self) -> Callable[[], Any]:
         """A zero-argument callable running the op on fresh tensors of the recorded layouts."""
-        fresh = lambda a: a.fresh() if isinstance(a, TensorLayout) else a  # noqa: E731
-        args, kwargs = tree_map(fresh, (self.args, dict(self.kwargs)))
+        args, kwargs = _fresh(self.args), {name: _fresh(value) for name, value in self.kwargs}
         return lambda: self.op(*args, **kwargs)
 
 
+def _fresh(value: Any) -> Any:
+    """An argument for a replay: a fresh tensor for each layout, anything else as recorded."""
+    if isinstance(value, TensorLayout):
+        return value.fresh()
+    if isinstance(value, tuple):
+        return tuple(_fresh(item) for item in value)
+    return value
+
+
 def _layout(value: Any) -> Any:
+    """A hashable stand-in for an op argument: tensors by layout, lists (strides, padding) as tuples."""
     if isinstance(value, torch.Tensor):
         return TensorLayout(tuple(value.shape), tuple(value.stride()), value.dtype, value.device)
+    if isinstance(value, list | tuple):
+        return tuple(_layout(item) for item in value)
     return value
 
 
@@ -83,10 +93,8 @@ class _Recorder(TorchDispatchMode):
         count = flop_registry.get(func.overloadpacket)
         if count is not None:
             flops = int(count(*args, **kwargs, out_val=out))
-            layout_args, layout_kwargs = tree_map(_layout, (args, kwargs))
-            self.calls.append(
-                ProductCall(func, tuple(layout_args), tuple(sorted(layout_kwargs.items())), flops)
-            )
+            layout_kwargs = tuple(sorted((name, _layout(value)) for name, value in kwargs.items()))
+            self.calls.append(ProductCall(func, _layout(args), layout_kwargs, flops))
         return out
 
 
