@@ -8,13 +8,14 @@ import os
 from pathlib import Path
 
 from diffgym.zoo.benchmarks import SUITES
+from diffgym.zoo.benchmarks.ray_runs import LOCAL
 
 __all__ = ["add_benchmark_command", "run_benchmark"]
 
 #: the data folder when --data-dir is not given: $DIFFGYM_DATA_DIR, else ./datasets
 DATA_DIR_VARIABLE = "DIFFGYM_DATA_DIR"
 #: the budget fields an option replaces (option dest = field name)
-_BUDGET_OPTIONS = ("seeds", "steps", "eval_every", "eval_episodes", "final_episodes")
+_BUDGET_OPTIONS = ("seeds", "steps", "eval_every", "eval_episodes", "final_episodes", "checkpoint_every")
 
 
 def add_benchmark_command(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +46,20 @@ def add_benchmark_command(subparsers: argparse._SubParsersAction) -> None:
         "--eval-episodes", type=int, metavar="N", help="episodes per evaluation during training"
     )
     bench.add_argument("--final-episodes", type=int, metavar="N", help="episodes of the final evaluation")
+    bench.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL,
+        metavar="ADDRESS",
+        help="run the matrix as Ray tasks, one CPU each: on a Ray instance started here, or on the "
+        "cluster at ADDRESS (needs 'diffgym[ray]')",
+    )
+    bench.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="checkpoint each run every N gradient steps; the same command resumes an interrupted run",
+    )
     bench.add_argument(
         "--data-dir",
         type=Path,
@@ -99,6 +114,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         budget=dataclasses.replace(suite.budget, **chosen),
         overrides=tuple(args.set),
         save_models=args.save_models,
+        ray_address=args.ray,
     )
     path = run_suite(session, agents=args.agents, datasets=args.datasets, report_only=args.report)
     print(path.read_text())

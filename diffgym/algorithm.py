@@ -115,7 +115,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         lr_warmup_steps: gradient steps of linear learning-rate warm-up (Diffusion Policy's); 0: none.
         precision: ``"fp32"``, or ``"bf16"``: each gradient step under bfloat16 autocast (matrix products
             in bfloat16, everything stored in float32; :mod:`diffgym.precision`), 2x faster on a CPU
-            with AVX512-BF16 or AMX, at the accuracy stated in ``zoo/results/train_speed.md``.
+            with AVX512-BF16 or AMX, at the accuracy stated in ``zoo/results/README.md`` (speed).
         compile_networks: run the policy's networks through ``torch.compile``
             (:mod:`diffgym.compilation`; needs a C++ compiler on CPU); the first steps at each new
             batch shape compile.

@@ -1,6 +1,6 @@
 """How many torch threads a training process takes: the cores that nothing else is using.
 
-Measured on a 2-core machine (``zoo/results/train_speed.md``, Diffusion-QL): alone, 2 threads train
+Measured on a 2-core machine (``zoo/results/speed/``, Diffusion-QL): alone, 2 threads train
 1.7x faster than 1; with one other busy process, 2 threads run at half the speed of 1 (their OpenMP
 workers spin waiting for a core that is taken), and OpenMP's passive wait policy only halves that
 loss while costing 60 % when the machine is idle. So ``diffgym train`` takes the idle cores

@@ -18,6 +18,7 @@ from typing import NamedTuple, TypeAlias
 import gymnasium as gym
 import minari
 import numpy as np
+from filelock import FileLock
 from gymnasium import spaces
 from minari import MinariDataset
 from minari.dataset.minari_dataset import parse_dataset_id
@@ -266,7 +267,17 @@ def _spaces_agree(dataset: MinariDataset, reference_spaces: SpacePair) -> bool:
 
 
 def _cached_import(path: Path, dataset_id: str, reference_spaces: SpacePair | None) -> MinariDataset:
-    """The import ``dataset_id`` of ``path`` from the local store, or imported (afresh when stale)."""
+    """The import ``dataset_id`` of ``path`` from the local store, or imported (afresh when stale).
+
+    One process imports at a time (a lock file beside the dataset's folder): runs started together
+    on the same file (two background runs, Ray tasks) import it once and then share it."""
+    folder = get_dataset_path(dataset_id)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.parent / f"{folder.name}.lock"):
+        return _cached_import_unlocked(path, dataset_id, reference_spaces)
+
+
+def _cached_import_unlocked(path: Path, dataset_id: str, reference_spaces: SpacePair | None) -> MinariDataset:
     if get_dataset_path(dataset_id).joinpath("data").exists():
         cached = minari.load_dataset(dataset_id)
         if not missing_env_now_installed(cached):
@@ -276,7 +287,7 @@ def _cached_import(path: Path, dataset_id: str, reference_spaces: SpacePair | No
             f"importing {path} afresh: its cached import {dataset_id} took its spaces from the arrays "
             f"because env {unavailable['env_id']!r} could not be made, and "
             f"{', '.join(unavailable['missing_modules'])} is installed now",
-            stacklevel=5,
+            stacklevel=6,
         )
         shutil.rmtree(get_dataset_path(dataset_id))
     return import_d4rl(path, dataset_id=dataset_id, reference_spaces=reference_spaces)

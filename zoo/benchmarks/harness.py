@@ -49,7 +49,9 @@ from diffgym import registry
 from diffgym.registry import AgentSpec
 from diffgym.scores import get_reference, normalized_score
 from diffgym.tasks.envs import make_env as make_gym_env
-from diffgym.zoo.benchmarks.report import hardware, latency_ms, now, write_json
+from diffgym.zoo.benchmarks.checkpoints import Progress, RunCheckpoint
+from diffgym.zoo.benchmarks.ray_runs import run_on_ray
+from diffgym.zoo.benchmarks.report import hardware, latency_ms, log, now, write_json
 from diffgym.zoo.benchmarks.reporting import RECORD_FORMAT, Report, build_report
 from diffgym.zoo.hyperparameters import parse_override, resolve_hyperparams, split_config
 
@@ -124,6 +126,8 @@ class Budget:
         eval_every: gradient steps between evaluations during training (0: final only).
         eval_episodes: episodes per evaluation during training.
         final_episodes: episodes of the final evaluation.
+        checkpoint_every: gradient steps between checkpoints of a run, which the same command
+            resumes after an interruption (:mod:`~diffgym.zoo.benchmarks.checkpoints`); 0: none.
     """
 
     seeds: int = 1
@@ -131,6 +135,7 @@ class Budget:
     eval_every: int = 0
     eval_episodes: int = 5
     final_episodes: int = 10
+    checkpoint_every: int = 0
 
 
 class Metric(NamedTuple):
@@ -222,12 +227,21 @@ def evaluate_team_episodes(model: Any, run: Run, episodes: int) -> Evaluation:
 
 
 def train_and_evaluate(model: Any, run: Run) -> dict[str, Any]:
-    """Train for the run's budget with the evaluation curve, evaluate the final model, time ``predict``."""
+    """Train for the run's budget with the evaluation curve (in checkpointed blocks when the budget
+    has ``checkpoint_every``, resuming a checkpoint of this run), evaluate the final model, time
+    ``predict``."""
     budget = run.session.budget
-    curve = EvaluationCurve(run, budget.eval_every, budget.eval_episodes)
-    started = time.perf_counter()
-    model.learn(run.steps, callback=curve)
-    train_seconds = time.perf_counter() - started - curve.seconds
+    checkpoint = RunCheckpoint.of(run)
+    model, progress = checkpoint.resume(model, run) if budget.checkpoint_every else (model, Progress())
+    curve = EvaluationCurve(run, budget.eval_every, budget.eval_episodes, progress.points)
+    block = budget.checkpoint_every or run.steps
+    while model.num_timesteps < run.steps:
+        started, eval_seconds = time.perf_counter(), curve.seconds
+        model.learn(min(block, run.steps - model.num_timesteps), callback=curve, reset_num_timesteps=False)
+        progress.train_seconds += time.perf_counter() - started - (curve.seconds - eval_seconds)
+        progress.eval_seconds += curve.seconds - eval_seconds
+        if budget.checkpoint_every:
+            checkpoint.save(model, run, progress)
     final = run.assess(model, budget.final_episodes)
     metric = run.session.suite.metric.key
     best = max([*curve.points, final], key=lambda point: -np.inf if point[metric] is None else point[metric])
@@ -235,8 +249,11 @@ def train_and_evaluate(model: Any, run: Run) -> dict[str, Any]:
         "curve": curve.points,
         "final": final,
         "best": {"step": best["step"], metric: best[metric]},
-        "wall_time": {"train_seconds": train_seconds, "eval_seconds": curve.seconds + final["seconds"]},
-        "gradient_steps_per_second": run.steps / train_seconds,
+        "wall_time": {
+            "train_seconds": progress.train_seconds,
+            "eval_seconds": progress.eval_seconds + final["seconds"],
+        },
+        "gradient_steps_per_second": run.steps / progress.train_seconds,
         "latency": {"predict_ms": predict_latency(model, run)},
     }
 
@@ -331,6 +348,8 @@ class Session:
     overrides: tuple[str, ...] = ()
     save_models: bool = False
     scratch: Path | None = None  # the session's scratch folder (run_suite makes one)
+    #: run the matrix on Ray: :data:`~diffgym.zoo.benchmarks.ray_runs.LOCAL` or a cluster's address
+    ray_address: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -451,17 +470,18 @@ class Run:
 
 
 class EvaluationCurve(BaseCallback):
-    """Evaluates the model every ``every`` gradient steps (offline, callbacks fire once per step),
-    keeping each point and the time spent evaluating."""
+    """Evaluates the model every ``every`` gradient steps (offline, callbacks fire once per step; the
+    model's step count, so a resumed run continues its ``points``), keeping each point and the time
+    spent evaluating."""
 
-    def __init__(self, run: Run, every: int, episodes: int) -> None:
+    def __init__(self, run: Run, every: int, episodes: int, points: list[dict[str, Any]]) -> None:
         super().__init__()
         self.run, self.every, self.episodes = run, every, episodes
-        self.points: list[dict[str, Any]] = []
+        self.points = points
         self.seconds = 0.0
 
     def _on_step(self) -> bool:
-        if self.every > 0 and self.n_calls % self.every == 0:
+        if self.every > 0 and self.model.num_timesteps % self.every == 0:
             point = self.run.assess(self.model, self.episodes)
             self.points.append(point)
             self.seconds += point["seconds"]
@@ -493,17 +513,30 @@ def run_suite(
 
 def _run_matrix(session: Session, contenders: list[Contender], names: list[str]) -> None:
     prepared = {name: session.suite.prepare(name, session) for name in names}
-    for name, dataset in prepared.items():
-        for contender in (c for c in contenders if c.runs_on(name)):
-            for seed in range(session.budget.seeds):
-                run = Run(session, contender, dataset, seed)
-                path, record = session.folder / f"{run.name}.json", execute(run)
-                write_json(path, record)
-                _log(f"{run.name}: {_summary(record, session.suite.metric)} -> {path}")
+    runs = [
+        Run(session, contender, dataset, seed)
+        for name, dataset in prepared.items()
+        for contender in contenders
+        if contender.runs_on(name)
+        for seed in range(session.budget.seeds)
+    ]
+    if session.ray_address is not None:
+        run_on_ray(runs, session.ray_address, execute, _finish)
+    else:
+        for run in runs:
+            _finish(run, execute(run))
     for study_name, study in session.suite.studies.items():
         path = session.folder / "studies" / f"{study_name}.json"
         write_json(path, _timed_record(functools.partial(study, session, list(prepared.values()))))
-        _log(f"study {study_name} -> {path}")
+        log(f"study {study_name} -> {path}")
+
+
+def _finish(run: Run, record: dict[str, Any]) -> None:
+    """Write a run's record, then drop its checkpoint."""
+    path = run.session.folder / f"{run.name}.json"
+    write_json(path, record)
+    RunCheckpoint.of(run).clear()
+    log(f"{run.name}: {_summary(record, run.session.suite.metric)} -> {path}")
 
 
 def execute(run: Run) -> dict[str, Any]:
@@ -590,10 +623,6 @@ def _summary(record: dict[str, Any], metric: Metric) -> str:
 
 def _scaled(value: float | None, metric: Metric) -> str:
     return "-" if value is None else f"{value * metric.scale:.1f}"
-
-
-def _log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def _json_attribute(file: h5py.File, name: str) -> dict[str, Any]:

@@ -47,6 +47,11 @@ def hardware_line(info: dict[str, Any]) -> str:
     )
 
 
+def log(message: str) -> None:
+    """A progress line with the time of day, flushed at once (runs go to log files)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
 def latency_ms(call: Callable[[], Any], min_run_time: float = 0.2) -> float:
     """Median time of ``call()`` in milliseconds, by ``torch.utils.benchmark`` at the current thread count.
 

@@ -1,0 +1,90 @@
+"""Resumable runs: a run interrupted after a checkpoint and started again gives the same record."""
+
+import dataclasses
+import json
+
+import pytest
+
+from diffgym.scores import register_reference
+from diffgym.zoo.benchmarks import checkpoints
+from diffgym.zoo.benchmarks.harness import Budget, Contender, Session, Suite, run_suite
+
+REFERENCE = "diffgym-test-pendulum-tiny"
+SMALL = ("batch_size=16", "policy_kwargs.num_candidates=2", "policy_kwargs.actor_hidden=16",
+         "policy_kwargs.critic_hidden=16", "ema_start=1", "ema_every=1", "check_every=2")  # fmt: skip
+BUDGET = Budget(steps=6, eval_every=2, eval_episodes=1, final_episodes=1, checkpoint_every=2)
+RUN = "dql_pendulum-tiny_s0"
+
+
+class Killed(Exception):
+    """Stands for the process being stopped right after a checkpoint."""
+
+
+@pytest.fixture(scope="module")
+def suite():
+    register_reference(REFERENCE, -1500.0, -150.0, "test references")
+    return Suite(
+        name="tiny",
+        title="Tiny",
+        description="Diffusion-QL on random Pendulum data.",
+        datasets=("pendulum-tiny",),
+        agents=(Contender("dql"),),
+        budget=BUDGET,
+        reference=lambda dataset: REFERENCE,
+    )
+
+
+def run_record(suite, data, out, budget=BUDGET, overrides=SMALL):
+    session = Session(suite, data_dir=data, out=out, budget=budget, overrides=overrides)
+    run_suite(session)
+    return json.loads((session.folder / f"{RUN}.json").read_text())
+
+
+def outcome(record):
+    """What must not depend on interruptions: every evaluation's step and returns."""
+    return [(p["step"], p["returns"]) for p in [*record["curve"], record["final"]]]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(suite, pendulum_file, tmp_path_factory):
+    return run_record(suite, pendulum_file.parent, tmp_path_factory.mktemp("whole"))
+
+
+def test_checkpointed_blocks_give_what_one_uninterrupted_learn_gives(
+    suite, pendulum_file, tmp_path, uninterrupted
+):
+    plain = run_record(suite, pendulum_file.parent, tmp_path, dataclasses.replace(BUDGET, checkpoint_every=0))
+    assert outcome(plain) == outcome(uninterrupted)
+    assert [p["step"] for p in uninterrupted["curve"]] == [2, 4, 6]
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_record(
+    suite, pendulum_file, tmp_path, uninterrupted, monkeypatch, capsys
+):
+    save = checkpoints.RunCheckpoint.save
+
+    def save_then_die(self, model, run, progress):
+        save(self, model, run, progress)
+        if model.num_timesteps == 4:
+            raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoints.RunCheckpoint, "save", save_then_die)
+        with pytest.raises(Killed):
+            run_record(suite, pendulum_file.parent, tmp_path)
+    folder = tmp_path / "tiny" / "checkpoints" / RUN
+    assert sorted(p.name for p in folder.iterdir()) == ["model-4.zip", "progress.json"]  # older model gone
+    resumed = run_record(suite, pendulum_file.parent, tmp_path)
+    assert f"{RUN}: resuming from gradient step 4" in capsys.readouterr().out
+    assert outcome(resumed) == outcome(uninterrupted)
+    assert not folder.exists()  # removed with the record written
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(suite, pendulum_file, tmp_path, capsys):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoints.RunCheckpoint, "clear", lambda self: None)  # keep it
+        run_record(suite, pendulum_file.parent, tmp_path)
+    record = run_record(suite, pendulum_file.parent, tmp_path, overrides=(*SMALL, "eta=0.5"))
+    assert "is of another configuration; starting afresh" in capsys.readouterr().out
+    assert record["config"]["hyperparams"]["values"]["eta"] == 0.5
+    assert [p["step"] for p in record["curve"]] == [2, 4, 6]

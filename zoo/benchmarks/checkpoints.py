@@ -1,0 +1,103 @@
+"""Resumable benchmark runs: a run's model and progress, saved every ``checkpoint_every`` steps.
+
+A run with ``Budget.checkpoint_every = N`` (``diffgym benchmark --checkpoint-every N``) trains in
+blocks of N gradient steps. After each block it writes, in ``<out>/<suite>/checkpoints/<run>/``,
+``model-<step>.zip`` (:meth:`~diffgym.algorithm.OfflineAlgorithm.save`: the networks, the
+optimisers, the training and sampling generators and the step counts), then ``progress.json``
+(which model file is current, the evaluation points so far, the seconds spent, and what the run
+is: agent, dataset, seed, hyperparameters and budget), then removes the older model. Each file is
+written to a temporary name and renamed, and the progress file names its model, so a run killed
+at any moment leaves a whole checkpoint.
+
+Starting the same run again (same command) loads the checkpoint and trains the remaining steps:
+the result equals that of an uninterrupted run, evaluation points and final score included (a test
+interrupts a run and compares). A checkpoint of a different run (other hyperparameters, budget or
+seed) is not resumed: the run starts afresh and says so. The checkpoint is removed once the run's
+record is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diffgym.zoo.benchmarks.report import log, write_json
+
+if TYPE_CHECKING:
+    from diffgym.zoo.benchmarks.harness import Run
+
+__all__ = ["Progress", "RunCheckpoint"]
+
+
+@dataclasses.dataclass
+class Progress:
+    """What a run has done besides its model: evaluation points and seconds spent so far."""
+
+    points: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+
+def run_identity(run: Run) -> dict[str, Any]:
+    """What makes two runs the same run (JSON): a checkpoint is resumed only by its own run."""
+    key, values = run.hyperparameters
+    return json.loads(
+        json.dumps(
+            {
+                "suite": run.session.suite.name,
+                "agent": run.contender.name,
+                "dataset": run.dataset.name,
+                "seed": run.seed,
+                "hyperparams": {"key": key, "values": values},
+                "budget": {**dataclasses.asdict(run.session.budget), "gradient_steps": run.steps},
+            },
+            default=str,
+        )
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCheckpoint:
+    """The checkpoint folder of one run."""
+
+    folder: Path
+
+    @classmethod
+    def of(cls, run: Run) -> RunCheckpoint:
+        return cls(run.session.folder / "checkpoints" / run.name)
+
+    @property
+    def progress_path(self) -> Path:
+        return self.folder / "progress.json"
+
+    def resume(self, model: Any, run: Run) -> tuple[Any, Progress]:
+        """The saved model and progress when this run has a checkpoint, else ``model`` and no progress.
+
+        A checkpoint of another run (see :func:`run_identity`) is left for :meth:`save` to replace.
+        """
+        if not self.progress_path.exists():
+            return model, Progress()
+        saved = json.loads(self.progress_path.read_text())
+        if saved.get("run") != run_identity(run):
+            log(f"{run.name}: the checkpoint in {self.folder} is of another configuration; starting afresh")
+            return model, Progress()
+        loaded = type(model).load(self.folder / saved["model"], env=run.make_env(), dataset=run.dataset.data)
+        log(f"{run.name}: resuming from gradient step {loaded.num_timesteps} ({self.folder})")
+        return loaded, Progress(**saved["progress"])
+
+    def save(self, model: Any, run: Run, progress: Progress) -> None:
+        """The model, then the progress naming it (each atomically), then older models go."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"model-{model.num_timesteps}.zip"
+        model.save(self.folder / name)
+        record = {"run": run_identity(run), "model": name, "progress": dataclasses.asdict(progress)}
+        write_json(self.progress_path, record)
+        for old in self.folder.glob("model-*.zip"):
+            if old.name != name:
+                old.unlink()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
