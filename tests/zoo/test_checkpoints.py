@@ -88,3 +88,10 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(suite, pendulum_fi
     assert "is of another configuration; starting afresh" in capsys.readouterr().out
     assert record["config"]["hyperparams"]["values"]["eta"] == 0.5
     assert [p["step"] for p in record["curve"]] == [2, 4, 6]
+
+
+def test_a_finished_run_is_skipped_when_the_session_is_started_again(suite, pendulum_file, tmp_path, capsys):
+    first = run_record(suite, pendulum_file.parent, tmp_path)
+    second = run_record(suite, pendulum_file.parent, tmp_path)
+    assert f"{RUN}: its record is there already (same configuration); skipped" in capsys.readouterr().out
+    assert second == first  # the record was left as it was

@@ -80,6 +80,14 @@ def test_markdown_report_from_the_records(results):
     assert len(json.loads((session.out / "tiny.json").read_text())["runs"]) == 4
 
 
+def test_a_learning_curve_figure_per_dataset_linked_from_the_report(results):
+    session, path = results
+    figure = session.out / "tiny_curves" / "pendulum-tiny.png"
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    assert "Learning curves (mean ± std over seeds; dot: the final evaluation): " in path.read_text()
+    assert "[pendulum-tiny](tiny_curves/pendulum-tiny.png)" in path.read_text()
+
+
 def test_report_only_ignores_records_of_another_layout(results):
     session, path = results
     (session.folder / "old_run.json").write_text(json.dumps({"agent": "dql", "score": 1.0}))

@@ -13,7 +13,8 @@ Starting the same run again (same command) loads the checkpoint and trains the r
 the result equals that of an uninterrupted run, evaluation points and final score included (a test
 interrupts a run and compares). A checkpoint of a different run (other hyperparameters, budget or
 seed) is not resumed: the run starts afresh and says so. The checkpoint is removed once the run's
-record is written.
+record is written, and a run whose record is there already (same identity) is skipped, so one
+command, repeated until it finishes, completes a whole matrix.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from diffgym.zoo.benchmarks.report import log, write_json
 if TYPE_CHECKING:
     from diffgym.zoo.benchmarks.harness import Run
 
-__all__ = ["Progress", "RunCheckpoint"]
+__all__ = ["Progress", "RunCheckpoint", "is_finished"]
 
 
 @dataclasses.dataclass
@@ -57,6 +58,25 @@ def run_identity(run: Run) -> dict[str, Any]:
             default=str,
         )
     )
+
+
+def is_finished(run: Run) -> bool:
+    """Whether the run's record exists and is of this very run (same identity): a checkpointed session
+    started again skips it."""
+    path = run.session.folder / f"{run.name}.json"
+    if not path.exists():
+        return False
+    record = json.loads(path.read_text())
+    config = record.get("config", {})
+    recorded = {
+        "suite": record.get("suite"),
+        "agent": config.get("agent"),
+        "dataset": config.get("dataset"),
+        "seed": config.get("seed"),
+        "hyperparams": {k: config.get("hyperparams", {}).get(k) for k in ("key", "values")},
+        "budget": record.get("budget"),
+    }
+    return bool(recorded == run_identity(run))
 
 
 @dataclasses.dataclass(frozen=True)

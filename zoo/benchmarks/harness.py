@@ -49,7 +49,7 @@ from diffgym import registry
 from diffgym.registry import AgentSpec
 from diffgym.scores import get_reference, normalized_score
 from diffgym.tasks.envs import make_env as make_gym_env
-from diffgym.zoo.benchmarks.checkpoints import Progress, RunCheckpoint
+from diffgym.zoo.benchmarks.checkpoints import Progress, RunCheckpoint, is_finished
 from diffgym.zoo.benchmarks.ray_runs import run_on_ray
 from diffgym.zoo.benchmarks.report import hardware, latency_ms, log, now, write_json
 from diffgym.zoo.benchmarks.reporting import RECORD_FORMAT, Report, build_report
@@ -520,6 +520,10 @@ def _run_matrix(session: Session, contenders: list[Contender], names: list[str])
         if contender.runs_on(name)
         for seed in range(session.budget.seeds)
     ]
+    if session.budget.checkpoint_every:  # a resumed session: runs with their record are done
+        for run in (run for run in runs if is_finished(run)):
+            log(f"{run.name}: its record is there already (same configuration); skipped")
+        runs = [run for run in runs if not is_finished(run)]
     if session.ray_address is not None:
         run_on_ray(runs, session.ray_address, execute, _finish)
     else:

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diffgym.zoo.benchmarks.curves import plot_learning_curves
 from diffgym.zoo.benchmarks.report import (
     hardware_line,
     markdown_table,
@@ -84,17 +85,23 @@ def build_report(session: Session) -> Path:
             "studies": report.studies,
         },
     )
+    figures = plot_learning_curves(report, session.out / f"{name}_curves")
     path = session.out / f"{name}.md"
-    write_text(path, render_markdown(report) + "\n")
+    links = {dataset: figure.relative_to(session.out).as_posix() for dataset, figure in figures.items()}
+    write_text(path, render_markdown(report, links) + "\n")
     return path
 
 
-def render_markdown(report: Report) -> str:
-    """Title, description, the scores table, budget, the suite's sections, hardware."""
+def render_markdown(report: Report, figures: dict[str, str] | None = None) -> str:
+    """Title, description, the scores table, budget, links to the learning-curve ``figures``
+    (``{dataset: relative path}``), the suite's sections, hardware."""
     suite = report.suite
     parts = [f"# {suite.title}", suite.description]
     if any("final" in r for r in report.runs):
         parts += [scores_table(report), budget_line(report)]
+    if figures:
+        links = ", ".join(f"[{dataset}]({path})" for dataset, path in figures.items())
+        parts.append(f"Learning curves (mean ± std over seeds; dot: the final evaluation): {links}.")
     parts += [section(report) for section in suite.sections]
     if report.hardware is not None:
         parts.append(f"Hardware: {hardware_line(report.hardware)}.")
