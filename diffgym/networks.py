@@ -35,6 +35,15 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+def exact_output(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` in the layer's own precision, also under bf16 autocast (``precision="bf16"``).
+
+    For the output layer of value and Q networks: values of a few hundred would round to steps of
+    1-2 in bfloat16's 8-bit mantissa, and TD errors are differences of such values."""
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.to(next(layer.parameters()).dtype))
+
+
 class EnsembleMLP(nn.Module):
     """An ensemble of MLPs with Mish activations (Diffusion-QL's critic) and optional LayerNorm.
 
@@ -77,12 +86,10 @@ class EnsembleMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.members, -1, -1)
-        hidden = self.net[:-1](x)
-        # Under bf16 autocast (``precision="bf16"``) the output layer still runs in float32: values
-        # of a few hundred would round to steps of 1-2 in bfloat16's 8-bit mantissa, and TD errors
-        # are differences of such values.
-        with torch.autocast(x.device.type, enabled=False):
-            return self.net[-1](hidden.float())
+        *hidden, output = self.net
+        for layer in hidden:
+            x = layer(x)
+        return exact_output(output, x)
 
 
 class StateActionCritic(nn.Module):

@@ -4,12 +4,13 @@ With ``"bf16"`` each gradient step runs under :func:`torch.autocast` with ``torc
 products and convolutions take bfloat16 inputs and accumulate in float32; weights, gradients and
 optimiser state stay float32, and losses are computed in float32 (a denoiser's bfloat16 output is
 promoted when its target is subtracted). Acting (``predict``) is not affected. Two places keep
-float32 on purpose: the output layer of value and Q networks (:class:`~diffgym.networks.EnsembleMLP`;
-a Q of a few hundred would otherwise round to steps of 1–2) and Mish
+float32 on purpose: the output layer of value and Q networks (:func:`~diffgym.networks.exact_output`,
+in the critics, IQL / IDQL value networks and Diffuser's value guide; a Q of a few hundred would
+otherwise round to steps of 1–2) and Mish
 (:func:`~diffgym.activations.mish`, computed in float32 from its bfloat16 input).
 
 On a CPU with native bfloat16 instructions (AVX512-BF16 or AMX) matrix products run up to 4x faster
-(256-wide layers at batch 256: 4x; the U-Nets' convolutions with their backward: 1.2–1.8x);
+(256-wide layers at batch 256: 3–4x; the U-Nets' convolutions with their backward: 1.2–1.8x);
 without them bfloat16 is emulated and slower than float32, so :func:`check_precision` warns. The
 accuracy cost, measured on Diffusion-QL, is in ``zoo/results/README.md`` (speed).
 """

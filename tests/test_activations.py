@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from diffgym.activations import Mish, mish
 
-EXTREMES = [-float("inf"), -1e4, -100.0, -20.5, -20.0, 19.9, 20.0, 20.5, 100.0, 1e4, float("inf")]
+EXTREMES = [-float("inf"), -1e4, -100.0, -20.5, -20.0, 19.9, 20.0, 20.5, 100.0, 1e4, 1e10, 1e30, float("inf")]
 
 
 def grid(dtype: torch.dtype) -> torch.Tensor:

@@ -236,8 +236,19 @@ def _load_path(path: Path, reference_spaces: SpacePair | None) -> MinariDataset:
 
 def _load_import(path: Path, reference_spaces: SpacePair | None) -> MinariDataset:
     """The cached import of a D4RL-layout file (with ``reference_spaces``: one that agrees with them, see
-    :func:`load_dataset`), imported (afresh when the cached one is stale)."""
+    :func:`load_dataset`), imported (afresh when the cached one is stale).
+
+    One process at a time reads or writes a file's imports (a lock file beside them): runs started
+    together on the same file (two background runs, Ray tasks) import it once, and none reads an
+    import another is still writing."""
     dataset_id = imported_dataset_id(check_hdf5_file(path))
+    folder = get_dataset_path(dataset_id)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.parent / f"{folder.name}.lock"):
+        return _import_once(path, dataset_id, reference_spaces)
+
+
+def _import_once(path: Path, dataset_id: str, reference_spaces: SpacePair | None) -> MinariDataset:
     boxes = reference_spaces is not None and all(isinstance(s, spaces.Box) for s in reference_spaces)
     if not boxes:
         return _cached_import(path, dataset_id, None)
@@ -267,17 +278,7 @@ def _spaces_agree(dataset: MinariDataset, reference_spaces: SpacePair) -> bool:
 
 
 def _cached_import(path: Path, dataset_id: str, reference_spaces: SpacePair | None) -> MinariDataset:
-    """The import ``dataset_id`` of ``path`` from the local store, or imported (afresh when stale).
-
-    One process imports at a time (a lock file beside the dataset's folder): runs started together
-    on the same file (two background runs, Ray tasks) import it once and then share it."""
-    folder = get_dataset_path(dataset_id)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder.parent / f"{folder.name}.lock"):
-        return _cached_import_unlocked(path, dataset_id, reference_spaces)
-
-
-def _cached_import_unlocked(path: Path, dataset_id: str, reference_spaces: SpacePair | None) -> MinariDataset:
+    """The import ``dataset_id`` of ``path`` from the local store, or imported (afresh when stale)."""
     if get_dataset_path(dataset_id).joinpath("data").exists():
         cached = minari.load_dataset(dataset_id)
         if not missing_env_now_installed(cached):

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from diffgym.activations import Mish
 from diffgym.denoisers.embeddings import make_time_mlp
 from diffgym.denoisers.unet_blocks import Downsample1d, UnetLevel
+from diffgym.networks import exact_output
 
 __all__ = ["TemporalValueNet"]
 
@@ -56,4 +57,8 @@ class TemporalValueNet(nn.Module):
         h = x.transpose(1, 2)
         for level, down in zip(self.levels, self.downsamples, strict=True):
             h = down(level(h, emb))
-        return self.head(torch.cat((h.mean(dim=2), emb), dim=1)).squeeze(1)
+        *hidden, output = self.head
+        features = torch.cat((h.mean(dim=2), emb), dim=1)
+        for layer in hidden:
+            features = layer(features)
+        return exact_output(output, features).squeeze(1)  # returns of hundreds: float32 under bf16

@@ -31,6 +31,7 @@ def suite():
         agents=(Contender("dql"),),
         budget=BUDGET,
         reference=lambda dataset: REFERENCE,
+        measures={"steps_learned": lambda model, run: model.num_timesteps},  # of the model execute() kept
     )
 
 
@@ -77,6 +78,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_record(
     resumed = run_record(suite, pendulum_file.parent, tmp_path)
     assert f"{RUN}: resuming from gradient step 4" in capsys.readouterr().out
     assert outcome(resumed) == outcome(uninterrupted)
+    assert resumed["extra"]["steps_learned"] == 6  # measures (and saved models) see the resumed model
     assert not folder.exists()  # removed with the record written
 
 
@@ -95,3 +97,10 @@ def test_a_finished_run_is_skipped_when_the_session_is_started_again(suite, pend
     second = run_record(suite, pendulum_file.parent, tmp_path)
     assert f"{RUN}: its record is there already (same configuration); skipped" in capsys.readouterr().out
     assert second == first  # the record was left as it was
+
+
+def test_a_negative_checkpoint_period_is_refused_by_name():
+    with pytest.raises(
+        ValueError, match=r"checkpoint_every must be 0 \(none\) or a number of gradient steps, got -5"
+    ):
+        Budget(checkpoint_every=-5)

@@ -42,6 +42,12 @@ class Progress:
     eval_seconds: float = 0.0
 
 
+def _outcome_budget(budget: dict[str, Any]) -> dict[str, Any]:
+    """The budget fields that change a run's result: not how many seeds the session has, nor how
+    often it checkpoints."""
+    return {name: value for name, value in budget.items() if name not in ("seeds", "checkpoint_every")}
+
+
 def run_identity(run: Run) -> dict[str, Any]:
     """What makes two runs the same run (JSON): a checkpoint is resumed only by its own run."""
     key, values = run.hyperparameters
@@ -53,7 +59,9 @@ def run_identity(run: Run) -> dict[str, Any]:
                 "dataset": run.dataset.name,
                 "seed": run.seed,
                 "hyperparams": {"key": key, "values": values},
-                "budget": {**dataclasses.asdict(run.session.budget), "gradient_steps": run.steps},
+                "budget": _outcome_budget(
+                    {**dataclasses.asdict(run.session.budget), "gradient_steps": run.steps}
+                ),
             },
             default=str,
         )
@@ -74,7 +82,7 @@ def is_finished(run: Run) -> bool:
         "dataset": config.get("dataset"),
         "seed": config.get("seed"),
         "hyperparams": {k: config.get("hyperparams", {}).get(k) for k in ("key", "values")},
-        "budget": record.get("budget"),
+        "budget": _outcome_budget(record.get("budget") or {}),
     }
     return bool(recorded == run_identity(run))
 
@@ -93,20 +101,31 @@ class RunCheckpoint:
     def progress_path(self) -> Path:
         return self.folder / "progress.json"
 
-    def resume(self, model: Any, run: Run) -> tuple[Any, Progress]:
-        """The saved model and progress when this run has a checkpoint, else ``model`` and no progress.
-
-        A checkpoint of another run (see :func:`run_identity`) is left for :meth:`save` to replace.
-        """
+    def _saved(self, run: Run) -> dict[str, Any] | None:
+        """The progress file's content when it is this run's (see :func:`run_identity`), else None."""
         if not self.progress_path.exists():
-            return model, Progress()
+            return None
         saved = json.loads(self.progress_path.read_text())
-        if saved.get("run") != run_identity(run):
-            log(f"{run.name}: the checkpoint in {self.folder} is of another configuration; starting afresh")
-            return model, Progress()
+        return saved if saved.get("run") == run_identity(run) else None
+
+    def resume_model(self, model: Any, run: Run) -> Any:
+        """The checkpoint's model when this run has one, else ``model``. A checkpoint of another run is
+        left for :meth:`save` to replace."""
+        saved = self._saved(run)
+        if saved is None:
+            if self.progress_path.exists():
+                log(
+                    f"{run.name}: the checkpoint in {self.folder} is of another configuration; starting afresh"
+                )
+            return model
         loaded = type(model).load(self.folder / saved["model"], env=run.make_env(), dataset=run.dataset.data)
         log(f"{run.name}: resuming from gradient step {loaded.num_timesteps} ({self.folder})")
-        return loaded, Progress(**saved["progress"])
+        return loaded
+
+    def progress(self, run: Run) -> Progress:
+        """What the checkpoint of this run had done besides its model (nothing without one)."""
+        saved = self._saved(run)
+        return Progress() if saved is None else Progress(**saved["progress"])
 
     def save(self, model: Any, run: Run, progress: Progress) -> None:
         """The model, then the progress naming it (each atomically), then older models go."""

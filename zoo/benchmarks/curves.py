@@ -48,6 +48,7 @@ def plot_learning_curves(report: Report, folder: Path) -> dict[str, Path]:
         if not agents:
             continue
         figure, axes = plt.subplots(figsize=(6.4, 4.0))
+        plotted = 0
         for agent in agents:
             runs = [r for r in report.runs_of(agent, dataset) if r.get("curve")]
             steps, mean, std = _mean_std_by_step(runs, metric.key, metric.scale)
@@ -55,6 +56,7 @@ def plot_learning_curves(report: Report, folder: Path) -> dict[str, Path]:
                 continue
             label = f"{report.suite.label(agent)} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
             (line,) = axes.plot(steps, mean, label=label)
+            plotted += 1
             if len(runs) > 1:
                 axes.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
             finals = [
@@ -64,6 +66,9 @@ def plot_learning_curves(report: Report, folder: Path) -> dict[str, Path]:
                 axes.plot(
                     [runs[0]["budget"]["gradient_steps"]], [np.mean(finals)], "o", color=line.get_color()
                 )
+        if not plotted:  # no run has the metric (an unscored suite): no figure
+            plt.close(figure)
+            continue
         axes.set(xlabel="gradient steps", ylabel=metric.label, title=f"{report.suite.title}: {dataset}")
         axes.legend(fontsize="small")
         axes.grid(alpha=0.3)

@@ -137,6 +137,22 @@ class Budget:
     final_episodes: int = 10
     checkpoint_every: int = 0
 
+    def __post_init__(self) -> None:
+        counts = {
+            "seeds": self.seeds,
+            "eval_episodes": self.eval_episodes,
+            "final_episodes": self.final_episodes,
+        }
+        counts |= {} if self.steps is None else {"steps": self.steps}
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"budget: {name} must be at least 1, got {value}")
+        for name, value in {"eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every}.items():
+            if value < 0:
+                raise ValueError(
+                    f"budget: {name} must be 0 (none) or a number of gradient steps, got {value}"
+                )
+
 
 class Metric(NamedTuple):
     """What "last" and "best" compare: a key of an evaluation point, its label, and a display scale."""
@@ -231,8 +247,8 @@ def train_and_evaluate(model: Any, run: Run) -> dict[str, Any]:
     has ``checkpoint_every``, resuming a checkpoint of this run), evaluate the final model, time
     ``predict``."""
     budget = run.session.budget
-    checkpoint = RunCheckpoint.of(run)
-    model, progress = checkpoint.resume(model, run) if budget.checkpoint_every else (model, Progress())
+    checkpoint = RunCheckpoint.of(run)  # execute() resumed the model from it
+    progress = checkpoint.progress(run) if budget.checkpoint_every else Progress()
     curve = EvaluationCurve(run, budget.eval_every, budget.eval_episodes, progress.points)
     block = budget.checkpoint_every or run.steps
     while model.num_timesteps < run.steps:
@@ -521,9 +537,10 @@ def _run_matrix(session: Session, contenders: list[Contender], names: list[str])
         for seed in range(session.budget.seeds)
     ]
     if session.budget.checkpoint_every:  # a resumed session: runs with their record are done
-        for run in (run for run in runs if is_finished(run)):
-            log(f"{run.name}: its record is there already (same configuration); skipped")
-        runs = [run for run in runs if not is_finished(run)]
+        finished = {run.name for run in runs if is_finished(run)}
+        for name in sorted(finished):
+            log(f"{name}: its record is there already (same configuration); skipped")
+        runs = [run for run in runs if run.name not in finished]
     if session.ray_address is not None:
         run_on_ray(runs, session.ray_address, execute, _finish)
     else:
@@ -547,6 +564,8 @@ def execute(run: Run) -> dict[str, Any]:
     """Build, run and measure one run; returns its record."""
     suite, started = run.session.suite, time.perf_counter()
     model = run.build()
+    if run.session.budget.checkpoint_every:
+        model = RunCheckpoint.of(run).resume_model(model, run)
     build_seconds = time.perf_counter() - started
     results = suite.procedure(model, run)
     extra = {name: measure(model, run) for name, measure in suite.measures.items()}
