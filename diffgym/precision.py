@@ -29,16 +29,27 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def check_precision(precision: str, device: torch.device) -> str:
-    """``precision`` if it is one of :data:`PRECISIONS`; warns when bf16 would be emulated on this CPU."""
+    """``precision`` if it is one of :data:`PRECISIONS` (and, on a GPU, one that has bfloat16); warns
+    when bf16 would be emulated on this CPU."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision='bf16': this GPU has no bfloat16 support; use precision='fp32'")
+    if precision == "bf16" and device.type == "cpu" and not _cpu_has_native_bf16():
         warnings.warn(
             "precision='bf16': this CPU has no native bfloat16 instructions (AVX512-BF16 or AMX), so "
             "bfloat16 products are emulated and slower than float32; use precision='fp32'",
             stacklevel=3,
         )
     return precision
+
+
+def _cpu_has_native_bf16() -> bool:
+    """Whether oneDNN finds AVX512-BF16 or AMX on this CPU (False where torch cannot tell)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def step_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
