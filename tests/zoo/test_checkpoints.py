@@ -59,6 +59,12 @@ def test_checkpointed_blocks_give_what_one_uninterrupted_learn_gives(
     assert [p["step"] for p in uninterrupted["curve"]] == [2, 4, 6]
 
 
+def test_each_checkpoint_logs_the_runs_progress(suite, pendulum_file, tmp_path, capsys):
+    run_record(suite, pendulum_file.parent, tmp_path)
+    out = capsys.readouterr().out
+    assert f"{RUN}: checkpoint at gradient step 2 of 6 (" in out and "score at step 6: " in out
+
+
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_record(
     suite, pendulum_file, tmp_path, uninterrupted, monkeypatch, capsys
 ):

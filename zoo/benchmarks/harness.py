@@ -258,6 +258,7 @@ def train_and_evaluate(model: Any, run: Run) -> dict[str, Any]:
         progress.eval_seconds += curve.seconds - eval_seconds
         if budget.checkpoint_every:
             checkpoint.save(model, run, progress)
+            log(_progress_line(run, model.num_timesteps, progress, curve.points))
     final = run.assess(model, budget.final_episodes)
     metric = run.session.suite.metric.key
     best = max([*curve.points, final], key=lambda point: -np.inf if point[metric] is None else point[metric])
@@ -272,6 +273,18 @@ def train_and_evaluate(model: Any, run: Run) -> dict[str, Any]:
         "gradient_steps_per_second": run.steps / progress.train_seconds,
         "latency": {"predict_ms": predict_latency(model, run)},
     }
+
+
+def _progress_line(run: Run, step: int, progress: Progress, points: list[dict[str, Any]]) -> str:
+    """A checkpointed run's progress: step, training speed so far, the last evaluation."""
+    metric = run.session.suite.metric
+    last = (
+        f", {metric.key} at step {points[-1]['step']}: {_scaled(points[-1][metric.key], metric)}"
+        if points
+        else ""
+    )
+    speed = step / progress.train_seconds if progress.train_seconds else 0.0
+    return f"{run.name}: checkpoint at gradient step {step:,} of {run.steps:,} ({speed:.1f} steps/s){last}"
 
 
 def predict_latency(model: Any, run: Run) -> float:
