@@ -35,13 +35,17 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-def exact_output(layer: nn.Module, x: Tensor) -> Tensor:
-    """``layer(x)`` in the layer's own precision, also under bf16 autocast (``precision="bf16"``).
+def exact_output(net: nn.Sequential, x: Tensor) -> Tensor:
+    """``net(x)`` with its last layer in the layer's own precision, also under bf16 autocast
+    (``precision="bf16"``).
 
-    For the output layer of value and Q networks: values of a few hundred would round to steps of
-    1-2 in bfloat16's 8-bit mantissa, and TD errors are differences of such values."""
+    For value and Q networks: values of a few hundred would round to steps of 1-2 in bfloat16's
+    8-bit mantissa, and TD errors are differences of such values."""
+    *hidden, output = net
+    for layer in hidden:
+        x = layer(x)
     with torch.autocast(x.device.type, enabled=False):
-        return layer(x.to(next(layer.parameters()).dtype))
+        return output(x.to(next(output.parameters()).dtype))
 
 
 class EnsembleMLP(nn.Module):
@@ -86,10 +90,7 @@ class EnsembleMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.members, -1, -1)
-        *hidden, output = self.net
-        for layer in hidden:
-            x = layer(x)
-        return exact_output(output, x)
+        return exact_output(self.net, x)
 
 
 class StateActionCritic(nn.Module):

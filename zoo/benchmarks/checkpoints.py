@@ -42,29 +42,25 @@ class Progress:
     eval_seconds: float = 0.0
 
 
-def _outcome_budget(budget: dict[str, Any]) -> dict[str, Any]:
-    """The budget fields that change a run's result: not how many seeds the session has, nor how
-    often it checkpoints."""
-    return {name: value for name, value in budget.items() if name not in ("seeds", "checkpoint_every")}
+def _identity(
+    suite: str, agent: str, dataset: str, seed: int, key: str | None, values: Any, budget: dict[str, Any]
+) -> dict[str, Any]:
+    """What makes two runs the same run, as JSON reads it back: the budget without how many seeds the
+    session has or how often it checkpoints, which change no run's result."""
+    outcome_budget = {
+        name: value for name, value in budget.items() if name not in ("seeds", "checkpoint_every")
+    }
+    fields = {"suite": suite, "agent": agent, "dataset": dataset, "seed": seed,
+              "hyperparams": {"key": key, "values": values}, "budget": outcome_budget}  # fmt: skip
+    return json.loads(json.dumps(fields, default=str))
 
 
 def run_identity(run: Run) -> dict[str, Any]:
-    """What makes two runs the same run (JSON): a checkpoint is resumed only by its own run."""
+    """The identity of a run to do: a checkpoint is resumed, and a record counts, only for its own run."""
     key, values = run.hyperparameters
-    return json.loads(
-        json.dumps(
-            {
-                "suite": run.session.suite.name,
-                "agent": run.contender.name,
-                "dataset": run.dataset.name,
-                "seed": run.seed,
-                "hyperparams": {"key": key, "values": values},
-                "budget": _outcome_budget(
-                    {**dataclasses.asdict(run.session.budget), "gradient_steps": run.steps}
-                ),
-            },
-            default=str,
-        )
+    budget = {**dataclasses.asdict(run.session.budget), "gradient_steps": run.steps}
+    return _identity(
+        run.session.suite.name, run.contender.name, run.dataset.name, run.seed, key, values, budget
     )
 
 
@@ -75,15 +71,11 @@ def is_finished(run: Run) -> bool:
     if not path.exists():
         return False
     record = json.loads(path.read_text())
-    config = record.get("config", {})
-    recorded = {
-        "suite": record.get("suite"),
-        "agent": config.get("agent"),
-        "dataset": config.get("dataset"),
-        "seed": config.get("seed"),
-        "hyperparams": {k: config.get("hyperparams", {}).get(k) for k in ("key", "values")},
-        "budget": _outcome_budget(record.get("budget") or {}),
-    }
+    config, hyperparams = record.get("config", {}), record.get("config", {}).get("hyperparams", {})
+    recorded = _identity(
+        record.get("suite"), config.get("agent"), config.get("dataset"), config.get("seed"),
+        hyperparams.get("key"), hyperparams.get("values"), record.get("budget") or {},
+    )  # fmt: skip
     return bool(recorded == run_identity(run))
 
 
