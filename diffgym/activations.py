@@ -1,9 +1,9 @@
-"""Mish, ``x · tanh(softplus(x))``, 2.4x cheaper than PyTorch's on CPU (forward and backward).
+"""Mish, ``x · tanh(softplus(x))``, 1.5–2.6x cheaper than PyTorch's on CPU (forward and backward).
 
 Mish is the activation of Diffusion-QL's networks and of Diffuser's and Diffusion Policy's U-Nets.
 On CPU, ``torch.nn.functional.mish`` evaluates three transcendental functions per element
 (exp, log1p, tanh) forward and again backward; in Diffusion-QL's gradient step at batch 256 that
-was a third of the whole step, as much as its matrix products. With ``u = eˣ``,
+was 35 % of the whole step (``zoo/results/speed/``, with the timings of this one). With ``u = eˣ``,
 
     tanh(softplus(x)) = ((1 + u)² − 1) / ((1 + u)² + 1) = n / (n + 2),   n = u (u + 2),
 

@@ -10,7 +10,8 @@ otherwise round to steps of 1–2) and Mish
 (:func:`~diffgym.activations.mish`, computed in float32 from its bfloat16 input).
 
 On a CPU with native bfloat16 instructions (AVX512-BF16 or AMX) matrix products run up to 4x faster
-(256-wide layers at batch 256: 3–4x; the U-Nets' convolutions with their backward: 1.2–1.8x);
+(measured in ``zoo/results/train_speed.md``: the products of Diffusion-QL's and IDQL's steps 3.2–4.2x,
+the U-Nets' convolutions with their backward 1.3–1.4x);
 without them bfloat16 is emulated and slower than float32, so :func:`check_precision` warns. The
 accuracy cost, measured on Diffusion-QL, is in ``zoo/results/README.md`` (speed).
 """
