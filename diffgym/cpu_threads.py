@@ -4,7 +4,9 @@ Measured on a 2-core machine (``zoo/results/speed/``, Diffusion-QL): alone, 2 th
 1.7x faster than 1; with one other busy process, 2 threads run at half the speed of 1 (their OpenMP
 workers spin waiting for a core that is taken), and OpenMP's passive wait policy only halves that
 loss while costing 60 % when the machine is idle. So ``diffgym train`` takes the idle cores
-(``--threads auto``): the cores this process may use minus the 1-minute load average, at least 1.
+(``--threads auto``): the cores this process may use minus the cores busy right now (sampled from
+``/proc/stat`` over a quarter second; where there is none, the 1-minute load average, which lags a
+job that has just ended or started), at least 1.
 
 >>> choose_threads(cores=2, load=0.1)
 2
@@ -17,8 +19,9 @@ loss while costing 60 % when the machine is idle. So ``diffgym train`` takes the
 from __future__ import annotations
 
 import os
+import time
 
-__all__ = ["available_cores", "choose_threads", "parse_threads"]
+__all__ = ["available_cores", "busy_cores", "choose_threads", "parse_threads"]
 
 
 def available_cores() -> int:
@@ -28,11 +31,32 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from ``/proc/stat`` (None where it cannot be read)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(seconds: float = 0.25) -> float:
+    """How many CPUs are busy now: their busy share over ``seconds`` times the CPU count; the
+    1-minute load average where ``/proc/stat`` is missing."""
+    before = _cpu_times()
+    time.sleep(seconds)
+    after = _cpu_times()
+    if before is None or after is None or after[1] == before[1]:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
+
+
 def choose_threads(cores: int | None = None, load: float | None = None) -> int:
-    """``cores - round(load)``, at least 1: by default this process's cores and the 1-minute load."""
+    """``cores - round(load)``, at least 1: by default this process's cores and :func:`busy_cores`."""
     cores = available_cores() if cores is None else cores
-    if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    load = busy_cores() if load is None else load
     return max(1, cores - round(load))
 
 

@@ -58,7 +58,7 @@ def test_an_unknown_key_is_an_error(hopper_file, minari_store, capsys):
 
 
 def test_auto_threads_take_the_idle_cores_and_say_so(train, monkeypatch):
-    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 1.0))
+    monkeypatch.setattr("diffgym.cpu_threads.busy_cores", lambda: 1.2)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     out, _ = train("--threads", "auto")
     assert "torch threads: 1 (the idle cores of 2; --threads N to choose)" in out
@@ -69,3 +69,13 @@ def test_a_bad_thread_count_is_refused_by_name(value, capsys):
     with pytest.raises(SystemExit):
         main(["train", "dql", "--env", "Hopper-v5", "--dataset", "x.hdf5", "--threads", value])
     assert f"--threads takes a positive number or 'auto', got {value!r}" in capsys.readouterr().err
+
+
+def test_busy_cores_falls_back_to_the_load_average_without_proc_stat(monkeypatch):
+    from diffgym import cpu_threads
+
+    monkeypatch.setattr(cpu_threads, "_cpu_times", lambda: None)
+    monkeypatch.setattr("os.getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert cpu_threads.busy_cores(seconds=0.0) == 1.5
+    monkeypatch.undo()
+    assert 0.0 <= cpu_threads.busy_cores(seconds=0.05) <= (__import__("os").cpu_count() or 1)
