@@ -6,9 +6,13 @@ import argparse
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffgym.zoo.benchmarks import SUITES
 from diffgym.zoo.benchmarks.ray_runs import LOCAL
+
+if TYPE_CHECKING:
+    from diffgym.zoo.benchmarks.harness import Session
 
 __all__ = ["add_benchmark_command", "run_benchmark"]
 
@@ -53,6 +57,24 @@ def add_benchmark_command(subparsers: argparse._SubParsersAction) -> None:
         metavar="ADDRESS",
         help="run the matrix as Ray tasks, one CPU each: on a Ray instance started here, or on the "
         "cluster at ADDRESS (needs 'diffgym[ray]')",
+    )
+    bench.add_argument(
+        "--tune",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=SPACE",
+        help="search hyperparameters of one agent (--agents NAME) instead of running the matrix: SPACE is "
+        "uniform(LOW, HIGH), loguniform(LOW, HIGH), int(LOW, HIGH) or choice(A, B, ...); each trial runs the "
+        "chosen datasets x seeds; on Ray Tune with --ray",
+    )
+    bench.add_argument(
+        "--trials", type=int, default=20, help="trials of an optuna search (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--searcher",
+        default="optuna",
+        help="optuna: TPE for --trials trials; grid: every combination of the choices (default: %(default)s)",
     )
     bench.add_argument(
         "--checkpoint-every",
@@ -116,9 +138,24 @@ def run_benchmark(args: argparse.Namespace) -> int:
         save_models=args.save_models,
         ray_address=args.ray,
     )
-    path = run_suite(session, agents=args.agents, datasets=args.datasets, report_only=args.report)
+    if args.tune:
+        path = _search(session, args)
+    else:
+        path = run_suite(session, agents=args.agents, datasets=args.datasets, report_only=args.report)
     print(path.read_text())
     return 0
+
+
+def _search(session: Session, args: argparse.Namespace) -> Path:
+    """``--tune``: a hyperparameter search of the one agent named by ``--agents``."""
+    from diffgym.zoo.benchmarks.search import Dimension, run_search
+
+    if len(args.agents) != 1 or args.report or args.zoo:
+        raise SystemExit(
+            "--tune searches one agent's hyperparameters: give --agents NAME (and not --report/--zoo)"
+        )
+    space = [Dimension.parse(text) for text in args.tune]
+    return run_search(session, args.agents[0], space, args.datasets, args.trials, args.searcher)
 
 
 def _evaluate_zoo_models(args: argparse.Namespace) -> int:

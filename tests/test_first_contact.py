@@ -303,10 +303,11 @@ def test_train_algo_help_shows_its_hyperparameter_file(capsys):
 
 
 def readme_command_lines():
-    """Every ``diffgym ...`` command in the README's bash blocks (``&&`` chains split, comments cut)."""
+    """Every ``diffgym ...`` command in the README's bash blocks (continued lines joined, ``&&``
+    chains split, comments cut)."""
     blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
     commands = []
-    for line in "\n".join(blocks).splitlines():
+    for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
         for part in line.split("&&"):
             words = shlex.split(part, comments=True)
             if words[:1] == ["diffgym"]:

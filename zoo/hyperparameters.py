@@ -33,6 +33,7 @@ __all__ = [
     "load_hyperparams",
     "parse_override",
     "read_hyperparams",
+    "read_value",
     "resolve_hyperparams",
     "select_key",
     "split_config",
@@ -140,12 +141,32 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     if not sep or not all(keys):
         raise ValueError(f"--set takes key=value (nested keys joined by '.'), not {assignment!r}")
     try:
+        return keys, read_value(text)
+    except ValueError as error:
+        raise ValueError(f"--set {path.strip()}: {error}") from error
+
+
+def read_value(text: str) -> Any:
+    """``text`` read as YAML, with ``1e-3`` a number too (YAML 1.1 reads exponents without a dot as
+    strings), in lists as well.
+
+    >>> read_value("[1e-4, 0.5, {name: ddim}]")
+    [0.0001, 0.5, {'name': 'ddim'}]
+
+    Raises:
+        ValueError: not valid YAML.
+    """
+    try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ValueError(f"--set {path.strip()}: the value {text!r} is not valid YAML ({error})") from error
-    if isinstance(value, str) and _EXPONENT.fullmatch(value):
-        value = float(value)
-    return keys, value
+        raise ValueError(f"the value {text!r} is not valid YAML ({error})") from error
+    return _numbers(value)
+
+
+def _numbers(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_numbers(item) for item in value]
+    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value) else value
 
 
 def apply_overrides(config: Mapping[str, Any], assignments: Iterable[str]) -> dict[str, Any]:

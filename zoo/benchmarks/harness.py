@@ -69,8 +69,13 @@ __all__ = [
     "build_report",
     "evaluate_episodes",
     "evaluate_team_episodes",
+    "execute",
+    "finish_run",
+    "matrix_runs",
     "read_d4rl_file",
     "run_suite",
+    "scratch_space",
+    "unfinished",
 ]
 
 #: episode seeds of evaluations start here (plus the run's seed), apart from any seed used in training
@@ -414,6 +419,23 @@ class Session:
             raise KeyError(f"--set targets {unknown} are neither 'suite' nor agents of {self.suite.name!r}")
         self.params  # noqa: B018  (parsing the suite: overrides checks them)
 
+    def choose(self, agents: Sequence[str], datasets: Sequence[str]) -> tuple[list[Contender], list[str]]:
+        """The contenders called ``agents`` and the ``datasets`` of the suite (all of each when empty),
+        the overrides checked.
+
+        Raises:
+            KeyError: an agent or dataset the suite does not have, or an unknown override target.
+        """
+        suite = self.suite
+        chosen = [suite.contender(name) for name in agents] or list(suite.contenders)
+        unknown = sorted(set(datasets) - set(suite.datasets))
+        if unknown:
+            raise KeyError(
+                f"suite {suite.name!r} has no dataset {unknown}; its datasets: {', '.join(suite.datasets)}"
+            )
+        self.validate()
+        return chosen, [name for name in suite.datasets if not datasets or name in datasets]
+
     def overrides_for(self, contender: Contender) -> list[str]:
         """The overrides that apply to ``contender``, in order."""
         names = {None, contender.name, contender.spec.name}
@@ -525,47 +547,49 @@ def run_suite(
 ) -> Path:
     """Run the matrix (or the chosen ``agents`` and ``datasets`` of it) and the studies, write a record
     per run, then the report; returns the Markdown report's path."""
-    suite = session.suite
-    chosen = [suite.contender(name) for name in agents] or list(suite.contenders)
-    unknown = sorted(set(datasets) - set(suite.datasets))
-    if unknown:
-        raise KeyError(
-            f"suite {suite.name!r} has no dataset {unknown}; its datasets: {', '.join(suite.datasets)}"
-        )
-    names = [name for name in suite.datasets if not datasets or name in datasets]
-    session.validate()
+    chosen, names = session.choose(agents, datasets)
     if not report_only:
         with scratch_space() as scratch:
             _run_matrix(dataclasses.replace(session, scratch=scratch), chosen, names)
     return build_report(session)
 
 
-def _run_matrix(session: Session, contenders: list[Contender], names: list[str]) -> None:
-    prepared = {name: session.suite.prepare(name, session) for name in names}
-    runs = [
+def matrix_runs(session: Session, contenders: Sequence[Contender], datasets: Sequence[Dataset]) -> list[Run]:
+    """Every (dataset, contender, seed) of the session, in that order (contenders on their datasets)."""
+    return [
         Run(session, contender, dataset, seed)
-        for name, dataset in prepared.items()
+        for dataset in datasets
         for contender in contenders
-        if contender.runs_on(name)
+        if contender.runs_on(dataset.name)
         for seed in range(session.budget.seeds)
     ]
+
+
+def unfinished(runs: Sequence[Run]) -> list[Run]:
+    """The runs without their record (same configuration), saying which are skipped."""
+    finished = {run.name for run in runs if is_finished(run)}
+    for name in sorted(finished):
+        log(f"{name}: its record is there already (same configuration); skipped")
+    return [run for run in runs if run.name not in finished]
+
+
+def _run_matrix(session: Session, contenders: list[Contender], names: list[str]) -> None:
+    prepared = [session.suite.prepare(name, session) for name in names]
+    runs = matrix_runs(session, contenders, prepared)
     if session.budget.checkpoint_every:  # a resumed session: runs with their record are done
-        finished = {run.name for run in runs if is_finished(run)}
-        for name in sorted(finished):
-            log(f"{name}: its record is there already (same configuration); skipped")
-        runs = [run for run in runs if run.name not in finished]
+        runs = unfinished(runs)
     if session.ray_address is not None:
-        run_on_ray(runs, session.ray_address, execute, _finish)
+        run_on_ray(runs, session.ray_address, execute, finish_run)
     else:
         for run in runs:
-            _finish(run, execute(run))
+            finish_run(run, execute(run))
     for study_name, study in session.suite.studies.items():
         path = session.folder / "studies" / f"{study_name}.json"
-        write_json(path, _timed_record(functools.partial(study, session, list(prepared.values()))))
+        write_json(path, _timed_record(functools.partial(study, session, prepared)))
         log(f"study {study_name} -> {path}")
 
 
-def _finish(run: Run, record: dict[str, Any]) -> None:
+def finish_run(run: Run, record: dict[str, Any]) -> None:
     """Write a run's record, then drop its checkpoint."""
     path = run.session.folder / f"{run.name}.json"
     write_json(path, record)

@@ -18,27 +18,68 @@ read the data and write checkpoints there. Ray is an extra: ``pip install 'diffg
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from diffgym.zoo.benchmarks.harness import Run
 
-__all__ = ["LOCAL", "run_on_ray"]
+__all__ = ["LOCAL", "connect", "in_worker", "run_on_ray"]
 
 #: ``--ray`` without an address: a Ray instance started on this machine for the session
 LOCAL = "local"
 
 Execute = Callable[["Run"], dict[str, Any]]
+Result = TypeVar("Result")
 
 
-def _execute_with_one_thread(execute: Execute, run: Run) -> dict[str, Any]:
+def in_worker(variables: dict[str, str], work: Callable[..., Result], *args: Any) -> Result:
+    """``work(*args)`` in a Ray worker: with the driver's environment ``variables`` (the session's
+    data store; also set as the job's environment where :func:`connect` started Ray) and one torch
+    thread, as Ray gives each task one CPU."""
     import torch
 
+    os.environ.update(variables)
     torch.set_num_threads(1)
-    return execute(run)
+    return work(*args)
+
+
+def worker_variables() -> dict[str, str]:
+    """What a worker needs of this process's environment: one OpenMP thread, the session's data store."""
+    variables = {"OMP_NUM_THREADS": "1"}
+    if "MINARI_DATASETS_PATH" in os.environ:
+        variables["MINARI_DATASETS_PATH"] = os.environ["MINARI_DATASETS_PATH"]
+    return variables
+
+
+@contextlib.contextmanager
+def connect(address: str) -> Iterator[Any]:
+    """The ``ray`` module, joined to the cluster at ``address`` (:data:`LOCAL`: a Ray instance started
+    here and stopped after the block); a Ray this process had already started is used as it is.
+
+    Raises:
+        ImportError: Ray is not installed (the message says how to install it).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("--ray needs Ray: pip install 'diffgym[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=None if address == LOCAL else address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": worker_variables()},  # set before each worker starts
+        )
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def run_on_ray(
@@ -50,28 +91,14 @@ def run_on_ray(
     Raises:
         ImportError: Ray is not installed (the message says how to install it).
     """
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("--ray needs Ray: pip install 'diffgym[ray]'") from None
-    variables = {"OMP_NUM_THREADS": "1"}
-    if "MINARI_DATASETS_PATH" in os.environ:  # the session's store of prepared data
-        variables["MINARI_DATASETS_PATH"] = os.environ["MINARI_DATASETS_PATH"]
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=None if address == LOCAL else address,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-        )
-    task = ray.remote(num_cpus=1, runtime_env={"env_vars": variables})(_execute_with_one_thread)
-    pending = {task.remote(execute, run): run for run in runs}
-    try:
-        while pending:
-            (ready,), _ = ray.wait(list(pending), num_returns=1)
-            finish(pending.pop(ready), ray.get(ready))
-    finally:
-        for reference in pending:
-            ray.cancel(reference)
-        if started_here:
-            ray.shutdown()
+    variables = worker_variables()
+    with connect(address) as ray:
+        task = ray.remote(num_cpus=1)(in_worker)
+        pending = {task.remote(variables, execute, run): run for run in runs}
+        try:
+            while pending:
+                (ready,), _ = ray.wait(list(pending), num_returns=1)
+                finish(pending.pop(ready), ray.get(ready))
+        finally:
+            for reference in pending:
+                ray.cancel(reference)
