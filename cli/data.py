@@ -205,11 +205,11 @@ def data_import(args: argparse.Namespace) -> int:
 
 def data_info(args: argparse.Namespace) -> int:
     """``diffgym data info``."""
-    from diffgym.data import load_dataset
+    from diffgym.data import iterate_episodes, load_dataset
     from diffgym.scores import get_reference
 
     dataset = load_dataset(args.dataset)
-    returns = np.array([episode.rewards.sum() for episode in dataset.iterate_episodes()])
+    returns = np.array([episode.rewards.sum() for episode in iterate_episodes(dataset)])
     lines = [
         ("id", dataset.id),
         ("path", str(dataset.storage.data_path)),

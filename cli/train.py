@@ -136,7 +136,7 @@ def train_agent(args: argparse.Namespace) -> int:
     """``diffgym train``: read the hyperparameters, learn, evaluate (deterministic actions), report, save."""
     import torch
 
-    from diffgym.data import load_dataset
+    from diffgym.data import iterate_episodes, load_dataset
     from diffgym.data.d4rl import explain_cached_import
     from diffgym.progress import StepProgressBar
     from diffgym.serialization import model_path
@@ -164,7 +164,7 @@ def train_agent(args: argparse.Namespace) -> int:
         raise ValueError(f"diffgym train {args.algo}: give --steps (no n_timesteps in its hyperparameters)")
     source = "no file: the class defaults" if key is None else f"key {key!r}"
     print(f"hyperparameters: zoo/hyperparams/{spec.hyperparams_name}.yml, {source}: {json.dumps(config)}")
-    behaviour = np.mean([episode.rewards.sum() for episode in dataset.iterate_episodes()])
+    behaviour = np.mean([episode.rewards.sum() for episode in iterate_episodes(dataset)])
     print(f"dataset {dataset.id}: {dataset.total_steps} transitions, mean episode return {behaviour:.1f}")
     try:
         with explain_cached_import(dataset):  # its spaces are checked against the env's

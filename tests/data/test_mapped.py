@@ -100,3 +100,24 @@ def _nbytes(arrays):
 
 def _fail(*args, **kwargs):
     raise AssertionError("not expected to be called")
+
+
+def test_episodes_are_read_with_the_file_opened_again_for_each_block(make_dataset, monkeypatch):
+    dataset = make_dataset([5, 3, 7, 2, 4])
+    openings = []
+    read = dataset.storage.get_episodes
+
+    def counted(indices):
+        openings.append(list(indices))
+        return read(indices)
+
+    monkeypatch.setattr(loading_module, "EPISODES_PER_OPEN", 2)
+    monkeypatch.setattr(dataset.storage, "get_episodes", counted)
+    episodes = list(loading_module.iterate_episodes(dataset))
+    assert openings == [[0, 1], [2, 3], [4]]  # HDF5's per-file caches grow with each episode read
+    monkeypatch.undo()
+    for blocked, whole in zip(episodes, dataset.iterate_episodes(), strict=True):
+        assert blocked.id == whole.id
+        np.testing.assert_array_equal(blocked.observations, whole.observations)
+        np.testing.assert_array_equal(blocked.rewards, whole.rewards)
+    _assert_same(map_episodes(dataset), read_episodes(dataset))

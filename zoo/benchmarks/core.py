@@ -5,11 +5,12 @@ Diffuser-sized U-Net, the time of a whole sampling chain ÷ (denoiser calls × o
 the same batch). ``data``: a D4RL-layout file of ``suite:transitions`` random hopper-sized rows,
 imported into Minari, then each read path timed in a fresh process with its peak memory, the
 memory-mapped path (``dataset_in_memory=False``) among them. ``mapped``: the memory-mapped path alone
-on ``suite:mapped_transitions`` rows (10M: the in-memory path is not run there), next to the arrays'
-own size.
+(building its cache, reading it in chunks, an agent training on it) at each size of
+``suite:mapped_transitions`` (1M, 10M and 30M rows: its memory must not grow with the data; the
+in-memory path is not run there), next to the arrays' own size.
 
-    diffgym benchmark core                              # several minutes on 2 CPU cores (10M rows)
-    diffgym benchmark core --set suite:transitions=20000 --set suite:mapped_transitions=50000
+    diffgym benchmark core                              # about 10 minutes on 2 CPU cores (up to 30M rows)
+    diffgym benchmark core --set suite:transitions=20000 --set 'suite:mapped_transitions=[50000]'
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ def data_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
 
 
 def mapped_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
-    return data_loading.run_mapped(n_transitions=session.params["mapped_transitions"])
+    sizes = session.params["mapped_transitions"]
+    return {
+        "sizes": [
+            data_loading.run_mapped(n_transitions=n) for n in ([sizes] if isinstance(sizes, int) else sizes)
+        ]
+    }
 
 
 def sampler_section(report: Report) -> str:
@@ -79,28 +85,25 @@ def data_section(report: Report) -> str:
 
 def mapped_table(report: Report) -> str:
     """Loading time and peak memory of the in-memory and memory-mapped paths beside the arrays' size."""
-    rows = []
-    for study, path in (("data", None), ("mapped", "memory-mapped")):
-        result = report.study(study)
-        if result is None:
-            continue
-        setup = result["setup"]
-        tasks = [("in memory (load_transitions)", "load_transitions"), ("memory-mapped: build the cache", "map_episodes"),
-                 ("memory-mapped: open, statistics, 100 batches", "mapped_training_data")]  # fmt: skip
-        for label, task in tasks:
-            if task in result:
-                r = result[task]
-                rows.append([f"{setup['n_transitions']:,}", setup["arrays_mb"], label, r["seconds"], r["peak_rss_mb"],
-                             r["peak_anon_mb"]])  # fmt: skip
-        if path is not None:
-            rows.append([f"{setup['n_transitions']:,}", setup["arrays_mb"], "in memory", "not run", "", ""])
+    data, mapped = report.study("data"), report.study("mapped")
+    results = ([data] if data is not None else []) + (mapped["sizes"] if mapped is not None else [])
+    tasks = [("in memory (load_transitions)", "load_transitions"), ("memory-mapped: build the cache", "map_episodes"),
+             ("memory-mapped: open, statistics, 100 batches", "mapped_training_data"),
+             (f"memory-mapped: IQL built, {data_loading.AGENT_STEPS} gradient steps", "mapped_agent")]  # fmt: skip
+    rows = [
+        [f"{result['setup']['n_transitions']:,}", result["setup"]["arrays_mb"], label, result[task]["seconds"],
+         result[task]["peak_rss_mb"], result[task]["peak_anon_mb"]]
+        for result in results
+        for label, task in tasks
+        if task in result
+    ]  # fmt: skip
     header = ["transitions", "arrays (MB)", "path", "seconds", "peak RSS (MB)", "peak anonymous (MB)"]
     return "\n\n".join(
         [
             "### Datasets larger than memory",
-            "Peak memory above each fresh process's baseline. RSS counts the resident pages of memory-mapped "
-            "files, which the kernel drops under memory pressure; anonymous memory is what must fit in RAM. "
-            "The in-memory path is not run at the larger size (its arrays need not fit).",
+            "Peak memory above each fresh process's baseline (the agent's: with its modules imported). RSS "
+            "counts the resident pages of memory-mapped files, which the kernel drops under memory pressure; "
+            "anonymous memory is what must fit in RAM. The in-memory path is run at the data study's size only.",
             markdown_table(header, rows),
         ]
     )
@@ -110,7 +113,7 @@ SUITE = Suite(
     name="core",
     title="Core benchmark",
     description="The diffusion engine and the data layer, without agents.",
-    params={"transitions": 1_000_000, "mapped_transitions": 10_000_000},  # rows of the data layer's files
+    params={"transitions": 1_000_000, "mapped_transitions": [1_000_000, 10_000_000, 30_000_000]},  # rows
     studies={"samplers": sampler_study, "data": data_study, "mapped": mapped_study},
     sections=(sampler_section, data_section),
 )

@@ -18,7 +18,10 @@ Measured, each against references from the same run:
   the ``.npy`` cache (:func:`diffgym.data.map_episodes`), its first use;
 - ``mapped_training_data``: what an agent does with that cache afterwards: open it, fit the
   observation statistics and IQL's reward scale in chunks, and draw batches of ``batch_size``
-  transitions by index (``sample_batch_ms``, mean of 100).
+  transitions by index (``sample_batch_ms``, mean of 100);
+- ``mapped_agent``: all of it inside an agent: IQL built on ``Hopper-v5`` with
+  ``dataset_in_memory=False`` (IQL's reward scale and the statistics from the chunks), then
+  :data:`AGENT_STEPS` gradient steps (``steps_per_second``).
 
 Besides the peak resident memory, each operation reports ``peak_anon_mb``: the peak of anonymous
 memory (``RssAnon``), which is what must fit in RAM; resident pages of memory-mapped files count in
@@ -28,6 +31,7 @@ memory-mapped path alone, for sizes whose in-memory arrays would not fit.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -66,7 +70,8 @@ def run(
 
 
 def run_mapped(n_transitions: int = 10_000_000, batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
-    """:func:`run` for the memory-mapped path only (``map_episodes``, ``mapped_training_data``)."""
+    """:func:`run` for the memory-mapped path only (``map_episodes``, ``mapped_training_data``,
+    ``mapped_agent``)."""
     with tempfile.TemporaryDirectory(prefix="diffgym-bench-") as root:
         env = {**os.environ, "MINARI_DATASETS_PATH": str(Path(root) / "minari")}
         build = _child(env, "build", root, n_transitions, seed)
@@ -82,7 +87,11 @@ def arrays_mb(n_transitions: int) -> float:
     return round(n_transitions * (4 * (2 * _OBS_DIM + _ACT_DIM + 1) + 2) / 2**20, 1)
 
 
-_MAPPED_TASKS = ("map_episodes", "mapped_training_data")
+_MAPPED_TASKS = ("map_episodes", "mapped_training_data", "mapped_agent")
+#: gradient steps of ``mapped_agent``
+AGENT_STEPS = 200
+#: modules imported before a task's baseline is taken, by task
+_BASELINE_IMPORTS = {"mapped_agent": ("diffgym.agents.baselines.iql", "gymnasium.envs.mujoco.hopper_v5")}
 
 
 def _setup(n_transitions: int, horizon: int, batch_size: int, build: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +166,8 @@ def _measure(task: str, args: list[Any]) -> dict[str, Any]:
     """Import everything first, then time ``task`` and its peak memory above that baseline."""
     import diffgym.batches  # noqa: F401  (diffgym.data and torch in the baseline, as in any user process)
 
+    for module in _BASELINE_IMPORTS.get(task, ()):  # what a user process has imported before training
+        importlib.import_module(module)
     function: Callable[..., dict[str, Any]] = globals()[f"_task_{task}"]
     baseline, baseline_anon = _rss_mb(), _anon_mb()
     monitor = _PeakRSS()
@@ -196,7 +207,7 @@ def _task_build(root: str, n_transitions: int, seed: int) -> dict[str, Any]:
     from diffgym.data import import_d4rl
 
     start = time.perf_counter()
-    dataset = import_d4rl(path, dataset_id=_DATASET_ID)
+    dataset = import_d4rl(path, dataset_id=_DATASET_ID, env_id="Hopper-v5")  # its spaces: an agent can train
     return {
         "import_d4rl_seconds": round(time.perf_counter() - start, 3),
         "d4rl_file_mb": round(path.stat().st_size / 2**20, 1),
@@ -303,6 +314,18 @@ def _task_mapped_training_data(root: str, horizon: int, batch_size: int) -> dict
         batches.sample(batch_size, generator)
     per_batch = (time.perf_counter() - prepared) / n_batches
     return {"sample_batch_ms": round(per_batch * 1000, 3)}
+
+
+def _task_mapped_agent(root: str, horizon: int, batch_size: int) -> dict[str, Any]:
+    """IQL on the cache (``dataset_in_memory=False``): built, then :data:`AGENT_STEPS` gradient steps."""
+    from diffgym import IQL
+
+    model = IQL(
+        "MlpPolicy", "Hopper-v5", dataset=_DATASET_ID, dataset_in_memory=False, batch_size=batch_size, seed=0
+    )
+    started = time.perf_counter()
+    model.learn(AGENT_STEPS)
+    return {"steps_per_second": round(AGENT_STEPS / (time.perf_counter() - started), 1)}
 
 
 def _load(dataset_id: str) -> Any:
