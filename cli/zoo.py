@@ -42,13 +42,26 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("dir", type=Path)
     add = commands.add_parser(
         "add",
-        help="make a zoo model of a benchmark run (record + saved model) and add it to the registry",
-        description="Maintainers: turn one run of `diffgym benchmark SUITE ... --save-models` into a zoo model "
+        help="make a zoo model of a benchmark run (record + saved model), or of the best of its seeds, and add it "
+        "to the registry",
+        description="Maintainers: turn a run of `diffgym benchmark SUITE ... --save-models` into a zoo model "
         "(safetensors weights, config.json, results.json, model card) in <registry folder>/models/NAME/ and "
-        "write its registry entry.",
+        "write its registry entry. Given the records of several seeds of one run, the best seed's model is "
+        "published, with every seed's final score and their mean ± std on its card.",
     )
-    add.add_argument("record", type=Path, help="the run's JSON record (OUT/SUITE/RUN.json)")
-    add.add_argument("model", type=Path, help="its model file (OUT/SUITE/models/RUN.zip)")
+    add.add_argument(
+        "records",
+        type=Path,
+        nargs="+",
+        metavar="RECORD",
+        help="the run's JSON record (OUT/SUITE/RUN.json), or those of its seeds (OUT/SUITE/AGENT_DATASET_s*.json)",
+    )
+    add.add_argument(
+        "--model",
+        type=Path,
+        help="the (best) run's model file (default: OUT/SUITE/models/RUN.zip beside its record; a .zip given "
+        "among the records is taken as this)",
+    )
     add.add_argument("--name", help="the zoo name (default: AGENT/DATASET of the record)")
     add.add_argument("--env", help="the env id users make for it (default: the one the run's suite names)")
     add.add_argument("--env-kwargs", metavar="YAML", help=ENV_KWARGS_HELP)
@@ -157,11 +170,22 @@ def zoo_export(args: argparse.Namespace) -> int:
 
 
 def zoo_add(args: argparse.Namespace) -> int:
-    from diffgym.zoo.publish import publish
+    from diffgym.zoo.format import seeds_text
+    from diffgym.zoo.publish import publish_best_seed
 
-    entry = publish(args.record, args.model, args.registry, args.name, args.env, env_kwargs(args))
+    models = [
+        path for path in args.records if path.suffix == ".zip"
+    ]  # `zoo add RECORD MODEL` reads as before
+    if len(models) > 1 or (models and args.model):
+        raise SystemExit(f"one model file: {[str(path) for path in [*models, *filter(None, [args.model])]]}")
+    records = [path for path in args.records if path.suffix != ".zip"]
+    model = args.model or (models[0] if models else None)
+    entry = publish_best_seed(records, model, args.registry, args.name, args.env, env_kwargs(args))
+    seeds = entry.summary.get("seeds_score")
+    over_seeds = "" if seeds is None else f" ({seeds_text(seeds)})"
     print(
-        f"added {entry.name}: score {entry.summary.get('score')}, files in {entry.package_folder(entry.sources[0])}"
+        f"added {entry.name}: score {entry.summary.get('score')}{over_seeds}, files in "
+        f"{entry.package_folder(entry.sources[0])}"
     )
     return 0
 

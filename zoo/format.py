@@ -247,7 +247,22 @@ def results_summary(results: Mapping[str, Any]) -> dict[str, Any]:
         "metric": metric["label"],
         "score": scaled(final),
         "best_score": scaled(results.get("best")),
+        "seeds_score": _seeds_score(results.get("across_seeds"), metric),
     }
+
+
+def _seeds_score(across: Mapping[str, Any] | None, metric: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Mean and std of every seed's final score (``results.json``'s ``across_seeds``), scaled for display."""
+    if not across:
+        return None
+    scale = float(metric["scale"]) if across["metric"] == metric["key"] else 1.0
+    return {"mean": across["mean"] * scale, "std": across["std"] * scale, "n": len(across["finals"]),
+            "label": metric["label"] if across["metric"] == metric["key"] else "mean return"}  # fmt: skip
+
+
+def seeds_text(seeds_score: Mapping[str, Any]) -> str:
+    """``"m ± s over n seeds"``."""
+    return f"{seeds_score['mean']:.1f} ± {seeds_score['std']:.1f} over {seeds_score['n']} seeds"
 
 
 def model_card(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
@@ -304,6 +319,7 @@ def model_card(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
         f"| return (final, {summary['episodes']} episodes) | {summary['mean_return']:.1f} ± {summary['std_return']:.1f} |",
         f"| {summary['metric']} (final) | {score} |",
         f"| best score during training | {_maybe(summary['best_score'])} |",
+        *_seed_rows(summary, results, training),
         f"| budget | {training.get('gradient_steps', '?')} gradient steps, seed {training.get('seed', '?')} |",
         f"| hyperparameters | `zoo/hyperparams/{hyperparams.get('file', '?')}`, key `{hyperparams.get('key')}` |",
         f"| sampler | {json.dumps(model.get('sampler'))} |",
@@ -321,6 +337,22 @@ def model_card(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _seed_rows(
+    summary: Mapping[str, Any], results: Mapping[str, Any], training: Mapping[str, Any]
+) -> list[str]:
+    """The card's row of the score over seeds, when the model is the best of several."""
+    seeds = summary.get("seeds_score")
+    if seeds is None:
+        return []
+    finals = ", ".join(
+        f"seed {seed}: {value:.4g}" for seed, value in results["across_seeds"]["finals"].items()
+    )
+    return [
+        f"| {seeds['label']} (final) over seeds | {seeds_text(seeds)} (this model: seed {training.get('seed', '?')}, "
+        f"the best of them; raw finals {finals}) |"
+    ]
 
 
 def _maybe(value: float | None) -> str:

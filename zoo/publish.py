@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from diffgym import registry as agents
+from diffgym.zoo.benchmarks.checkpoints import record_identity
 from diffgym.zoo.catalog import (
     Source,
     ZooEntry,
@@ -33,6 +35,7 @@ from diffgym.zoo.format import (
     read_model_folder,
     read_results,
     results_summary,
+    seeds_text,
     write_model_folder,
 )
 from diffgym.zoo.store import locate
@@ -48,6 +51,67 @@ SHARED_DATA_RECIPE = (
 )
 
 
+def publish_best_seed(
+    record_paths: Sequence[str | os.PathLike],
+    model_path: str | os.PathLike | None = None,
+    registry: str | os.PathLike | None = None,
+    name: str | None = None,
+    env_id: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> ZooEntry:
+    """Publish the best of runs that differ only in their seed: its model, with every seed's final
+    score (and their mean ± std) on its card and registry entry. "Best" is the highest final score
+    under the suite's metric (the mean return where there is none), the lowest seed on a tie.
+
+    Args:
+        record_paths: the runs' records; one record publishes that run.
+        model_path: the best run's model file (default: ``models/<run>.zip`` beside its record, where
+            ``diffgym benchmark --save-models`` writes it).
+        registry, name, env_id, env_kwargs: as :func:`publish`.
+
+    Raises:
+        ValueError: no record, two records of one seed, or records of different runs (the message
+            names what differs).
+        FileNotFoundError: the best run's model file is missing.
+    """
+    if not record_paths:
+        raise ValueError("give at least one run's record")
+    records = {Path(path): json.loads(Path(path).read_text()) for path in record_paths}
+    _check_seeds_of_one_run(records)
+    best_path = max(records, key=lambda path: (_final_value(records[path]), -records[path]["config"]["seed"]))
+    best = records[best_path]
+    model = Path(model_path) if model_path is not None else best_path.parent / "models" / f"{best['run']}.zip"
+    if not model.is_file():
+        raise FileNotFoundError(
+            f"{model}: the model of the best seed ({best['run']}) is not there; run the benchmark with "
+            "--save-models, or give its file"
+        )
+    others = [record for path, record in records.items() if path != best_path]
+    return publish(best_path, model, registry, name, env_id, env_kwargs, seed_records=others)
+
+
+def _check_seeds_of_one_run(records: dict[Path, dict[str, Any]]) -> None:
+    """Raise unless the records are of one configuration, each of its own seed."""
+    seeds = [record["config"]["seed"] for record in records.values()]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"two records of the same seed among {[str(path) for path in records]}")
+    (first_path, first), *rest = records.items()
+    expected = {**record_identity(first), "seed": None}
+    for path, record in rest:
+        identity = {**record_identity(record), "seed": None}
+        if identity != expected:
+            differing = sorted(key for key in expected if identity.get(key) != expected[key])
+            raise ValueError(
+                f"{path} is not a seed of the run of {first_path}: its {', '.join(differing)} differ"
+            )
+
+
+def _final_value(record: dict[str, Any]) -> float:
+    """The record's final score under its suite's metric (the mean return where it has none)."""
+    value = record["final"].get(_metric(record["suite"])["key"])
+    return float(record["final"]["mean_return"] if value is None else value)
+
+
 def publish(
     record_path: str | os.PathLike,
     model_path: str | os.PathLike,
@@ -55,6 +119,7 @@ def publish(
     name: str | None = None,
     env_id: str | None = None,
     env_kwargs: dict[str, Any] | None = None,
+    seed_records: Sequence[dict[str, Any]] = (),
 ) -> ZooEntry:
     """Make the zoo model of one benchmark run and add it to ``registry`` (replacing one of that name).
 
@@ -66,11 +131,14 @@ def publish(
         env_id: the env id users make for it (default: the one its suite names, see
             :attr:`Suite.zoo_env <diffgym.zoo.benchmarks.harness.Suite.zoo_env>`).
         env_kwargs: arguments added to (or replacing) that env's kwargs.
+        seed_records: the records of the same run with other seeds (see :func:`publish_best_seed`):
+            their final scores go on the card beside this one's.
 
     Returns:
         the new registry entry; its files are in ``<registry folder>/models/<name>/``.
     """
     record = json.loads(Path(record_path).read_text())
+    record["seed_records"] = list(seed_records)
     config, data = record["config"], record["data"]
     spec = agents.get(config["registry_name"])
     algorithm: Any = spec.load()  # an OfflineAlgorithm subclass
@@ -205,13 +273,32 @@ def _training_description(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _across_seeds(record: dict[str, Any]) -> dict[str, Any] | None:
+    """Every seed's final score (raw, under ``metric``), mean and std, and the seed published; None
+    for a run published alone."""
+    if not record.get("seed_records"):
+        return None
+    runs = sorted([record, *record["seed_records"]], key=lambda run: run["config"]["seed"])
+    finals = {str(run["config"]["seed"]): _final_value(run) for run in runs}
+    key = _metric(record["suite"])["key"]
+    metric = key if record["final"].get(key) is not None else "mean_return"
+    values = list(finals.values())
+    return {"metric": metric, "finals": finals, "mean": float(np.mean(values)), "std": float(np.std(values)),
+            "published_seed": record["config"]["seed"]}  # fmt: skip
+
+
+def _seeds(record: dict[str, Any]) -> list[int]:
+    return sorted(run["config"]["seed"] for run in [record, *record.get("seed_records", [])])
+
+
 def _results(record: dict[str, Any]) -> dict[str, Any]:
     config = record["config"]
     return {
         "final": record["final"],
         "best": record.get("best"),
         "curve": record.get("curve", []),
-        "seeds": [config["seed"]],
+        "seeds": _seeds(record),
+        "across_seeds": _across_seeds(record),
         "evaluation": {
             "suite": record["suite"],
             "agent": config["agent"],
@@ -244,7 +331,7 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     return {
         **headline,
         "gradient_steps": record["budget"]["gradient_steps"],
-        "seeds": [record["config"]["seed"]],
+        "seeds": _seeds(record),
         "data_score": record["data"].get("score"),
     }
 
@@ -267,8 +354,10 @@ def markdown_table(entries: dict[str, ZooEntry]) -> str:
             if rival is None
             else f"{_number(rival.summary.get('score'))} ({rival.name}, {rival.summary.get('gradient_steps', '?')} steps)"
         )
+        seeds = summary.get("seeds_score")
+        score = _number(summary.get("score")) + ("" if seeds is None else f" (seeds: {seeds_text(seeds)})")
         rows.append(
-            f"| {name} | {summary.get('metric', 'normalised score')} | {_number(summary.get('score'))} | {rival_text} "
+            f"| {name} | {summary.get('metric', 'normalised score')} | {score} | {rival_text} "
             f"| {_number(summary.get('data_score'))} "
             f"| {summary.get('gradient_steps', '?')} steps | {len(summary.get('seeds', []))} |"
         )

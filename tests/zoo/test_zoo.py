@@ -401,6 +401,70 @@ def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(
         check("dql/pendulum-tiny", registry, episodes=3, suite=suite)
 
 
+@pytest.fixture(scope="module")
+def three_seeds(pendulum_file, tmp_path_factory):
+    """TD3+BC on the tiny data with seeds 0, 1, 2, models saved: the records' folder and the suite."""
+    suite = Suite(
+        name="tiny",
+        title="Tiny",
+        description="TD3+BC on random Pendulum data.",
+        datasets=("pendulum-tiny",),
+        agents=("td3bc",),
+        budget=Budget(seeds=3, steps=4, final_episodes=2),
+        reference=lambda dataset: None,  # unscored: seeds are compared by mean return
+    )
+    out = tmp_path_factory.mktemp("seeds")
+    session = Session(suite, pendulum_file.parent, out, suite.budget, ("batch_size=16",), save_models=True)
+    run_suite(session)
+    return session.folder, suite
+
+
+def test_the_best_of_several_seeds_is_published_with_every_seeds_score_on_its_card(
+    three_seeds, tmp_path, home, capsys
+):
+    from diffgym.cli import main
+
+    folder, suite = three_seeds
+    finals = {seed: json.loads((folder / f"td3bc_pendulum-tiny_s{seed}.json").read_text())["final"]["mean_return"]
+              for seed in range(3)}  # fmt: skip
+    best = max(finals, key=finals.get)
+    registry = tmp_path / "zoo" / "registry.json"
+    records = sorted(str(path) for path in folder.glob("td3bc_pendulum-tiny_s*.json"))
+    assert main(["zoo", "add", *records, "--registry", str(registry)]) == 0
+    assert "over 3 seeds" in capsys.readouterr().out
+    entry = zoo.list(registry)["td3bc/pendulum-tiny"]
+    values = list(finals.values())
+    assert entry.summary["seeds"] == [0, 1, 2] and entry.summary["mean_return"] == pytest.approx(finals[best])
+    assert entry.summary["seeds_score"] == pytest.approx(
+        {"mean": np.mean(values), "std": np.std(values), "n": 3, "label": "mean return"}
+    )
+    info = zoo.info("td3bc/pendulum-tiny", registry)
+    assert info["config"]["training"]["seed"] == best
+    assert info["results"]["across_seeds"]["finals"] == {str(s): pytest.approx(v) for s, v in finals.items()}
+    card = (tmp_path / "zoo" / "models" / "td3bc" / "pendulum-tiny" / "README.md").read_text()
+    assert f"over 3 seeds (this model: seed {best}, the best of them" in card
+    assert check("td3bc/pendulum-tiny", registry, suite=suite)["verdict"] == "identical"
+
+
+def test_records_that_are_not_seeds_of_one_run_are_refused(three_seeds, tmp_path):
+    from diffgym.zoo.publish import publish_best_seed
+
+    folder, _ = three_seeds
+    first, second = folder / "td3bc_pendulum-tiny_s0.json", folder / "td3bc_pendulum-tiny_s1.json"
+    other = json.loads(second.read_text())
+    other["config"]["hyperparams"]["values"]["batch_size"] = 32
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    registry = tmp_path / "registry.json"
+    with pytest.raises(ValueError, match=r"is not a seed of the run of .*: its hyperparams differ"):
+        publish_best_seed([first, tmp_path / "other.json"], registry=registry)
+    copy = shutil.copy(first, tmp_path / "copy.json")
+    with pytest.raises(ValueError, match="two records of the same seed"):
+        publish_best_seed([first, copy], registry=registry)
+    with pytest.raises(FileNotFoundError, match="--save-models"):
+        publish_best_seed([first], tmp_path / "missing.zip", registry=registry)
+    assert not registry.exists()
+
+
 def test_a_shipped_model_replays_its_cards_first_episode():
     """``dql/hopper-medium`` as a user gets it: its first evaluation episode again, within the spread its
     card states (identical on the hardware that made it; other CPUs may round differently)."""

@@ -30,7 +30,7 @@ from diffgym.zoo.benchmarks.report import log, write_json
 if TYPE_CHECKING:
     from diffgym.zoo.benchmarks.harness import Run
 
-__all__ = ["Progress", "RunCheckpoint", "is_finished"]
+__all__ = ["Progress", "RunCheckpoint", "is_finished", "record_identity", "run_identity"]
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ class Progress:
 
 
 def _identity(
-    suite: str, agent: str, dataset: str, seed: int, key: str | None, values: Any, budget: dict[str, Any]
+    suite: Any, agent: Any, dataset: Any, seed: Any, key: Any, values: Any, budget: dict[str, Any]
 ) -> dict[str, Any]:
     """What makes two runs the same run, as JSON reads it back: the budget without how many seeds the
     session has or how often it checkpoints, which change no run's result."""
@@ -70,13 +70,16 @@ def is_finished(run: Run) -> bool:
     path = run.session.folder / f"{run.name}.json"
     if not path.exists():
         return False
-    record = json.loads(path.read_text())
+    return bool(record_identity(json.loads(path.read_text())) == run_identity(run))
+
+
+def record_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """The identity of the run a record was written by (see :func:`run_identity`)."""
     config, hyperparams = record.get("config", {}), record.get("config", {}).get("hyperparams", {})
-    recorded = _identity(
+    return _identity(
         record.get("suite"), config.get("agent"), config.get("dataset"), config.get("seed"),
         hyperparams.get("key"), hyperparams.get("values"), record.get("budget") or {},
     )  # fmt: skip
-    return bool(recorded == run_identity(run))
 
 
 @dataclasses.dataclass(frozen=True)
