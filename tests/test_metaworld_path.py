@@ -205,6 +205,58 @@ def logged_steps(text):
     return [int(line.split("|")[2]) for line in text.splitlines() if "total_gradient_steps" in line]
 
 
+# the recipe of the benchmark's demonstrations (diffgym data make-metaworld)
+
+
+def test_the_scripted_expert_recipe_writes_the_benchmarks_layout_reproducibly(tmp_path):
+    pytest.importorskip("metaworld")
+    from diffgym.data import import_d4rl
+    from diffgym.tasks.metaworld import make_demonstrations
+
+    made = make_demonstrations("reach-v3", tmp_path / "a.hdf5", episodes=2, seed=3, horizon=60)
+    with h5py.File(tmp_path / "a.hdf5", "r") as file:
+        arrays = {
+            key: file[key][()]
+            for key in ("observations", "actions", "timeouts", "terminals", "infos/success")
+        }
+        metadata = json.loads(file.attrs["metadata"])
+    assert arrays["observations"].shape == (120, 39) and arrays["actions"].shape == (120, 4)
+    assert np.abs(arrays["actions"]).max() <= 1.0 and arrays["infos/success"].dtype == bool
+    assert np.flatnonzero(arrays["timeouts"]).tolist() == [59, 119] and not arrays["terminals"].any()
+    assert (
+        metadata == made
+        and made["env_id"] == "Meta-World/MT1"
+        and made["env_kwargs"] == {"env_name": "reach-v3"}
+    )
+    first = [int(np.argmax(arrays["infos/success"][i * 60 : (i + 1) * 60])) for i in range(2)]
+    assert made["success_rate"] == 1.0 and made["first_success_step"]["mean"] == np.mean(first)
+    make_demonstrations("reach-v3", tmp_path / "b.hdf5", episodes=2, seed=3, horizon=60)
+    make_demonstrations("reach-v3", tmp_path / "c.hdf5", episodes=2, seed=4, horizon=60)
+    with h5py.File(tmp_path / "b.hdf5", "r") as same, h5py.File(tmp_path / "c.hdf5", "r") as other:
+        np.testing.assert_array_equal(same["observations"][()], arrays["observations"])
+        assert not np.array_equal(other["observations"][()], arrays["observations"])
+    dataset = import_d4rl(tmp_path / "a.hdf5")  # the env from the metadata: its spaces, not guessed ones
+    env = make_env("Meta-World/MT1", {"env_name": "reach-v3"})
+    assert dataset.action_space == env.action_space and dataset.total_steps == 120
+
+
+def test_make_metaworld_checks_every_task_and_file_before_any_rollout(tmp_path, capsys):
+    pytest.importorskip("metaworld")
+    (tmp_path / "metaworld-push-v3.hdf5").write_bytes(b"kept")
+    assert main(["data", "make-metaworld", "push-v3", "reach-v4", "--out", str(tmp_path)]) == 1
+    assert "no task 'reach-v4' with a scripted policy; nearest: reach-v3" in capsys.readouterr().err
+    assert (
+        main(["data", "make-metaworld", "reach-v3", "push-v3", "--out", str(tmp_path), "--episodes", "1"])
+        == 1
+    )
+    assert "metaworld-push-v3.hdf5 exists; pass --overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metaworld-push-v3.hdf5"]
+    assert (tmp_path / "metaworld-push-v3.hdf5").read_bytes() == b"kept"
+    args = ["data", "make-metaworld", "push-v3", "--out", str(tmp_path), "--episodes", "1", "--horizon", "5"]
+    assert main([*args, "--overwrite"]) == 0
+    assert "1 episodes, 5 steps" in capsys.readouterr().out
+
+
 def test_learn_logs_at_its_first_check_and_then_by_wall_time(pendulum, capsys, monkeypatch):
     model = tiny_td3bc(pendulum, check_every=2, verbose=1)
     model.learn(5)  # log_interval 1000: before, nothing was logged

@@ -34,7 +34,7 @@ from stable_baselines3.common.monitor import Monitor
 from diffgym.scores import get_reference
 from diffgym.tasks.envs import make_env
 
-__all__ = ["KINDS", "D4RLRecipe", "make_d4rl_datasets"]
+__all__ = ["KINDS", "D4RLRecipe", "make_d4rl_datasets", "write_d4rl_file"]
 
 KINDS = ("random", "medium", "medium-replay", "expert")
 
@@ -153,7 +153,7 @@ def make_d4rl_datasets(
             arrays = _rollout(make_env(recipe.env_id), model, recipe.transitions, recipe.seed)
             source = {"checkpoint_step": chosen[kind].step, "checkpoint_return": chosen[kind].mean_return}
         path = folder / f"{prefix}-{kind}.hdf5"
-        _write_d4rl(path, arrays, record | {"kind": kind, **source})
+        write_d4rl_file(path, arrays, record | {"kind": kind, **source})
         written[kind] = path
         log(f"{kind}: {len(arrays['rewards'])} transitions -> {path}")
     return written
@@ -207,8 +207,10 @@ def _replay_arrays(model: SAC, steps: int) -> dict[str, np.ndarray]:
     }
 
 
-def _write_d4rl(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
-    """D4RL's flat layout, float32 arrays and bool flags, written beside ``path`` then moved over it."""
+def write_d4rl_file(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> dict[str, Any]:
+    """D4RL's flat layout (float32 arrays, bool flags; a key ``infos/<name>`` in the ``infos`` group),
+    written beside ``path`` then moved over it; returns the ``metadata`` attribute written (the given
+    fields, the mean return and the number of episodes)."""
     returns = _episode_returns(arrays["rewards"], arrays["terminals"] | arrays["timeouts"])
     metadata = metadata | {"mean_return": float(np.mean(returns)), "episodes": len(returns)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,12 +219,13 @@ def _write_d4rl(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, A
     try:
         with h5py.File(name, "w") as file:
             for key, values in arrays.items():
-                dtype = bool if key in ("terminals", "timeouts") else np.float32
-                file.create_dataset(key, data=np.asarray(values, dtype=dtype))
+                flag = key in ("terminals", "timeouts") or np.asarray(values).dtype == bool
+                file.create_dataset(key, data=np.asarray(values, dtype=bool if flag else np.float32))
             file.attrs["metadata"] = json.dumps(metadata)
         os.replace(name, path)
     finally:
         Path(name).unlink(missing_ok=True)
+    return metadata
 
 
 def _episode_returns(rewards: np.ndarray, ends: np.ndarray) -> list[float]:

@@ -40,7 +40,7 @@ import torch
 
 from diffgym.agents.diffusion_policy import DiffusionPolicy
 from diffgym.data import import_d4rl
-from diffgym.tasks.envs import make_env as make_gym_env
+from diffgym.tasks.metaworld import make_task_env, reset_episode, scripted_expert
 from diffgym.zoo.benchmarks.harness import (
     EVAL_SEED,
     Budget,
@@ -71,25 +71,8 @@ def task_of(dataset: Dataset) -> str:
 # ----------------------------------------------------------------------------- environment
 
 
-def make_task_env(task: str) -> gym.Env:
-    """``Meta-World/MT1`` for ``task`` with Meta-World's random reset on (see the module doc)."""
-    env = make_gym_env("Meta-World/MT1", {"env_name": task}, disable_env_checker=True)
-    env.reset()  # MT1 sets one of its fixed tasks here; then switch to fresh random positions
-    env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
-    env.unwrapped._freeze_rand_vec = False  # type: ignore[attr-defined]
-    env.unwrapped.seeded_rand_vec = True  # type: ignore[attr-defined]
-    return env
-
-
 def make_env(dataset: Dataset) -> gym.Env:
     return make_task_env(task_of(dataset))
-
-
-def reset_episode(env: gym.Env, seed: int) -> np.ndarray:
-    """Seed Meta-World's reset RNG (its ``reset`` ignores ``seed=``) and reset: -> (39,) observation."""
-    env.unwrapped.seed(seed)  # type: ignore[attr-defined]
-    observation, _ = env.reset()
-    return observation
 
 
 # ----------------------------------------------------------------------------- data
@@ -177,12 +160,10 @@ def model_actor(model: Any, deterministic: bool) -> Actor:
 
 def expert_actor(task: str) -> Actor:
     """The scripted policy that made the demonstrations (actions clipped to [-1, 1], as there)."""
-    from metaworld.policies import ENV_POLICY_MAP
-
-    policy = ENV_POLICY_MAP[task]()  # type: ignore[abstract]
+    expert = scripted_expert(task)
 
     def act(observations: np.ndarray, state: Any, episode_start: np.ndarray) -> tuple[np.ndarray, Any]:
-        return np.stack([np.clip(policy.get_action(o), -1.0, 1.0) for o in observations]), None
+        return np.stack([expert(o) for o in observations]), None
 
     return act
 
