@@ -19,6 +19,8 @@ __all__ = ["add_benchmark_command", "run_benchmark"]
 #: the data folder when --data-dir is not given: $DIFFGYM_DATA_DIR, else ./datasets
 DATA_DIR_VARIABLE = "DIFFGYM_DATA_DIR"
 #: the budget fields an option replaces (option dest = field name)
+#: trials of a search when --trials is not given
+_TRIALS = 20
 _BUDGET_OPTIONS = ("seeds", "steps", "eval_every", "eval_episodes", "final_episodes", "checkpoint_every")
 
 
@@ -69,12 +71,12 @@ def add_benchmark_command(subparsers: argparse._SubParsersAction) -> None:
         "chosen datasets x seeds; on Ray Tune with --ray",
     )
     bench.add_argument(
-        "--trials", type=int, default=20, help="trials of an optuna search (default: %(default)s)"
+        "--trials", type=int, help=f"trials of an optuna search (with --tune; default: {_TRIALS})"
     )
     bench.add_argument(
         "--searcher",
-        default="optuna",
-        help="optuna: TPE for --trials trials; grid: every combination of the choices (default: %(default)s)",
+        help="with --tune, optuna: TPE for --trials trials; grid: every combination of the choices (default: "
+        "optuna)",
     )
     bench.add_argument(
         "--checkpoint-every",
@@ -125,6 +127,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     from diffgym.zoo.benchmarks.harness import Session, run_suite
 
     torch.set_num_threads(args.threads)
+    _check_search_options(args)
     if args.zoo:
         return _evaluate_zoo_models(args)
     suite = load_suite(args.suite)
@@ -146,16 +149,23 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_search_options(args: argparse.Namespace) -> None:
+    """``--tune`` with one agent and neither --report nor --zoo; --trials and --searcher only with it."""
+    if args.tune and (len(args.agents) != 1 or args.report or args.zoo):
+        raise ValueError(
+            "--tune searches one agent's hyperparameters: give --agents NAME (and not --report/--zoo)"
+        )
+    if not args.tune and (args.trials is not None or args.searcher is not None):
+        raise ValueError("--trials and --searcher set a hyperparameter search: give --tune KEY=SPACE ...")
+
+
 def _search(session: Session, args: argparse.Namespace) -> Path:
     """``--tune``: a hyperparameter search of the one agent named by ``--agents``."""
     from diffgym.zoo.benchmarks.search import Dimension, run_search
 
-    if len(args.agents) != 1 or args.report or args.zoo:
-        raise SystemExit(
-            "--tune searches one agent's hyperparameters: give --agents NAME (and not --report/--zoo)"
-        )
     space = [Dimension.parse(text) for text in args.tune]
-    return run_search(session, args.agents[0], space, args.datasets, args.trials, args.searcher)
+    trials = _TRIALS if args.trials is None else args.trials
+    return run_search(session, args.agents[0], space, args.datasets, trials, args.searcher or "optuna")
 
 
 def _evaluate_zoo_models(args: argparse.Namespace) -> int:

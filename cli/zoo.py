@@ -173,13 +173,12 @@ def zoo_add(args: argparse.Namespace) -> int:
     from diffgym.zoo.format import seeds_text
     from diffgym.zoo.publish import publish_best_seed
 
-    models = [
-        path for path in args.records if path.suffix == ".zip"
-    ]  # `zoo add RECORD MODEL` reads as before
-    if len(models) > 1 or (models and args.model):
-        raise SystemExit(f"one model file: {[str(path) for path in [*models, *filter(None, [args.model])]]}")
+    models = [path for path in args.records if path.suffix == ".zip"]  # `zoo add RECORD MODEL`, as before
+    given = [*models, *([args.model] if args.model else [])]
+    if len(given) > 1:
+        raise ValueError(f"give at most one model file; got {', '.join(map(str, given))}")
     records = [path for path in args.records if path.suffix != ".zip"]
-    model = args.model or (models[0] if models else None)
+    model = given[0] if given else None
     entry = publish_best_seed(records, model, args.registry, args.name, args.env, env_kwargs(args))
     seeds = entry.summary.get("seeds_score")
     over_seeds = "" if seeds is None else f" ({seeds_text(seeds)})"

@@ -253,16 +253,21 @@ def results_summary(results: Mapping[str, Any]) -> dict[str, Any]:
 
 def _seeds_score(across: Mapping[str, Any] | None, metric: Mapping[str, Any]) -> dict[str, Any] | None:
     """Mean and std of every seed's final score (``results.json``'s ``across_seeds``), scaled for display."""
-    if not across:
+    if not across or across["mean"] is None:  # none, or no seed with a finite score
         return None
     scale = float(metric["scale"]) if across["metric"] == metric["key"] else 1.0
-    return {"mean": across["mean"] * scale, "std": across["std"] * scale, "n": len(across["finals"]),
+    finite = [value for value in across["finals"].values() if value is not None]
+    return {"mean": across["mean"] * scale, "std": across["std"] * scale, "n": len(finite),
+            "of": len(across["finals"]),
             "label": metric["label"] if across["metric"] == metric["key"] else "mean return"}  # fmt: skip
 
 
 def seeds_text(seeds_score: Mapping[str, Any]) -> str:
-    """``"m ± s over n seeds"``."""
-    return f"{seeds_score['mean']:.1f} ± {seeds_score['std']:.1f} over {seeds_score['n']} seeds"
+    """``"m ± s over n seeds"`` (``"... over n of k seeds"`` where some were not finite)."""
+    n, of = seeds_score["n"], seeds_score.get("of", seeds_score["n"])
+    return (
+        f"{seeds_score['mean']:.1f} ± {seeds_score['std']:.1f} over {n}{'' if n == of else f' of {of}'} seeds"
+    )
 
 
 def model_card(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
@@ -347,7 +352,8 @@ def _seed_rows(
     if seeds is None:
         return []
     finals = ", ".join(
-        f"seed {seed}: {value:.4g}" for seed, value in results["across_seeds"]["finals"].items()
+        f"seed {seed}: {'not finite' if value is None else f'{value:.4g}'}"
+        for seed, value in results["across_seeds"]["finals"].items()
     )
     return [
         f"| {seeds['label']} (final) over seeds | {seeds_text(seeds)} (this model: seed {training.get('seed', '?')}, "

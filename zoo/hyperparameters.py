@@ -148,10 +148,10 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
 
 def read_value(text: str) -> Any:
     """``text`` read as YAML, with ``1e-3`` a number too (YAML 1.1 reads exponents without a dot as
-    strings), in lists as well.
+    strings), in lists and mappings as well.
 
-    >>> read_value("[1e-4, 0.5, {name: ddim}]")
-    [0.0001, 0.5, {'name': 'ddim'}]
+    >>> read_value("[1e-4, 0.5, {name: ddim, eta: 1e-2}]")
+    [0.0001, 0.5, {'name': 'ddim', 'eta': 0.01}]
 
     Raises:
         ValueError: not valid YAML.
@@ -166,6 +166,8 @@ def read_value(text: str) -> Any:
 def _numbers(value: Any) -> Any:
     if isinstance(value, list):
         return [_numbers(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _numbers(item) for key, item in value.items()}
     return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value) else value
 
 

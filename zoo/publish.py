@@ -11,6 +11,7 @@ hardware and build, because the model acts deterministically from the same env s
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from diffgym import registry as agents
 from diffgym.zoo.benchmarks.checkpoints import record_identity
+from diffgym.zoo.benchmarks.search import ranking_value
 from diffgym.zoo.catalog import (
     Source,
     ZooEntry,
@@ -78,8 +80,16 @@ def publish_best_seed(
         raise ValueError("give at least one run's record")
     records = {Path(path): json.loads(Path(path).read_text()) for path in record_paths}
     _check_seeds_of_one_run(records)
-    best_path = max(records, key=lambda path: (_final_value(records[path]), -records[path]["config"]["seed"]))
+    best_path = max(
+        records,
+        key=lambda path: (ranking_value(_final_value(records[path])), -records[path]["config"]["seed"]),
+    )
     best = records[best_path]
+    if model_path is not None and len(records) > 1 and Path(model_path).stem != best["run"]:
+        raise ValueError(
+            f"the best seed is {best['run']} (final {_final_value(best)}), but the model given is {model_path}: "
+            "give its model, or leave the model out to use the one saved beside its record"
+        )
     model = Path(model_path) if model_path is not None else best_path.parent / "models" / f"{best['run']}.zip"
     if not model.is_file():
         raise FileNotFoundError(
@@ -106,10 +116,10 @@ def _check_seeds_of_one_run(records: dict[Path, dict[str, Any]]) -> None:
             )
 
 
-def _final_value(record: dict[str, Any]) -> float:
+def _final_value(record: dict[str, Any]) -> float | None:
     """The record's final score under its suite's metric (the mean return where it has none)."""
     value = record["final"].get(_metric(record["suite"])["key"])
-    return float(record["final"]["mean_return"] if value is None else value)
+    return record["final"].get("mean_return") if value is None else value
 
 
 def publish(
@@ -274,17 +284,22 @@ def _training_description(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _across_seeds(record: dict[str, Any]) -> dict[str, Any] | None:
-    """Every seed's final score (raw, under ``metric``), mean and std, and the seed published; None
-    for a run published alone."""
+    """Every seed's final score (raw, under ``metric``; None where it is missing or not finite), mean
+    and std over the finite ones, and the seed published; None for a run published alone."""
     if not record.get("seed_records"):
         return None
     runs = sorted([record, *record["seed_records"]], key=lambda run: run["config"]["seed"])
-    finals = {str(run["config"]["seed"]): _final_value(run) for run in runs}
+    finals = {str(run["config"]["seed"]): _finite(_final_value(run)) for run in runs}
     key = _metric(record["suite"])["key"]
     metric = key if record["final"].get(key) is not None else "mean_return"
-    values = list(finals.values())
-    return {"metric": metric, "finals": finals, "mean": float(np.mean(values)), "std": float(np.std(values)),
+    values = [value for value in finals.values() if value is not None]
+    mean, std = (float(np.mean(values)), float(np.std(values))) if values else (None, None)
+    return {"metric": metric, "finals": finals, "mean": mean, "std": std,
             "published_seed": record["config"]["seed"]}  # fmt: skip
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _seeds(record: dict[str, Any]) -> list[int]:
@@ -355,7 +370,10 @@ def markdown_table(entries: dict[str, ZooEntry]) -> str:
             else f"{_number(rival.summary.get('score'))} ({rival.name}, {rival.summary.get('gradient_steps', '?')} steps)"
         )
         seeds = summary.get("seeds_score")
-        score = _number(summary.get("score")) + ("" if seeds is None else f" (seeds: {seeds_text(seeds)})")
+        label = "" if seeds is None or seeds["label"] == summary.get("metric") else f", {seeds['label']}"
+        score = _number(summary.get("score")) + (
+            "" if seeds is None else f" (seeds{label}: {seeds_text(seeds)})"
+        )
         rows.append(
             f"| {name} | {summary.get('metric', 'normalised score')} | {score} | {rival_text} "
             f"| {_number(summary.get('data_score'))} "

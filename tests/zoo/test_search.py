@@ -4,10 +4,11 @@ settings, read back when done, ranked in a report; on Ray Tune they give the in-
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
-from diffgym.zoo.benchmarks.harness import Budget, Session, Suite
+from diffgym.zoo.benchmarks.harness import Budget, Contender, Session, Suite
 from diffgym.zoo.benchmarks.search import Dimension, run_search
 
 
@@ -150,21 +151,50 @@ def test_bad_searches_are_refused_before_anything_runs(
     assert not (tmp_path / "tiny-search").exists()
 
 
-def test_the_command_line_searches_one_agent(pendulum_file, tmp_path):
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--tune", "tau=choice(0.005)"], "give --agents NAME"),
+        (["--agents", "td3bc", "--tune", "tau=choice(0.005)", "--zoo"], "not --report/--zoo"),
+        (["--agents", "td3bc", "--trials", "3"], "give --tune KEY=SPACE"),
+        (["--agents", "td3bc", "--searcher", "grid"], "give --tune KEY=SPACE"),
+    ],
+)
+def test_the_command_line_searches_one_agent_and_nothing_else(pendulum_file, capsys, options, message):
     from diffgym.cli import main
 
-    with pytest.raises(SystemExit, match="one agent"):
-        main(["benchmark", "d4rl", "--tune", "tau=choice(0.005)", "--data-dir", str(pendulum_file.parent)])
+    assert main(["benchmark", "d4rl", *options, "--data-dir", str(pendulum_file.parent)]) == 1
+    assert message in capsys.readouterr().err
 
 
-def test_on_ray_tune_the_trials_give_the_in_process_records(suite, grid_search, pendulum_file, tmp_path):
+def test_values_proposed_again_are_one_trial(suite, pendulum_file, tmp_path):
+    pytest.importorskip("optuna")
+    one_seed = dataclasses.replace(suite, budget=dataclasses.replace(suite.budget, seeds=1))
+    path = run_search(session(one_seed, pendulum_file, tmp_path), "td3bc", GRID[1:], trials=3)
+    assert [t["assignments"] for t in search_report(path)["trials"]] == [["tau=0.005"]]
+    assert path.read_text().count("| `") == 1 and "1 trials" in path.read_text()
+
+
+def test_a_suite_without_a_final_evaluation_or_data_for_the_agent_is_refused(suite, pendulum_file, tmp_path):
+    measured_only = dataclasses.replace(suite, procedure=lambda model, run: {})
+    with pytest.raises(ValueError, match="without a final evaluation"):
+        run_search(session(measured_only, pendulum_file, tmp_path), "td3bc", GRID, searcher="grid")
+    elsewhere = dataclasses.replace(suite, agents=(Contender("td3bc", datasets=("other",)),))
+    with pytest.raises(ValueError, match="runs on none of the datasets"):
+        run_search(session(elsewhere, pendulum_file, tmp_path), "td3bc", GRID, searcher="grid")
+
+
+def test_on_ray_tune_the_trials_give_the_in_process_records(
+    suite, grid_search, pendulum_file, tmp_path, monkeypatch
+):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.tune")
     from diffgym.zoo.benchmarks.ray_runs import LOCAL
 
+    monkeypatch.chdir(tmp_path)  # a relative --out, as the command's default: Ray Tune changes folders
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     try:
-        path = run_search(session(suite, pendulum_file, tmp_path, LOCAL), "td3bc", GRID, searcher="grid")
+        path = run_search(session(suite, pendulum_file, Path("out"), LOCAL), "td3bc", GRID, searcher="grid")
     finally:
         ray.shutdown()
     _, here = grid_search

@@ -436,7 +436,7 @@ def test_the_best_of_several_seeds_is_published_with_every_seeds_score_on_its_ca
     values = list(finals.values())
     assert entry.summary["seeds"] == [0, 1, 2] and entry.summary["mean_return"] == pytest.approx(finals[best])
     assert entry.summary["seeds_score"] == pytest.approx(
-        {"mean": np.mean(values), "std": np.std(values), "n": 3, "label": "mean return"}
+        {"mean": np.mean(values), "std": np.std(values), "n": 3, "of": 3, "label": "mean return"}
     )
     info = zoo.info("td3bc/pendulum-tiny", registry)
     assert info["config"]["training"]["seed"] == best
@@ -463,6 +463,44 @@ def test_records_that_are_not_seeds_of_one_run_are_refused(three_seeds, tmp_path
     with pytest.raises(FileNotFoundError, match="--save-models"):
         publish_best_seed([first], tmp_path / "missing.zip", registry=registry)
     assert not registry.exists()
+
+
+def test_one_run_with_its_model_named_is_published_as_before_and_a_wrong_model_is_refused(
+    three_seeds, tmp_path, home, capsys
+):
+    from diffgym.cli import main
+    from diffgym.zoo.publish import publish_best_seed
+
+    folder, _ = three_seeds
+    registry = tmp_path / "zoo" / "registry.json"
+    record, model = folder / "td3bc_pendulum-tiny_s1.json", folder / "models" / "td3bc_pendulum-tiny_s1.zip"
+    assert main(["zoo", "add", str(record), str(model), "--registry", str(registry)]) == 0  # RECORD MODEL
+    assert zoo.info("td3bc/pendulum-tiny", registry)["config"]["training"]["seed"] == 1
+    assert (
+        main(["zoo", "add", str(record), str(model), "--model", str(model), "--registry", str(registry)]) == 1
+    )
+    assert "give at most one model file" in capsys.readouterr().err
+    records = sorted(folder.glob("td3bc_pendulum-tiny_s*.json"))
+    best = max(records, key=lambda path: json.loads(path.read_text())["final"]["mean_return"])
+    wrong = next(path for path in records if path != best)
+    with pytest.raises(ValueError, match=f"the best seed is {best.stem}"):
+        publish_best_seed(records, folder / "models" / f"{wrong.stem}.zip", registry=tmp_path / "other.json")
+
+
+def test_a_seed_whose_score_is_not_finite_is_never_the_best(three_seeds, tmp_path, home):
+    from diffgym.zoo.publish import publish_best_seed
+
+    folder, _ = three_seeds
+    diverged = json.loads((folder / "td3bc_pendulum-tiny_s0.json").read_text())
+    diverged["final"]["mean_return"] = float("nan")
+    path = folder / "diverged" / "td3bc_pendulum-tiny_s0.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(diverged))
+    others = [folder / f"td3bc_pendulum-tiny_s{seed}.json" for seed in (1, 2)]
+    entry = publish_best_seed([path, *others], registry=tmp_path / "zoo" / "registry.json")
+    assert entry.summary["seeds"] == [0, 1, 2] and entry.summary["seeds_score"]["n"] == 2
+    results = zoo.info(entry.name, tmp_path / "zoo" / "registry.json")["results"]
+    assert results["across_seeds"]["finals"]["0"] is None and results["across_seeds"]["published_seed"] != 0
 
 
 def test_a_shipped_model_replays_its_cards_first_episode():

@@ -32,11 +32,10 @@ def data_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
 
 def mapped_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
     sizes = session.params["mapped_transitions"]
-    return {
-        "sizes": [
-            data_loading.run_mapped(n_transitions=n) for n in ([sizes] if isinstance(sizes, int) else sizes)
-        ]
-    }
+    sizes = [sizes] if isinstance(sizes, int) else sizes
+    if not isinstance(sizes, list) or not all(isinstance(n, int) and n > 0 for n in sizes):
+        raise ValueError(f"suite:mapped_transitions takes a number of rows or a list of them, not {sizes!r}")
+    return {"sizes": [data_loading.run_mapped(n_transitions=n) for n in sizes]}
 
 
 def sampler_section(report: Report) -> str:
@@ -86,15 +85,18 @@ def data_section(report: Report) -> str:
 def mapped_table(report: Report) -> str:
     """Loading time and peak memory of the in-memory and memory-mapped paths beside the arrays' size."""
     data, mapped = report.study("data"), report.study("mapped")
-    results = ([data] if data is not None else []) + (mapped["sizes"] if mapped is not None else [])
-    tasks = [("in memory (load_transitions)", "load_transitions"), ("memory-mapped: build the cache", "map_episodes"),
+    in_memory = [("in memory (load_transitions)", "load_transitions")]
+    tasks = [("memory-mapped: build the cache", "map_episodes"),
              ("memory-mapped: open, statistics, 100 batches", "mapped_training_data"),
              (f"memory-mapped: IQL built, {data_loading.AGENT_STEPS} gradient steps", "mapped_agent")]  # fmt: skip
+    studies = [(data, in_memory)] if data is not None else []
+    if mapped is not None:  # records before the study took several sizes hold one
+        studies += [(result, tasks) for result in mapped.get("sizes", [mapped])]
     rows = [
         [f"{result['setup']['n_transitions']:,}", result["setup"]["arrays_mb"], label, result[task]["seconds"],
          result[task]["peak_rss_mb"], result[task]["peak_anon_mb"]]
-        for result in results
-        for label, task in tasks
+        for result, chosen in studies
+        for label, task in chosen
         if task in result
     ]  # fmt: skip
     header = ["transitions", "arrays (MB)", "path", "seconds", "peak RSS (MB)", "peak anonymous (MB)"]
@@ -103,7 +105,8 @@ def mapped_table(report: Report) -> str:
             "### Datasets larger than memory",
             "Peak memory above each fresh process's baseline (the agent's: with its modules imported). RSS "
             "counts the resident pages of memory-mapped files, which the kernel drops under memory pressure; "
-            "anonymous memory is what must fit in RAM. The in-memory path is run at the data study's size only.",
+            "anonymous memory is what must fit in RAM. The in-memory path is run at the data study's size only "
+            "(its memory-mapped rows there are in the table above).",
             markdown_table(header, rows),
         ]
     )

@@ -75,6 +75,7 @@ __all__ = [
     "read_d4rl_file",
     "run_suite",
     "scratch_space",
+    "train_and_evaluate",
     "unfinished",
 ]
 

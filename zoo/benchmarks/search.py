@@ -46,12 +46,14 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
 from diffgym.zoo.benchmarks.harness import (
     Contender,
@@ -61,6 +63,7 @@ from diffgym.zoo.benchmarks.harness import (
     finish_run,
     matrix_runs,
     scratch_space,
+    train_and_evaluate,
     unfinished,
 )
 from diffgym.zoo.benchmarks.ray_runs import connect, in_worker, worker_variables
@@ -78,7 +81,7 @@ from diffgym.zoo.benchmarks.report import (
 from diffgym.zoo.benchmarks.reporting import RECORD_FORMAT
 from diffgym.zoo.hyperparameters import read_value
 
-__all__ = ["SEARCHERS", "SEARCH_SEED", "Dimension", "run_search", "run_trial"]
+__all__ = ["SEARCHERS", "SEARCH_SEED", "Dimension", "ranking_value", "run_search", "run_trial"]
 
 #: ``--searcher`` choices
 SEARCHERS = ("optuna", "grid")
@@ -181,11 +184,20 @@ def run_search(
 
     Raises:
         ValueError: an empty space, a key searched twice, an unknown searcher, a grid over a range,
-            or fewer than one trial.
+            fewer than one trial, a suite whose runs have no final evaluation, or an agent that runs
+            on none of the chosen datasets.
         KeyError: an agent or dataset the suite does not have.
     """
     _check_search(space, trials, searcher)
     (contender,), names = session.choose([agent], datasets)
+    if session.suite.procedure is not train_and_evaluate:
+        raise ValueError(
+            f"suite {session.suite.name!r} measures its runs without a final evaluation to search on"
+        )
+    if not any(contender.runs_on(name) for name in names):
+        raise ValueError(f"{contender.name} runs on none of the datasets {names}")
+    # absolute: Ray Tune runs each trial in a folder of its own
+    session = dataclasses.replace(session, out=session.out.resolve(), data_dir=session.data_dir.resolve())
     root = session.out / f"{session.suite.name}-search" / contender.name
     with scratch_space() as scratch:
         running = dataclasses.replace(session, scratch=scratch)
@@ -230,11 +242,13 @@ def run_trial(
         session, out=trials_folder / digest, overrides=(*session.overrides, *targeted), ray_address=None
     )
     runs = matrix_runs(trial_session, [contender], datasets)
-    for run in unfinished(runs):
-        finish_run(run, execute(run))
-    records = [json.loads((trial_session.folder / f"{run.name}.json").read_text()) for run in runs]
-    summary = _summary(digest, assignments, records, session.suite.metric.key)
-    write_json(trials_folder / digest / "trial.json", summary)
+    (trials_folder / digest).mkdir(parents=True, exist_ok=True)
+    with FileLock(trials_folder / digest / ".lock"):  # the same values proposed twice train once
+        for run in unfinished(runs):
+            finish_run(run, execute(run))
+        records = [json.loads((trial_session.folder / f"{run.name}.json").read_text()) for run in runs]
+        summary = _summary(digest, assignments, records, session.suite.metric.key)
+        write_json(trials_folder / digest / "trial.json", summary)
     log(f"trial {digest} ({' '.join(assignments)}): objective {summary['objective']:.4g}")
     return summary
 
@@ -256,7 +270,16 @@ def _summary(
     }  # fmt: skip
     finals = [run["final"] for run in runs.values()]
     return {"id": digest, "assignments": list(assignments), "objective_key": key,
-            "objective": float(np.mean(finals)), "runs": runs}  # fmt: skip
+            "objective": ranking_value(float(np.mean(finals))), "runs": runs}  # fmt: skip
+
+
+def ranking_value(value: float | None) -> float:
+    """``value``, or -inf when it is missing or not finite (a diverged run ranks last, never first).
+
+    >>> ranking_value(float("nan")), ranking_value(None), ranking_value(2.5)
+    (-inf, -inf, 2.5)
+    """
+    return float(value) if value is not None and math.isfinite(value) else -math.inf
 
 
 def _search_here(
@@ -349,8 +372,10 @@ def _write_report(
     searcher: str,
     summaries: list[dict[str, Any]],
 ) -> Path:
-    """``search.json`` and ``search.md``: the trials ranked by objective, the best one's settings."""
-    ranked = sorted(summaries, key=lambda summary: -summary["objective"])
+    """``search.json`` and ``search.md``: the trials ranked by objective (each once, however often it was
+    proposed), the best one's settings."""
+    distinct = {summary["id"]: summary for summary in summaries}
+    ranked = sorted(distinct.values(), key=lambda summary: -summary["objective"])
     budget = session.budget
     metric = session.suite.metric
     where = "in this process" if session.ray_address is None else f"on Ray ({session.ray_address})"
