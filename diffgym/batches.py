@@ -11,6 +11,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch import Tensor
 
 from diffgym.data import EpisodeArrays, Transitions, flatten_observations
+from diffgym.data.mapped import advise_access
 from diffgym.data.tree import tree_map
 from diffgym.policies import AgentPolicy
 
@@ -69,6 +70,7 @@ class MappedBatches:
         self.arrays, self.policy, self.device = arrays, policy, device
         self.step_offsets = arrays.step_offsets
         self.size = int(self.step_offsets[-1])
+        advise_access(arrays, "random")  # batches read rows by index
 
     def sample(self, batch_size: int, generator: torch.Generator) -> ReplayBufferSamples:
         index = torch.randint(0, self.size, (batch_size,), generator=generator, device=generator.device)
@@ -100,6 +102,13 @@ class MappedBatches:
                 tree_map(lambda a: a[:1], self.arrays.observations), self.policy.observation_space
             )
             chunk_rows = max(1, CHUNK_BYTES // (4 * width.shape[1]))
+        advise_access(self.arrays, "sequential")
+        try:
+            yield from self._chunks(chunk_rows)
+        finally:
+            advise_access(self.arrays, "random")
+
+    def _chunks(self, chunk_rows: int) -> Iterator[Chunk]:
         for start in range(0, self.size, chunk_rows):
             stop = min(start + chunk_rows, self.size)
             observations = self._observation_block(start, min(stop + 1, self.size), 0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import uuid
@@ -28,7 +29,7 @@ import numpy as np
 from diffgym.data.loading import DatasetLike, EpisodeArrays, load_dataset, read_episodes_into
 from diffgym.data.tree import ArrayTree, storage_dtype, tree_map
 
-__all__ = ["cache_folder", "map_episodes"]
+__all__ = ["advise_access", "cache_folder", "map_episodes"]
 
 #: Bumped whenever the files' layout changes, so that old caches are not read.
 _LAYOUT_VERSION = 1
@@ -135,6 +136,22 @@ def _names(tree: Any, prefix: str) -> Any:
     if isinstance(tree, dict):
         return {key: _names(value, f"{prefix}-{index}") for index, (key, value) in enumerate(tree.items())}
     return f"{prefix}.npy"
+
+
+def advise_access(arrays: EpisodeArrays, pattern: str) -> None:
+    """Tell the kernel how the memory-mapped arrays will be read: ``"random"`` (rows by index: no
+    read-ahead, which for a dataset larger than the page cache reads tens of times the rows asked
+    for) or ``"sequential"`` (in order: read ahead). A no-op where ``madvise`` is not available."""
+    advice = {
+        "random": getattr(mmap, "MADV_RANDOM", None),
+        "sequential": getattr(mmap, "MADV_SEQUENTIAL", None),
+    }
+    if pattern not in advice:
+        raise ValueError(f"pattern must be 'random' or 'sequential', not {pattern!r}")
+    for leaf in _leaves(arrays):
+        mapping = getattr(leaf, "_mmap", None)
+        if mapping is not None and advice[pattern] is not None and hasattr(mapping, "madvise"):
+            mapping.madvise(advice[pattern])
 
 
 def _leaves(arrays: EpisodeArrays) -> list[np.memmap]:
