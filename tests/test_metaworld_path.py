@@ -240,6 +240,33 @@ def test_the_scripted_expert_recipe_writes_the_benchmarks_layout_reproducibly(tm
     assert dataset.action_space == env.action_space and dataset.total_steps == 120
 
 
+def test_the_benchmark_makes_a_tasks_file_the_data_folder_lacks_once(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("metaworld")
+    from diffgym.tasks.metaworld import make_demonstrations
+    from diffgym.zoo.benchmarks import metaworld as suite_module
+    from diffgym.zoo.benchmarks.harness import Session
+
+    made = []
+
+    def tiny(task, path):  # the recipe, shortened
+        made.append(task)
+        return make_demonstrations(task, path, episodes=2, horizon=30)
+
+    monkeypatch.setattr(suite_module, "make_demonstrations", tiny)
+    suite = suite_module.SUITE
+    (tmp_path / "data").mkdir()
+    session = Session(
+        suite, data_dir=tmp_path / "data", out=tmp_path / "out", budget=suite.budget, scratch=tmp_path
+    )
+    first = suite_module.demonstrations_file("metaworld-hammer-v3", session)
+    assert first == tmp_path / "out" / "metaworld" / "data" / "metaworld-hammer-v3.hdf5" and first.exists()
+    assert "making" in capsys.readouterr().out
+    assert suite_module.demonstrations_file("metaworld-hammer-v3", session) == first and made == ["hammer-v3"]
+    info = suite_module.demonstrations("metaworld-hammer-v3", session).info
+    assert info["file"] == str(first) and info["episodes"] == 2
+    assert len(suite.datasets) >= 10 and "metaworld-assembly-v3" in suite.datasets
+
+
 def test_make_metaworld_checks_every_task_and_file_before_any_rollout(tmp_path, capsys):
     pytest.importorskip("metaworld")
     (tmp_path / "metaworld-push-v3.hdf5").write_bytes(b"kept")

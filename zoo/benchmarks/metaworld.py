@@ -4,6 +4,12 @@ Both learn from the same scripted demonstrations (``<data dir>/metaworld-<task>.
 per task), see the same observations (the last two) and are evaluated in the same run on the same
 ``--final-episodes`` episodes per task, with the scripted expert itself as a reference (a study):
 
+- **Tasks**: the six of the shared data folder (reach, push, drawer-close, button-press-topdown,
+  door-open, pick-place) and six harder ones (assembly, disassemble, peg-insert-side, hammer,
+  basketball, shelf-place). A task whose file the data folder lacks gets the recipe's
+  (``diffgym data make-metaworld``: the scripted expert, 50 episodes, seed 0), made once into
+  ``<out>/metaworld/data/`` (its metadata records the expert's success rate).
+
 - **Episodes**: ``Meta-World/MT1`` with Meta-World's own random reset switched on, so every
   episode draws fresh object and goal positions (MT1 alone cycles through 50 fixed ones, none of
   them in the demonstrations); episode ``i`` is seeded ``10_000 + seed + i``
@@ -31,16 +37,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import h5py
 import numpy as np
 import torch
+from filelock import FileLock
 
 from diffgym.agents.diffusion_policy import DiffusionPolicy
 from diffgym.data import import_d4rl
-from diffgym.tasks.metaworld import make_task_env, reset_episode, scripted_expert
+from diffgym.tasks.metaworld import make_demonstrations, make_task_env, reset_episode, scripted_expert
 from diffgym.zoo.benchmarks.harness import (
     EVAL_SEED,
     Budget,
@@ -53,9 +61,27 @@ from diffgym.zoo.benchmarks.harness import (
     Session,
     Suite,
 )
-from diffgym.zoo.benchmarks.report import latency_ms, markdown_table
+from diffgym.zoo.benchmarks.report import latency_ms, log, markdown_table
 
 PREFIX = "metaworld-"  # dataset name = PREFIX + Meta-World task
+#: tasks of the shared data folder (``metaworld-<task>.hdf5``)
+SHARED_TASKS = (
+    "reach-v3",
+    "push-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "door-open-v3",
+    "pick-place-v3",
+)
+#: harder tasks, whose files the recipe makes where the data folder has none (see :func:`demonstrations_file`)
+MADE_TASKS = (
+    "assembly-v3",
+    "disassemble-v3",
+    "peg-insert-side-v3",
+    "hammer-v3",
+    "basketball-v3",
+    "shelf-place-v3",
+)
 MAX_EPISODE_STEPS = 500
 ENSEMBLE_COEFF = 0.01  # ACT's temporal-ensembling coefficient m
 LATENCY_STEPS = 64  # env steps over which predict is timed per step
@@ -65,7 +91,7 @@ Actor = Callable[[np.ndarray, Any, np.ndarray], tuple[np.ndarray, Any]]
 
 
 def task_of(dataset: Dataset) -> str:
-    return dataset.name.removeprefix(PREFIX)
+    return task_of_name(dataset.name)
 
 
 # ----------------------------------------------------------------------------- environment
@@ -107,12 +133,32 @@ def cut_after_success(
     return np.where(succeeded, np.minimum(ends, starts + first_success + keep), ends)
 
 
+def demonstrations_file(name: str, session: Session) -> Path:
+    """``<data dir>/<name>.hdf5``; where the data folder has none, the recipe's file
+    (:func:`~diffgym.tasks.metaworld.make_demonstrations`: 50 episodes, seed 0, as ``diffgym data
+    make-metaworld``), made once into ``<out>/metaworld/data/`` and reused."""
+    given = session.data_dir / f"{name}.hdf5"
+    if given.exists():
+        return given
+    made = session.folder / "data" / f"{name}.hdf5"
+    with FileLock(made.with_suffix(".lock")):  # runs side by side make it once
+        if not made.exists():
+            log(f"{given} not found: making {made} with the scripted expert (diffgym data make-metaworld)")
+            make_demonstrations(task_of_name(name), made)
+    return made
+
+
+def task_of_name(name: str) -> str:
+    return name.removeprefix(PREFIX)
+
+
 def demonstrations(name: str, session: Session) -> Dataset:
-    """The task's demonstrations, each cut ``keep_after_success`` steps after its first success
-    (None: whole; one that never succeeds is kept whole), imported into the session's Minari store with
-    the env's spaces."""
+    """The task's demonstrations (:func:`demonstrations_file`), each cut ``keep_after_success`` steps
+    after its first success (None: whole; one that never succeeds is kept whole), imported into the
+    session's Minari store with the env's spaces."""
     keep = session.params["keep_after_success"]
-    with h5py.File(session.data_dir / f"{name}.hdf5", "r") as file:
+    source = demonstrations_file(name, session)
+    with h5py.File(source, "r") as file:
         arrays = {key: file[key][()] for key in ("observations", "actions", "rewards", "next_observations")}
         ends = np.flatnonzero(file["terminals"][()] | file["timeouts"][()])
         success = file["infos/success"][()].astype(bool)
@@ -130,12 +176,12 @@ def demonstrations(name: str, session: Session) -> Dataset:
         file["terminals"], file["timeouts"] = np.zeros(len(rows), dtype=bool), timeouts
         file["infos/success"] = success[rows]
         file.attrs["metadata"] = json.dumps({**metadata, "kept_after_first_success": keep})
-    task = name.removeprefix(PREFIX)
+    task = task_of_name(name)
     dataset = import_d4rl(
         path, f"diffgym-bench/{name}-v0", env_id="Meta-World/MT1", env_kwargs={"env_name": task}
     )
     info = {
-        "file": str(session.data_dir / f"{name}.hdf5"),
+        "file": str(source),
         "episodes": len(starts),
         "transitions_in_file": int(ends[-1] + 1),
         "transitions": len(rows),
@@ -360,9 +406,7 @@ SUITE = Suite(
         "`metaworld-<task>.hdf5`, cut after their first success (see the records' `data`); the same cut data "
         "train both agents. Diffusion Policy samples chunks with fresh noise; BC is deterministic."
     ),
-    datasets=tuple(
-        PREFIX + task for task in ("reach-v3", "push-v3", "drawer-close-v3", "button-press-topdown-v3")
-    ),
+    datasets=tuple(PREFIX + task for task in SHARED_TASKS + MADE_TASKS),
     agents=(Contender("bc", title="BC (MLP, 2 obs)"), Contender("diffusion_policy", deterministic=False)),
     budget=Budget(final_episodes=50),
     params={
