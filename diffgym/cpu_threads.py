@@ -4,7 +4,8 @@ Measured on a 2-core machine (``zoo/results/speed/``, Diffusion-QL): alone, 2 th
 1.7x faster than 1; with one other busy process, 2 threads run at half the speed of 1 (their OpenMP
 workers spin waiting for a core that is taken), and OpenMP's passive wait policy only halves that
 loss while costing 60 % when the machine is idle. So ``diffgym train`` takes the idle cores
-(``--threads auto``): the cores this process may use minus the cores busy right now (sampled from
+(``--threads auto``): the cores this process may use (its affinity, capped by a cgroup's CPU quota)
+minus the cores busy right now (sampled from
 ``/proc/stat`` over a quarter second; where there is none, the 1-minute load average, which lags a
 job that has just ended or started), at least 1.
 
@@ -18,17 +19,47 @@ job that has just ended or started), at least 1.
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from pathlib import Path
 
-__all__ = ["available_cores", "busy_cores", "choose_threads", "parse_threads"]
+__all__ = ["available_cores", "busy_cores", "choose_threads", "cpu_quota", "parse_threads"]
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def available_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """Cores this process may run on: its CPU affinity where the OS has one, capped by the cgroup's CPU
+    quota where one is set (a container started with ``--cpus 2`` on a 64-core host gets 2)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cpu_quota(cgroup_root)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def cpu_quota(cgroup_root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPUs' worth of time the cgroup may use (cgroup v2 ``cpu.max``, else v1
+    ``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us``); None where no quota is set or readable.
+
+    >>> import pathlib, tempfile
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (root / "cpu.max").write_text("150000 100000")
+    >>> cpu_quota(str(root))
+    1.5
+    >>> _ = (root / "cpu.max").write_text("max 100000")
+    >>> cpu_quota(str(root)) is None
+    True
+    """
+    root = Path(cgroup_root)
+    try:
+        if (root / "cpu.max").exists():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = root / "cpu"
+        if (v1 / "cpu.cfs_quota_us").exists():
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            return None if quota_us <= 0 else quota_us / int((v1 / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _cpu_times() -> tuple[int, int] | None:

@@ -79,3 +79,25 @@ def test_busy_cores_falls_back_to_the_load_average_without_proc_stat(monkeypatch
     assert cpu_threads.busy_cores(seconds=0.0) == 1.5
     monkeypatch.undo()
     assert 0.0 <= cpu_threads.busy_cores(seconds=0.05) <= (__import__("os").cpu_count() or 1)
+
+
+@pytest.mark.parametrize(
+    ("files", "cores"),
+    [
+        ({"cpu.max": "150000 100000"}, 2),  # cgroup v2: 1.5 CPUs' worth -> 2 threads at most
+        ({"cpu.max": "max 100000"}, None),  # no quota: the affinity
+        ({"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "100000"}, 1),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ({"cpu.max": "garbage"}, None),  # unreadable: ignored
+    ],
+)
+def test_auto_threads_respect_a_containers_cpu_quota(tmp_path, monkeypatch, files, cores):
+    import os
+
+    from diffgym.cpu_threads import available_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert available_cores(str(tmp_path)) == (64 if cores is None else cores)
