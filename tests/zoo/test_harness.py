@@ -134,3 +134,22 @@ def test_every_suite_names_registered_agents_with_hyperparameters(name):
         assert all(dataset in suite.datasets for dataset in contender.datasets)
         if not isinstance(contender.agent, AgentSpec):  # a registered agent, not one the suite defines
             assert hyperparams_file(contender.stem).exists(), contender
+
+
+def test_scratch_folders_of_sessions_that_were_killed_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from diffgym.zoo.benchmarks.harness import SCRATCH_PREFIX, remove_stale_scratch
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f"{SCRATCH_PREFIX}{int(gone.stdout)}-abc"
+    alive = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{SCRATCH_PREFIX}xyz"  # not ours to judge
+    for folder in (stale, alive, other):
+        (folder / "minari").mkdir(parents=True)
+    assert remove_stale_scratch(tmp_path) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])

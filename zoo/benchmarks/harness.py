@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -639,11 +640,17 @@ def execute(run: Run) -> dict[str, Any]:
     }
 
 
+#: scratch folders are ``<temp dir>/<prefix><pid>-<random>``
+SCRATCH_PREFIX = "diffgym-bench-"
+
+
 @contextlib.contextmanager
 def scratch_space() -> Iterator[Path]:
-    """A temporary folder, with the Minari store inside it while the block runs."""
+    """A temporary folder, with the Minari store inside it while the block runs. The folders of
+    sessions whose process is gone (killed before they could remove theirs) are removed first."""
+    remove_stale_scratch(Path(tempfile.gettempdir()))
     previous = os.environ.get("MINARI_DATASETS_PATH")
-    with tempfile.TemporaryDirectory(prefix="diffgym-bench-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as folder:
         os.environ["MINARI_DATASETS_PATH"] = str(Path(folder) / "minari")
         try:
             yield Path(folder)
@@ -652,6 +659,27 @@ def scratch_space() -> Iterator[Path]:
                 os.environ.pop("MINARI_DATASETS_PATH", None)
             else:
                 os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+def remove_stale_scratch(temp: Path) -> list[Path]:
+    """Remove the scratch folders in ``temp`` whose session's process no longer runs; returns them."""
+    removed = []
+    for folder in temp.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _timed_record(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
