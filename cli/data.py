@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from diffgym.cli.envs import add_env_options, env_kwargs
+from diffgym.cli.threads import add_threads_option, use_threads
 from diffgym.data.recipe import KINDS as _RECIPE_KINDS
 
 __all__ = ["add_data_commands", "data_import", "data_info", "data_make"]
@@ -110,6 +111,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument(
         "--seed", type=int, default=0, help="SAC's and the rollouts' seed (default: %(default)s)"
     )
+    add_threads_option(recipe)
     recipe.set_defaults(func=data_make_d4rl)
 
     demos = commands.add_parser(
@@ -298,6 +300,7 @@ def data_make_d4rl(args: argparse.Namespace) -> int:
         raise ValueError(
             "diffgym data make-d4rl makes its env from the id alone; --env-kwargs is not supported"
         )
+    use_threads(args)
     recipe = D4RLRecipe(
         args.env,
         train_steps=args.train_steps,

@@ -16,7 +16,7 @@ import numpy as np
 
 from diffgym import registry
 from diffgym.cli.envs import add_env_options, env_kwargs
-from diffgym.cpu_threads import available_cores, choose_threads, parse_threads
+from diffgym.cli.threads import add_threads_option, use_threads
 from diffgym.tasks.extras import EXTRAS
 from diffgym.zoo.hyperparameters import DEFAULT_KEY, HYPERPARAMS_DIR, resolve_hyperparams, split_config
 
@@ -116,25 +116,12 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--save", help="where to save the model zip (default: ALGO_ENV.zip)")
     train.add_argument("--tensorboard", help="TensorBoard log directory")
-    train.add_argument(
-        "--threads",
-        type=_threads,
-        default="auto",
-        help="torch threads, or 'auto': the cores no other process is using (default: %(default)s)",
-    )
+    add_threads_option(train)
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def _threads(value: str) -> int | None:
-    try:
-        return parse_threads(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def train_agent(args: argparse.Namespace) -> int:
     """``diffgym train``: read the hyperparameters, learn, evaluate (deterministic actions), report, save."""
-    import torch
 
     from diffgym.data import iterate_episodes, load_dataset
     from diffgym.data.d4rl import explain_cached_import
@@ -142,10 +129,7 @@ def train_agent(args: argparse.Namespace) -> int:
     from diffgym.serialization import model_path
     from diffgym.tasks.envs import make_env
 
-    threads = choose_threads() if args.threads is None else args.threads
-    torch.set_num_threads(threads)
-    if args.threads is None:
-        print(f"torch threads: {threads} (the idle cores of {available_cores()}; --threads N to choose)")
+    use_threads(args)
     spec = registry.get(args.algo)
     if spec.team:
         dataset = load_dataset(args.dataset, download=True)
