@@ -31,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from diffgym.zoo.benchmarks import data_loading
 from diffgym.zoo.benchmarks.report import hardware, now, write_json
 
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--transitions", type=int, default=30_000_000)
     parser.add_argument("--limit-mb", type=int, default=700)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # as in each run (the record's hardware names this process's threads)
     CGROUP.mkdir(exist_ok=True)
     (CGROUP / "memory.limit_in_bytes").write_text(str(args.limit_mb * 2**20))
     steps = data_loading.AGENT_STEPS
