@@ -39,10 +39,10 @@ import torch
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
 from torch import Tensor, nn
 
+from diffgym.agents.baselines.single_action import SingleActionPolicy
 from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
 from diffgym.networks import EnsembleMLP, make_adam, soft_update
-from diffgym.policies import CandidateSelectionPolicy, NetArchPart
 from diffgym.rl import bellman_target, fit_expectile_value, fit_twin_critic, min_q, twin_critic
 from diffgym.samplers import Randomness, draw_noise
 
@@ -50,7 +50,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # the official clip of the actor's log-std
 MAX_WEIGHT = 100.0  # the official cap on the AWR weight exp(β A)
 
 
-class IQLPolicy(CandidateSelectionPolicy):
+class IQLPolicy(SingleActionPolicy):
     """Gaussian actor ``N(tanh(f(s)), diag(exp(log_std))²)``, twin critics with targets, and V(s).
 
     Acting: ``deterministic=True`` returns the mean; ``deterministic=False`` samples and clips to
@@ -62,14 +62,6 @@ class IQLPolicy(CandidateSelectionPolicy):
     """
 
     derived_state: ClassVar[dict[str, str]] = {"critic_target.": "critic."}
-
-    net_arch_parts: ClassVar[dict[str, NetArchPart]] = {
-        "pi": NetArchPart("hidden_dim", 2),
-        "qf": NetArchPart("hidden_dim", 2),
-    }
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **{**kwargs, "num_candidates": 1})
 
     def _build(self, lr_schedule: Schedule, hidden_dim: int = 256) -> None:
         mlp: dict[str, Any] = dict(hidden_dim=hidden_dim, num_hidden=2, activation=nn.ReLU)

@@ -19,15 +19,15 @@ import torch.nn.functional as F
 from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples, Schedule
 from torch import Tensor, nn
 
+from diffgym.agents.baselines.single_action import SingleActionPolicy
 from diffgym.algorithm import OfflineAlgorithm
 from diffgym.data import DatasetLike
 from diffgym.networks import make_adam, soft_update
-from diffgym.policies import CandidateSelectionPolicy, NetArchPart
 from diffgym.rl import bellman_target, fit_twin_critic, min_q, q_for_actor, twin_critic
 from diffgym.samplers import Randomness
 
 
-class TD3BCPolicy(CandidateSelectionPolicy):
+class TD3BCPolicy(SingleActionPolicy):
     """Deterministic tanh actor + twin critics; acting returns the actor's action.
 
     Network arguments (``policy_kwargs``):
@@ -36,14 +36,6 @@ class TD3BCPolicy(CandidateSelectionPolicy):
     """
 
     derived_state: ClassVar[dict[str, str]] = {"actor_target.": "actor.", "critic_target.": "critic."}
-
-    net_arch_parts: ClassVar[dict[str, NetArchPart]] = {
-        "pi": NetArchPart("hidden_dim", 2),
-        "qf": NetArchPart("hidden_dim", 2),
-    }
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **{**kwargs, "num_candidates": 1})
 
     def _build(self, lr_schedule: Schedule, hidden_dim: int = 256) -> None:
         self.actor = nn.Sequential(
