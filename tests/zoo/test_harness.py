@@ -137,19 +137,19 @@ def test_every_suite_names_registered_agents_with_hyperparameters(name):
 
 
 def test_scratch_folders_of_sessions_that_were_killed_are_removed(tmp_path):
-    import os
-    import subprocess
-    import sys
+    import fcntl
 
-    from diffgym.zoo.benchmarks.harness import SCRATCH_PREFIX, remove_stale_scratch
+    from diffgym.zoo.benchmarks.harness import SCRATCH_PREFIX, remove_stale_scratch, scratch_space
 
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    stale = tmp_path / f"{SCRATCH_PREFIX}{int(gone.stdout)}-abc"
-    alive = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-def"
-    other = tmp_path / f"{SCRATCH_PREFIX}xyz"  # not ours to judge
+    stale, alive, other = (tmp_path / f"{SCRATCH_PREFIX}{name}" for name in ("gone", "running", "older"))
     for folder in (stale, alive, other):
         (folder / "minari").mkdir(parents=True)
-    assert remove_stale_scratch(tmp_path) == [stale]
+    (stale / ".alive").touch()  # its session died: nobody holds the lock
+    (alive / ".alive").touch()
+    with open(alive / ".alive", "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a running session, whatever its process id
+        assert remove_stale_scratch(tmp_path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])
+    with scratch_space() as folder:  # a session's own folder is held while it runs
+        assert (folder / ".alive").is_file() and folder not in remove_stale_scratch(folder.parent)
+    assert not folder.exists()

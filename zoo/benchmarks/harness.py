@@ -38,6 +38,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+try:
+    import fcntl
+except ImportError:  # Windows: stale scratch folders are not detected
+    fcntl = None  # type: ignore[assignment]
+
 import gymnasium as gym
 import h5py
 import numpy as np
@@ -640,17 +645,20 @@ def execute(run: Run) -> dict[str, Any]:
     }
 
 
-#: scratch folders are ``<temp dir>/<prefix><pid>-<random>``
+#: scratch folders are ``<temp dir>/<prefix><random>``
 SCRATCH_PREFIX = "diffgym-bench-"
+#: the file a running session holds locked in its scratch folder
+_ALIVE = ".alive"
 
 
 @contextlib.contextmanager
 def scratch_space() -> Iterator[Path]:
-    """A temporary folder, with the Minari store inside it while the block runs. The folders of
-    sessions whose process is gone (killed before they could remove theirs) are removed first."""
+    """A temporary folder, with the Minari store inside it while the block runs. The session holds a
+    lock on a file in it; the folders whose lock nobody holds (sessions killed before they could
+    remove theirs) are removed first."""
     remove_stale_scratch(Path(tempfile.gettempdir()))
     previous = os.environ.get("MINARI_DATASETS_PATH")
-    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as folder:
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as folder, _held(Path(folder) / _ALIVE):
         os.environ["MINARI_DATASETS_PATH"] = str(Path(folder) / "minari")
         try:
             yield Path(folder)
@@ -662,24 +670,37 @@ def scratch_space() -> Iterator[Path]:
 
 
 def remove_stale_scratch(temp: Path) -> list[Path]:
-    """Remove the scratch folders in ``temp`` whose session's process no longer runs; returns them."""
+    """Remove the scratch folders in ``temp`` whose lock file no session holds; returns them. A
+    folder without one (another layout) is left alone, and so is every folder where ``flock`` is
+    missing (Windows). The lock is the kernel's, so a session in another container on the same
+    machine keeps its folder whatever its process ids."""
+    if fcntl is None:
+        return []
     removed = []
-    for folder in temp.glob(f"{SCRATCH_PREFIX}*-*"):
-        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+    for folder in temp.glob(f"{SCRATCH_PREFIX}*"):
+        alive = folder / _ALIVE
+        if not alive.is_file():
+            continue
+        with open(alive, "rb") as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: that session runs
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
     return removed
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """``path`` created and locked (``flock``) while the block runs; no lock where flock is missing.
+    It is locked under another name and then renamed, so that it is never seen unlocked."""
+    unlocked = path.with_name(f"{path.name}.new")
+    with open(unlocked, "wb") as file:
+        if fcntl is not None:
+            fcntl.flock(file, fcntl.LOCK_EX)
+        unlocked.rename(path)
+        yield
 
 
 def _timed_record(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
