@@ -120,15 +120,20 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Make the Meta-World benchmark's data: each task's scripted policy (metaworld.policies, actions "
         "clipped to [-1, 1], no noise) for --episodes episodes of --horizon steps, fresh object and goal "
         "positions each episode (episode i seeded SEED + i), in D4RL's flat layout with the per-step success "
-        "flag under infos/success (what `diffgym benchmark metaworld --data-dir OUT` reads). About 20 s per "
-        "task of 50 episodes on one CPU core. Needs 'diffgym[metaworld]'.",
+        "flag under infos/success (what `diffgym benchmark metaworld --data-dir OUT` reads); each file's metadata "
+        "records the seconds it took. Needs 'diffgym[metaworld]'.",
     )
     demos.add_argument(
         "tasks", nargs="+", metavar="TASK", help="Meta-World tasks, e.g. reach-v3 pick-place-v3"
     )
     demos.add_argument("--out", required=True, type=Path, help="folder of the .hdf5 files")
     demos.add_argument("--episodes", type=int, default=50, help="episodes per task (default: %(default)s)")
-    demos.add_argument("--horizon", type=int, default=500, help="steps per episode (default: %(default)s)")
+    demos.add_argument(
+        "--horizon",
+        type=int,
+        default=500,
+        help="steps per episode, at most Meta-World's 500 (default: %(default)s)",
+    )
     demos.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: %(default)s)")
     demos.add_argument("--overwrite", action="store_true", help="replace files that exist")
     demos.set_defaults(func=data_make_metaworld)

@@ -279,6 +279,17 @@ def test_make_metaworld_checks_every_task_and_file_before_any_rollout(tmp_path, 
     assert "metaworld-push-v3.hdf5 exists; pass --overwrite" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metaworld-push-v3.hdf5"]
     assert (tmp_path / "metaworld-push-v3.hdf5").read_bytes() == b"kept"
+    too_long = [
+        "data",
+        "make-metaworld",
+        "push-v3",
+        "--out",
+        str(tmp_path),
+        "--overwrite",
+        "--horizon",
+        "501",
+    ]
+    assert main(too_long) == 1 and "1 to 500 steps (Meta-World's episode length)" in capsys.readouterr().err
     args = ["data", "make-metaworld", "push-v3", "--out", str(tmp_path), "--episodes", "1", "--horizon", "5"]
     assert main([*args, "--overwrite"]) == 0
     assert "1 episodes, 5 steps" in capsys.readouterr().out

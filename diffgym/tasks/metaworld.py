@@ -106,12 +106,16 @@ def make_demonstrations(
         ValueError: an unknown task (the nearest are named), or fewer than one episode or step.
     """
     policy = _scripted_policy(task)
-    if episodes < 1 or horizon < 1:
-        raise ValueError(f"need at least one episode of at least one step, got {episodes} x {horizon}")
+    if episodes < 1 or not 1 <= horizon <= HORIZON:
+        raise ValueError(
+            f"need at least one episode of 1 to {HORIZON} steps (Meta-World's episode length), got {episodes} x {horizon}"
+        )
     started = time.perf_counter()
     env, act = make_task_env(task), _clipped(policy)
-    episodes_rows = [_episode(env, act, seed + index, horizon) for index in range(episodes)]
-    env.close()
+    try:
+        episodes_rows = [_episode(env, act, seed + index, horizon) for index in range(episodes)]
+    finally:
+        env.close()
     arrays = {key: np.concatenate([rows[key] for rows in episodes_rows]) for key in episodes_rows[0]}
     first_success = np.array([_first_success(rows["infos/success"]) for rows in episodes_rows])
     succeeded = first_success[first_success >= 0]
@@ -139,15 +143,15 @@ def make_demonstrations(
 def _episode(
     env: gym.Env, act: Callable[[np.ndarray], np.ndarray], seed: int, horizon: int
 ) -> dict[str, np.ndarray]:
-    """One episode of ``horizon`` steps from a reset seeded ``seed``, in D4RL's columns (the last step a
-    timeout; a termination, which Meta-World does not signal, would end it early)."""
+    """One episode of ``horizon`` steps from a reset seeded ``seed``, in D4RL's columns: it ends at
+    ``horizon`` or where the env truncates (a timeout) or terminates, which Meta-World does not signal."""
     rows: dict[str, list[Any]] = {key: [] for key in ("observations", "actions", "rewards", "next_observations",
                                                       "terminals", "timeouts", "infos/success")}  # fmt: skip
     observation = reset_episode(env, seed)
     for step in range(horizon):
         action = act(observation)
-        next_observation, reward, terminated, _, info = env.step(action)
-        last = terminated or step == horizon - 1
+        next_observation, reward, terminated, truncated, info = env.step(action)
+        last = terminated or truncated or step == horizon - 1
         row = (
             observation,
             action,
