@@ -82,22 +82,76 @@ def test_busy_cores_falls_back_to_the_load_average_without_proc_stat(monkeypatch
 
 
 @pytest.mark.parametrize(
-    ("files", "cores"),
+    ("own", "files", "cores"),
     [
-        ({"cpu.max": "150000 100000"}, 2),  # cgroup v2: 1.5 CPUs' worth -> 2 threads at most
-        ({"cpu.max": "max 100000"}, None),  # no quota: the affinity
-        ({"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "100000"}, 1),  # cgroup v1
-        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
-        ({"cpu.max": "garbage"}, None),  # unreadable: ignored
+        ("0::/", {"cpu.max": "150000 100000"}, 2),  # v2, the container's own namespace: 1.5 CPUs -> 2
+        (
+            "0::/a/job",
+            {"a/cpu.max": "100000 100000", "a/job/cpu.max": "max 100000"},
+            1,
+        ),  # an ancestor's limit
+        ("0::/", {"cpu.max": "max 100000"}, None),  # no quota: the affinity
+        (
+            "4:cpu,cpuacct:/docker/x",
+            {
+                "cpu,cpuacct/docker/x/cpu.cfs_quota_us": "200000",
+                "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000",
+            },
+            2,
+        ),  # v1
+        (
+            "4:cpu,cpuacct:/docker/x",
+            {
+                "cpu,cpuacct/docker/x/cpu.cfs_quota_us": "-1",
+                "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000",
+            },
+            None,
+        ),
+        ("0::/", {"cpu.max": "garbage"}, None),  # unreadable: ignored
+        (None, {"cpu.max": "300000 100000"}, 3),  # no /proc/self/cgroup: the mount's own files
     ],
 )
-def test_auto_threads_respect_a_containers_cpu_quota(tmp_path, monkeypatch, files, cores):
+def test_auto_threads_respect_the_cpu_quota_of_the_process_cgroup(tmp_path, monkeypatch, own, files, cores):
     import os
 
     from diffgym.cpu_threads import available_cores
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    root = tmp_path / "cgroup"
     for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert available_cores(str(tmp_path)) == (64 if cores is None else cores)
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    self_cgroup = tmp_path / "self"
+    if own is not None:
+        self_cgroup.write_text(own + "\n")
+    assert available_cores(str(root), str(self_cgroup)) == (64 if cores is None else cores)
+
+
+def test_in_a_limited_cgroup_busy_cores_counts_the_cgroups_own_use(monkeypatch):
+    from diffgym import cpu_threads
+
+    used = iter([10.0, 10.5])  # CPU seconds of the cgroup before and after
+    monkeypatch.setattr(cpu_threads, "cpu_quota", lambda: 2.0)
+    monkeypatch.setattr(cpu_threads, "_cgroup_cpu_seconds", lambda: next(used))
+    monkeypatch.setattr(cpu_threads, "_cpu_times", lambda: pytest.fail("the host's /proc/stat was read"))
+    assert 0.5 / 0.5 <= cpu_threads.busy_cores(seconds=0.25) <= 0.5 / 0.25
+
+
+@pytest.mark.parametrize(
+    ("own", "files", "seconds"),
+    [
+        ("0::/", {"cpu.stat": "usage_usec 2500000\nuser_usec 2000000\n"}, 2.5),  # v2
+        ("3:cpuacct:/job", {"cpuacct/job/cpuacct.usage": "1500000000"}, 1.5),  # v1, in nanoseconds
+        ("0::/", {}, None),
+    ],
+)
+def test_the_cpu_time_of_the_process_cgroup_is_read_in_seconds(tmp_path, own, files, seconds):
+    from diffgym.cpu_threads import _cgroup_cpu_seconds
+
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "self").write_text(own + "\n")
+    assert _cgroup_cpu_seconds(str(root), str(tmp_path / "self")) == seconds
