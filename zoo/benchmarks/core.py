@@ -33,7 +33,8 @@ def data_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
 def mapped_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
     sizes = session.params["mapped_transitions"]
     sizes = [sizes] if isinstance(sizes, int) else sizes
-    if not isinstance(sizes, list) or not all(isinstance(n, int) and n > 0 for n in sizes):
+    valid = isinstance(sizes, list) and sizes and all(type(n) is int and n > 0 for n in sizes)
+    if not valid:
         raise ValueError(f"suite:mapped_transitions takes a number of rows or a list of them, not {sizes!r}")
     return {"sizes": [data_loading.run_mapped(n_transitions=n) for n in sizes]}
 

@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--limit-mb", type=int, default=700)
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in each run (the record's hardware names this process's threads)
+    if not CGROUP.parent.is_dir() or os.geteuid() != 0:
+        raise SystemExit(f"needs root and cgroup v1's memory controller at {CGROUP.parent}")
     CGROUP.mkdir(exist_ok=True)
     (CGROUP / "memory.limit_in_bytes").write_text(str(args.limit_mb * 2**20))
     steps = data_loading.AGENT_STEPS
@@ -115,6 +117,7 @@ def main() -> None:
         "limit_mb": args.limit_mb,
         "results": results,
     }
+    CGROUP.rmdir()  # empty again: every run has ended
     write_json(Path(__file__).with_name("memory_limit.json"), record)
     print(json.dumps(record, indent=2))
 
