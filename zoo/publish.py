@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from diffgym.zoo.format import (
     seeds_text,
     write_model_folder,
 )
+from diffgym.zoo.hyperparameters import HYPERPARAMS_DIR, resolve_hyperparams
 from diffgym.zoo.store import locate
 
 if TYPE_CHECKING:
@@ -51,6 +53,11 @@ SHARED_DATA_RECIPE = (
     "with SB3, D4RL's flat HDF5 layout); zoo/datasets.json lists the file with its sha256 "
     "(diffgym data fetch NAME), and the README of the shared datasets folder gives the recipe"
 )
+
+
+#: a zoo model loads on any machine and acts without a compiler: whatever the run trained with (its
+#: card's command and hyperparameters say), the model is published in float32 and uncompiled
+PORTABLE_SETTINGS: dict[str, Any] = {"precision": "fp32", "compile_networks": False}
 
 
 def publish_best_seed(
@@ -152,7 +159,7 @@ def publish(
     config, data = record["config"], record["data"]
     spec = agents.get(config["registry_name"])
     algorithm: Any = spec.load()  # an OfflineAlgorithm subclass
-    model = algorithm.load(model_path)
+    model = algorithm.load(model_path, **PORTABLE_SETTINGS)
     name = name or f"{config['agent']}/{config['dataset']}"
     check_name(name)
     env: dict[str, Any] = _zoo_env(record) if env_id is None else {"id": env_id, "kwargs": {}}
@@ -265,11 +272,12 @@ def _dataset_description(name: str, data: dict[str, Any]) -> dict[str, Any]:
 
 def _training_description(record: dict[str, Any]) -> dict[str, Any]:
     config, budget = record["config"], record["budget"]
+    settings = _set_options(config)
     command = (
         f"diffgym benchmark {record['suite']} --agents {config['agent']} --datasets {config['dataset']} "
         f"--seeds {config['seed'] + 1} --steps {budget['gradient_steps']} --eval-every {budget['eval_every']} "
         f"--eval-episodes {budget['eval_episodes']} --final-episodes {budget['final_episodes']} "
-        "--data-dir DATA_DIR --save-models"
+        "--data-dir DATA_DIR --save-models" + (f" --set {' '.join(settings)}" if settings else "")
     )
     return {
         "gradient_steps": budget["gradient_steps"],
@@ -281,6 +289,34 @@ def _training_description(record: dict[str, Any]) -> dict[str, Any]:
         "hardware": record["hardware"],
         "seconds": record["wall_time"].get("train_seconds"),
     }
+
+
+def _set_options(config: dict[str, Any]) -> list[str]:
+    """The ``--set AGENT:KEY=VALUE`` options that turn the hyperparameter file's values (at the run's
+    key) into the run's own (``shlex``-quoted): the overrides it was run with, or the file's changes
+    since."""
+    hyperparams = config["hyperparams"]
+    stem = Path(hyperparams.get("file") or "").stem
+    if not stem or hyperparams.get("key") is None or not (HYPERPARAMS_DIR / f"{stem}.yml").exists():
+        return []
+    _, listed = resolve_hyperparams(stem, [], key=hyperparams["key"])
+    used, listed = _leaves_of(hyperparams.get("values") or {}), _leaves_of(listed)
+    return [
+        shlex.quote(f"{config['agent']}:{key}={json.dumps(value)}")
+        for key, value in used.items()
+        if key not in listed or listed[key] != value
+    ]
+
+
+def _leaves_of(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"a.b": value}``."""
+    leaves: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            leaves |= _leaves_of(value, f"{prefix}{key}.")
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
 
 
 def _across_seeds(record: dict[str, Any]) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ import functools
 import http.server
 import json
 import pickle
+import shlex
 import shutil
 import threading
 
@@ -381,6 +382,7 @@ def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(
         "policy_kwargs.num_candidates=4",
         "policy_kwargs.actor_hidden=16",
         "policy_kwargs.critic_hidden=16",
+        "precision=bf16",  # trained so, published in float32 (loads on any device)
     )
     session = Session(suite, pendulum_file.parent, tmp_path / "out", suite.budget, small, save_models=True)
     run_suite(session)
@@ -394,6 +396,12 @@ def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(
     assert (tmp_path / "zoo" / "models" / "dql" / "pendulum-tiny" / "config.json").exists()
     config = zoo.info("dql/pendulum-tiny", registry)["config"]
     assert config["training"]["gradient_steps"] == 6 and "--steps 6" in config["training"]["command"]
+    settings = shlex.split(config["training"]["command"].partition(" --set ")[2])
+    assert sorted(settings) == sorted(  # the run's values where the hyperparameter file differs
+        ["dql:batch_size=16", "dql:policy_kwargs.num_candidates=4", "dql:policy_kwargs.actor_hidden=16",
+         "dql:policy_kwargs.critic_hidden=16", 'dql:precision="bf16"']
+    )  # fmt: skip
+    assert config["model"]["hyperparameters"]["precision"] == "fp32"
     result = check("dql/pendulum-tiny", registry, suite=suite)
     assert result["max_abs_difference"] == 0.0 and result["verdict"] == "identical"
     assert result["measured_returns"] == result["expected_returns"]
