@@ -19,7 +19,7 @@ from diffgym.policies import AgentPolicy
 #: hold one row more, the next chunk's first (see :func:`~diffgym.rl.iql_reward_scale_chunked`).
 Chunk = tuple[Tensor, Tensor, Tensor, Tensor]
 #: Bytes of flat observations per chunk when a memory-mapped dataset is read in full.
-CHUNK_BYTES = 16 * 2**20  # 64 MiB took 1.6x the time and 2.4x the memory at 10M rows (results README)
+CHUNK_BYTES = 16 * 2**20  # 64 MiB took about 2x the time and 2.6x the memory at 10M rows (probes.json)
 
 
 def _tensor(array: np.ndarray, device: torch.device | str) -> Tensor:
