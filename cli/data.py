@@ -83,8 +83,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
         "SAC with checkpoints, take the checkpoint nearest a third of the expert reference return as 'medium' and "
         "the last as 'expert', roll each out with stochastic actions, keep SAC's replay buffer up to 'medium' as "
         "'medium-replay', and uniform actions as 'random'. Writes OUT/<env>-<kind>.hdf5 in D4RL's flat layout "
-        "(what `diffgym data import` and `diffgym benchmark --data-dir` read). On one CPU core SAC trains Hopper-v5 at "
-        "about 78 env steps/s, so the default 150k steps take about 35 minutes, plus the rollouts.",
+        "(what `diffgym data import` and `diffgym benchmark --data-dir` read). With the defaults, Hopper-v5 took "
+        "30 minutes on one CPU core, rollouts included (zoo/results/make_d4rl/).",
     )
     add_env_options(recipe, "Gymnasium env id, e.g. Hopper-v5", required=True)
     recipe.add_argument("--out", required=True, type=Path, help="folder of the .hdf5 files")
