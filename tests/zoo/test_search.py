@@ -206,3 +206,26 @@ def test_on_ray_tune_the_trials_give_the_in_process_records(
         ray_records, records = trial_records(path.parent, trial), trial_records(here.parent, trial)
         assert {n: outcome(r) for n, r in ray_records.items()} == {n: outcome(r) for n, r in records.items()}
     assert (path.parent / "ray").is_dir()  # Ray Tune's own logs
+
+
+def test_optuna_on_ray_tune_proposes_values_in_the_space(suite, pendulum_file, tmp_path):
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.tune")
+    pytest.importorskip("optuna")
+    from diffgym.zoo.benchmarks.ray_runs import LOCAL
+
+    one_seed = dataclasses.replace(suite, budget=dataclasses.replace(suite.budget, seeds=1))
+    space = [
+        Dimension.parse("learning_rate=loguniform(1e-4, 1e-2)"),
+        Dimension.parse("policy_delay=int(1, 3)"),
+    ]
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        path = run_search(session(one_seed, pendulum_file, tmp_path, LOCAL), "td3bc", space, trials=2)
+    finally:
+        ray.shutdown()
+    trials = search_report(path)["trials"]
+    assert 1 <= len(trials) <= 2 and all(len(trial_records(path.parent, t["id"])) == 1 for t in trials)
+    for trial in trials:
+        rate, delay = (float(a.partition("=")[2]) for a in trial["assignments"])
+        assert 1e-4 <= rate <= 1e-2 and delay in (1, 2, 3)
