@@ -27,7 +27,7 @@ def sampler_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
 
 
 def data_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
-    return data_loading.run(n_transitions=session.params["transitions"])
+    return data_loading.run(n_transitions=session.params["transitions"], scratch=session.workdir)
 
 
 def mapped_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def mapped_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
     valid = isinstance(sizes, list) and sizes and all(type(n) is int and n > 0 for n in sizes)
     if not valid:
         raise ValueError(f"suite:mapped_transitions takes a number of rows or a list of them, not {sizes!r}")
-    return {"sizes": [data_loading.run_mapped(n_transitions=n) for n in sizes]}
+    return {"sizes": [data_loading.run_mapped(n_transitions=n, scratch=session.workdir) for n in sizes]}
 
 
 def sampler_section(report: Report) -> str:

@@ -53,14 +53,22 @@ _FILE_NAME = "hopper-like.hdf5"
 
 
 def run(
-    n_transitions: int = 1_000_000, horizon: int = 32, batch_size: int = 256, seed: int = 0
+    n_transitions: int = 1_000_000,
+    horizon: int = 32,
+    batch_size: int = 256,
+    seed: int = 0,
+    scratch: Path | None = None,
 ) -> dict[str, Any]:
     """Build the dataset once in a temporary Minari store and measure every operation.
+
+    Args:
+        scratch: where the temporary folder goes (a benchmark session's scratch folder, removed with
+            it even when the session is killed); default: the system's temporary folder.
 
     Returns:
         ``{"setup": {...}, "<operation>": {"seconds": ..., "peak_rss_mb": ..., ...}, ...}``.
     """
-    with tempfile.TemporaryDirectory(prefix="diffgym-bench-") as root:
+    with tempfile.TemporaryDirectory(prefix="data-layer-", dir=scratch) as root:
         env = {**os.environ, "MINARI_DATASETS_PATH": str(Path(root) / "minari")}
         setup = _child(env, "build", root, n_transitions, seed)
         results: dict[str, Any] = {"setup": _setup(n_transitions, horizon, batch_size, setup)}
@@ -69,10 +77,12 @@ def run(
     return results
 
 
-def run_mapped(n_transitions: int = 10_000_000, batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
+def run_mapped(
+    n_transitions: int = 10_000_000, batch_size: int = 256, seed: int = 0, scratch: Path | None = None
+) -> dict[str, Any]:
     """:func:`run` for the memory-mapped path only (``map_episodes``, ``mapped_training_data``,
     ``mapped_agent``)."""
-    with tempfile.TemporaryDirectory(prefix="diffgym-bench-") as root:
+    with tempfile.TemporaryDirectory(prefix="data-layer-", dir=scratch) as root:
         env = {**os.environ, "MINARI_DATASETS_PATH": str(Path(root) / "minari")}
         build = _child(env, "build", root, n_transitions, seed)
         results: dict[str, Any] = {"setup": _setup(n_transitions, 0, batch_size, build)}
