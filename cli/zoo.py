@@ -65,6 +65,16 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--name", help="the zoo name (default: AGENT/DATASET of the record)")
     add.add_argument("--env", help="the env id users make for it (default: the one the run's suite names)")
     add.add_argument("--env-kwargs", metavar="YAML", help=ENV_KWARGS_HELP)
+    again = commands.add_parser(
+        "reevaluate",
+        help="maintainers: evaluate a model again and make that its card's final evaluation (weights unchanged)",
+        description="For a card that no longer replays because diffgym computes the same networks with other "
+        "rounding: evaluate the model over all its card's episodes with its suite's protocol and make that the "
+        "card's final evaluation. The previous one stays in results.json and on the card, with --why.",
+    )
+    again.add_argument("name")
+    again.add_argument("--why", required=True, help="why the card is re-evaluated (kept on the card)")
+    again.set_defaults(func=zoo_reevaluate)
     check = commands.add_parser(
         "check",
         help="evaluate models again with their suite's protocol and compare with their cards",
@@ -74,7 +84,7 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("names", nargs="*", metavar="NAME", help="default: every model")
     check.add_argument("--episodes", type=int, help="replay only the card's first N episodes")
-    for parser in (listing, info, download, export, add, check):
+    for parser in (listing, info, download, export, add, again, check):
         parser.add_argument("--registry", type=Path, help=REGISTRY_HELP)
     listing.set_defaults(func=zoo_list)
     info.set_defaults(func=zoo_info)
@@ -185,6 +195,16 @@ def zoo_add(args: argparse.Namespace) -> int:
     print(
         f"added {entry.name}: score {entry.summary.get('score')}{over_seeds}, files in "
         f"{entry.package_folder(entry.sources[0])}"
+    )
+    return 0
+
+
+def zoo_reevaluate(args: argparse.Namespace) -> int:
+    from diffgym.zoo.publish import reevaluate
+
+    entry = reevaluate(args.name, args.why, args.registry)
+    print(
+        f"{entry.name}: final mean return {entry.summary['mean_return']:.1f}, score {entry.summary.get('score')}"
     )
     return 0
 

@@ -325,6 +325,11 @@ def model_card(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
         f"| {summary['metric']} (final) | {score} |",
         f"| best score during training | {_maybe(summary['best_score'])} |",
         *_seed_rows(summary, results, training),
+        *(
+            f"| re-evaluated | {again['date']} (diffgym {again['diffgym']}): {again['why']}; the final mean "
+            f"return was {again['final']['mean_return']:.1f} |"
+            for again in results.get("reevaluations", [])
+        ),
         f"| budget | {training.get('gradient_steps', '?')} gradient steps, seed {training.get('seed', '?')} |",
         f"| hyperparameters | `zoo/hyperparams/{hyperparams.get('file', '?')}`, key `{hyperparams.get('key')}` |",
         f"| sampler | {json.dumps(model.get('sampler'))} |",

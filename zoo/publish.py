@@ -10,6 +10,7 @@ hardware and build, because the model acts deterministically from the same env s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -20,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import diffgym
 from diffgym import registry as agents
 from diffgym.zoo.benchmarks.checkpoints import record_identity
+from diffgym.zoo.benchmarks.report import now
 from diffgym.zoo.benchmarks.search import ranking_value
 from diffgym.zoo.catalog import (
     Source,
@@ -214,23 +217,15 @@ def check(
     Raises:
         ValueError: ``episodes`` is not between 1 and the card's number of episodes.
     """
-    from diffgym.zoo.benchmarks import load_suite
-    from diffgym.zoo.benchmarks.harness import Budget, Dataset, Run, Session
-
     folder = locate(find(name, registry))
     config, results = read_config(folder), read_results(folder)
-    evaluation = results["evaluation"]
     expected = [float(value) for value in results["final"]["returns"]]
     episodes = len(expected) if episodes is None else episodes
     if not 1 <= episodes <= len(expected):
         raise ValueError(
             f"{name}: its card has {len(expected)} episodes; replay 1 to {len(expected)} of them"
         )
-    suite = suite or load_suite(evaluation["suite"])
-    dataset = Dataset(evaluation["dataset"], None, dict(config["dataset"].get("info") or {}))
-    session = Session(suite, data_dir=Path("."), out=Path("."), budget=Budget(final_episodes=episodes))
-    run = Run(session, suite.contender(evaluation["agent"]), dataset, int(evaluation["seed"]))
-    point = run.assess(read_model_folder(folder, device="cpu"), episodes)
+    point = _card_evaluation(folder, config, results, episodes, suite)
     measured = [float(value) for value in point["returns"]]
     difference = float(np.max(np.abs(np.subtract(expected[:episodes], measured))))
     spread = results_summary(results)["std_return"]
@@ -245,6 +240,62 @@ def check(
         "measured_mean_return": float(np.mean(measured)),
         "measured_score": point.get("score"),
     }
+
+
+def reevaluate(
+    name: str, why: str, registry: str | os.PathLike | None = None, suite: Suite | None = None
+) -> ZooEntry:
+    """Evaluate zoo model ``name`` again, over all its card's episodes with its suite's protocol, and
+    make that its card's final evaluation; the weights are unchanged. For a card that no longer
+    replays because diffgym computes the same networks with other rounding (``zoo check`` says
+    "differs"). The previous final evaluation is kept in ``results.json`` under ``reevaluations``
+    with the date, the diffgym version and ``why``; the card shows it.
+
+    Raises:
+        ValueError: ``why`` is empty.
+    """
+    if not why.strip():
+        raise ValueError("say why the card is re-evaluated (it is kept on the card)")
+    entry = find(name, registry)
+    folder = locate(entry)
+    config, results = read_config(folder), read_results(folder)
+    point = _card_evaluation(folder, config, results, len(results["final"]["returns"]), suite)
+    final = {**point, "step": results["final"]["step"]}
+    metric = (results.get("metric") or {}).get("key", "score")
+    previous = {"date": now(), "diffgym": diffgym.__version__, "why": why.strip(), "final": results["final"]}
+    candidates = [*results.get("curve", []), final]
+    best = max(candidates, key=lambda point: ranking_value(point.get(metric)))
+    updated = {**results, "final": final, "best": {"step": best["step"], metric: best.get(metric)},
+               "reevaluations": [*results.get("reevaluations", []), previous]}  # fmt: skip
+    files = write_model_folder(
+        read_model_folder(folder, device="cpu"),  # as published: its sampling generator untouched
+        folder,
+        name=name,
+        env=config["env"],
+        dataset=config["dataset"],
+        training=config["training"],
+        results=updated,
+    )
+    renewed = dataclasses.replace(entry, files=files, summary={**entry.summary, **results_summary(updated)})
+    path = registry_path(registry)
+    write_registry({**read_registry(path), name: renewed}, path)
+    return renewed
+
+
+def _card_evaluation(
+    folder: Path, config: dict[str, Any], results: dict[str, Any], episodes: int, suite: Suite | None
+) -> dict[str, Any]:
+    """The first ``episodes`` episodes of the card's evaluation, run again (its suite's protocol, CPU)."""
+    from diffgym.zoo.benchmarks import load_suite
+    from diffgym.zoo.benchmarks.harness import Budget, Dataset, Run, Session
+
+    evaluation = results["evaluation"]
+    suite = suite or load_suite(evaluation["suite"])
+    dataset = Dataset(evaluation["dataset"], None, dict(config["dataset"].get("info") or {}))
+    session = Session(suite, data_dir=Path("."), out=Path("."), budget=Budget(final_episodes=episodes))
+    run = Run(session, suite.contender(evaluation["agent"]), dataset, int(evaluation["seed"]))
+    point: dict[str, Any] = run.assess(read_model_folder(folder, device="cpu"), episodes)
+    return point
 
 
 def _zoo_env(record: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from diffgym.serialization import ModelFileError
 from diffgym.zoo.benchmarks.harness import Budget, Contender, Session, Suite, run_suite
 from diffgym.zoo.catalog import SHIPPED_REGISTRY, Source, ZooEntry, read_registry, write_registry
 from diffgym.zoo.format import MODEL_FILES, WEIGHTS, read_model_folder, write_model_folder
-from diffgym.zoo.publish import check, publish
+from diffgym.zoo.publish import check, publish, reevaluate
 
 TINY = dict(batch_size=16, check_every=10, seed=0)
 DQL = dict(TINY, ema_start=5, policy_kwargs=dict(actor_hidden=16, critic_hidden=16, num_candidates=8))
@@ -407,6 +407,16 @@ def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(
     assert result["measured_returns"] == result["expected_returns"]
     with pytest.raises(ValueError, match="its card has 2 episodes; replay 1 to 2 of them"):
         check("dql/pendulum-tiny", registry, episodes=3, suite=suite)
+    reevaluated = reevaluate("dql/pendulum-tiny", "rounding changed", registry, suite=suite)
+    results = zoo.info("dql/pendulum-tiny", registry)["results"]
+    assert [again["why"] for again in results["reevaluations"]] == ["rounding changed"]
+    assert results["reevaluations"][0]["final"]["returns"] == result["expected_returns"]
+    assert reevaluated.summary["mean_return"] == pytest.approx(np.mean(results["final"]["returns"]))
+    card = (tmp_path / "zoo" / "models" / "dql" / "pendulum-tiny" / "README.md").read_text()
+    assert "| re-evaluated |" in card and "rounding changed" in card
+    assert check("dql/pendulum-tiny", registry, suite=suite)["verdict"] == "identical"  # files verified again
+    with pytest.raises(ValueError, match="say why"):
+        reevaluate("dql/pendulum-tiny", " ", registry, suite=suite)
 
 
 @pytest.fixture(scope="module")
