@@ -223,6 +223,12 @@ def zoo_check(args: argparse.Namespace) -> int:
             f"{result['verdict']} (largest difference {result['max_abs_difference']:.3g}, card's spread "
             f"{result['expected']['std_return']:.3g})"
         )
+    if failed:
+        print(
+            "a card that differs: the files are verified, so the model acts differently here (another diffgym or "
+            "torch rounds differently, or a bug); maintainers who have checked the weights: "
+            "`diffgym zoo reevaluate NAME --why ...`"
+        )
     return 1 if failed else 0
 
 
