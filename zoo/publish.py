@@ -24,8 +24,7 @@ import numpy as np
 import diffgym
 from diffgym import registry as agents
 from diffgym.zoo.benchmarks.checkpoints import record_identity
-from diffgym.zoo.benchmarks.report import now
-from diffgym.zoo.benchmarks.search import ranking_value
+from diffgym.zoo.benchmarks.report import now, ranking_value
 from diffgym.zoo.catalog import (
     Source,
     ZooEntry,

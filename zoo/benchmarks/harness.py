@@ -57,7 +57,7 @@ from diffgym.scores import get_reference, normalized_score
 from diffgym.tasks.envs import make_env as make_gym_env
 from diffgym.zoo.benchmarks.checkpoints import Progress, RunCheckpoint, is_finished
 from diffgym.zoo.benchmarks.ray_runs import run_on_ray
-from diffgym.zoo.benchmarks.report import hardware, latency_ms, log, now, write_json
+from diffgym.zoo.benchmarks.report import hardware, latency_ms, log, now, ranking_value, write_json
 from diffgym.zoo.benchmarks.reporting import RECORD_FORMAT, Report, build_report
 from diffgym.zoo.hyperparameters import parse_override, resolve_hyperparams, split_config
 
@@ -273,7 +273,7 @@ def train_and_evaluate(model: Any, run: Run) -> dict[str, Any]:
             log(_progress_line(run, model.num_timesteps, progress, curve.points))
     final = run.assess(model, budget.final_episodes)
     metric = run.session.suite.metric.key
-    best = max([*curve.points, final], key=lambda point: -np.inf if point[metric] is None else point[metric])
+    best = max([*curve.points, final], key=lambda point: ranking_value(point[metric]))
     return {
         "curve": curve.points,
         "final": final,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -93,6 +94,15 @@ def write_json(path: Path, data: Any) -> None:
 def now() -> str:
     """The time of a record, in UTC to the minute."""
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def ranking_value(value: float | None) -> float:
+    """``value``, or -inf when it is missing or not finite (a diverged run ranks last, never first).
+
+    >>> ranking_value(float("nan")), ranking_value(None), ranking_value(2.5)
+    (-inf, -inf, 2.5)
+    """
+    return float(value) if value is not None and math.isfinite(value) else -math.inf
 
 
 def read_json(path: Path) -> Any:

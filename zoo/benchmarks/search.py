@@ -46,7 +46,6 @@ import functools
 import hashlib
 import itertools
 import json
-import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,6 +73,7 @@ from diffgym.zoo.benchmarks.report import (
     markdown_table,
     mean_std,
     now,
+    ranking_value,
     read_json,
     write_json,
     write_text,
@@ -81,7 +81,7 @@ from diffgym.zoo.benchmarks.report import (
 from diffgym.zoo.benchmarks.reporting import RECORD_FORMAT
 from diffgym.zoo.hyperparameters import read_value
 
-__all__ = ["SEARCHERS", "SEARCH_SEED", "Dimension", "ranking_value", "run_search", "run_trial"]
+__all__ = ["SEARCHERS", "SEARCH_SEED", "Dimension", "run_search", "run_trial"]
 
 #: ``--searcher`` choices
 SEARCHERS = ("optuna", "grid")
@@ -246,7 +246,7 @@ def run_trial(
     with FileLock(trials_folder / digest / ".lock"):  # the same values proposed twice train once
         for run in unfinished(runs):
             finish_run(run, execute(run))
-        records = [json.loads((trial_session.folder / f"{run.name}.json").read_text()) for run in runs]
+        records = [read_json(trial_session.folder / f"{run.name}.json") for run in runs]
         summary = _summary(digest, assignments, records, session.suite.metric.key)
         write_json(trials_folder / digest / "trial.json", summary)
     log(f"trial {digest} ({' '.join(assignments)}): objective {summary['objective']:.4g}")
@@ -271,15 +271,6 @@ def _summary(
     finals = [run["final"] for run in runs.values()]
     return {"id": digest, "assignments": list(assignments), "objective_key": key,
             "objective": ranking_value(float(np.mean(finals))), "runs": runs}  # fmt: skip
-
-
-def ranking_value(value: float | None) -> float:
-    """``value``, or -inf when it is missing or not finite (a diverged run ranks last, never first).
-
-    >>> ranking_value(float("nan")), ranking_value(None), ranking_value(2.5)
-    (-inf, -inf, 2.5)
-    """
-    return float(value) if value is not None and math.isfinite(value) else -math.inf
 
 
 def _search_here(
