@@ -318,7 +318,14 @@ class PlanningAlgorithm(SequenceAlgorithm):
     model copies it for ``ema_start`` gradient steps, then averages it every ``ema_every`` steps
     (:meth:`_update_ema`), and return-conditioned planners learn with :meth:`_update_return_conditioned`.
 
+    Its defaults are those Diffuser, Decision Diffuser and MADiff share; an agent restates only
+    where it differs.
+
     Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
+        learning_rate: Adam learning rate (Diffuser, DD, MADiff: 2e-4).
+        batch_size: segments per gradient step (Diffuser, DD, MADiff: 32 × 2 accumulated batches,
+            whose accumulated gradient is the mean over the two, as one batch of 64 gives).
+        gamma: discount of the returns the value or the return condition learns (DD, MADiff: 0.99).
         ema_start: gradient steps before the EMA starts averaging (Diffuser, MADiff: 2000).
         ema_every: gradient steps between EMA updates (Diffuser, MADiff: 10).
     """
@@ -331,12 +338,17 @@ class PlanningAlgorithm(SequenceAlgorithm):
         policy: str | type[PlannerPolicy],
         env: GymEnv | str | None,
         dataset: DatasetLike | None = None,
+        learning_rate: float = 2e-4,
+        batch_size: int = 64,
+        gamma: float = 0.99,
         ema_start: int = 2000,
         ema_every: int = 10,
         **kwargs: Any,
     ) -> None:
         self.ema_start, self.ema_every = ema_start, ema_every
-        super().__init__(policy, env, dataset, **kwargs)
+        super().__init__(
+            policy, env, dataset, learning_rate=learning_rate, batch_size=batch_size, gamma=gamma, **kwargs
+        )
 
     def _update_return_conditioned(
         self, batch: SegmentSamples, x0: Tensor, inpainting: Inpainting, cond: Tensor

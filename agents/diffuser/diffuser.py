@@ -101,14 +101,10 @@ class DiffuserPlanner(PlanningAlgorithm):
       (measured; see zoo/results/README.md). The maze and hopper DD benchmarks use it.
     - Offline only: ``learn(online=True)`` raises. ``total_timesteps`` counts gradient steps.
 
-    Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
+    Args (besides :class:`~diffgym.planning.PlanningAlgorithm`'s, whose defaults are both papers'):
         mode: ``"diffuser"`` or ``"decision_diffuser"``: which policy (saved with the model).
-        learning_rate: Adam learning rate (Diffuser: 2e-4; DD: 2e-4).
-        batch_size: segments per gradient step (Diffuser, DD: 32 × 2 accumulated batches = 64).
         gamma: discount of the returns the value (or return condition) learns (Diffuser's value: 0.997
             on locomotion; DD: 0.99).
-        ema_start: gradient steps before the EMA starts averaging (Diffuser: 2000).
-        ema_every: gradient steps between EMA updates (Diffuser: 10).
         termination_penalty: added to the reward of a terminal step before the returns are
             discounted (Diffuser's value and DD: -100; see :class:`~diffgym.data.SegmentDataset`).
         use_padding, join_episodes: how training windows are cut from the data (see
@@ -132,11 +128,7 @@ class DiffuserPlanner(PlanningAlgorithm):
         env: GymEnv | str | None,
         dataset: DatasetLike | None = None,
         mode: Mode = "diffuser",
-        learning_rate: float = 2e-4,
-        batch_size: int = 64,
         gamma: float = 0.997,
-        ema_start: int = 2000,
-        ema_every: int = 10,
         termination_penalty: float = -100.0,
         use_padding: bool = True,
         join_episodes: bool = False,
@@ -151,16 +143,7 @@ class DiffuserPlanner(PlanningAlgorithm):
         self.termination_penalty = float(termination_penalty)
         self.use_padding, self.join_episodes = use_padding, join_episodes
         super().__init__(
-            policy,
-            env,
-            dataset,
-            ema_start=ema_start,
-            ema_every=ema_every,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            gamma=gamma,
-            policy_kwargs=_settings_of_mode(mode, policy_kwargs),
-            **kwargs,
+            policy, env, dataset, gamma=gamma, policy_kwargs=_settings_of_mode(mode, policy_kwargs), **kwargs
         )
 
     def _segment_options(self) -> dict[str, Any]:

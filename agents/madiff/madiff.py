@@ -50,18 +50,15 @@ class MADiff(TeamAlgorithm, PlanningAlgorithm):
     ``env_ts_condition`` and ``opponent_loss_weight`` options are off there and not ported.
     Offline only: ``learn(online=True)`` raises; ``total_timesteps`` counts gradient steps.
 
-    Args (besides :class:`~diffgym.algorithm.OfflineAlgorithm`'s):
+    Args (besides :class:`~diffgym.planning.PlanningAlgorithm`'s, whose defaults are MADiff's MPE
+    settings: learning rate 2e-4, 64 segments a step as its 32 × 2 accumulated batches, gamma 0.99,
+    EMA every 10 steps):
         policy: ``"MlpPolicy"`` or ``"MultiInputPolicy"`` (the same :class:`MADiffPolicy`).
         env: a PettingZoo ``ParallelEnv``, a joint-agent Gymnasium env, or None (with a dataset).
         dataset: a multi-agent dataset; its agents and spaces must match the env's; its agent order is
             the model's.
-        learning_rate: Adam learning rate (MADiff: 2e-4).
-        batch_size: segments per gradient step (64: MADiff MPE's 32 with ``gradient_accumulate_every=2``,
-            whose accumulated gradient is the mean over the two batches, as one batch of 64 gives).
-        gamma: discount of the team returns-to-go the condition is computed from (MADiff: 0.99).
         ema_start: gradient steps before the EMA starts averaging (MADiff: 2000; 500 here, for CPU
             budgets of a few tens of thousands of steps).
-        ema_every: gradient steps between EMA updates (MADiff: 10).
     """
 
     policy_aliases: ClassVar[dict[str, type]] = {"MlpPolicy": MADiffPolicy, "MultiInputPolicy": MADiffPolicy}
@@ -73,26 +70,10 @@ class MADiff(TeamAlgorithm, PlanningAlgorithm):
         policy: str | type[MADiffPolicy],
         env: TeamEnv,
         dataset: DatasetLike | None = None,
-        learning_rate: float = 2e-4,
-        batch_size: int = 64,
-        gamma: float = 0.99,
         ema_start: int = 500,
-        ema_every: int = 10,
-        policy_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            policy,
-            env,
-            dataset,
-            ema_start=ema_start,
-            ema_every=ema_every,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            gamma=gamma,
-            policy_kwargs=policy_kwargs,
-            **kwargs,
-        )
+        super().__init__(policy, env, dataset, ema_start=ema_start, **kwargs)
 
     # ------------------------------------------------------------------ learning
 
