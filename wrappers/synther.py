@@ -19,7 +19,9 @@ SynthER's do: :func:`fit_observation_normalizer`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ import torch
 from gymnasium import spaces
 from minari import MinariDataset
 from minari.data_collector import EpisodeBuffer
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from diffgym.data import DatasetLike, check_spaces, flatten_observations, load_dataset, load_transitions
@@ -41,9 +45,14 @@ from diffgym.lr_schedules import cosine_decay
 from diffgym.normalizers import GaussianNormalizer
 from diffgym.samplers import Sampler, make_sampler
 from diffgym.schedules import NoiseSchedule
+from diffgym.serialization import ModelFileError, as_model_file_error, atomic_file
 
 if TYPE_CHECKING:
     from diffgym.algorithm import OfflineAlgorithm
+
+#: the ``format`` of a saved :class:`TransitionDiffusion` (its safetensors header's ``diffgym`` entry)
+GENERATOR_FORMAT = "diffgym-synther/1"
+_EMA_PREFIX, _TRAINED_PREFIX = "ema_denoiser.module.", "denoiser."
 
 __all__ = [
     "SynthERConfig",
@@ -303,6 +312,81 @@ class TransitionDiffusion(nn.Module):
         rows = torch.cat(chunks) if chunks else torch.empty(0, self.dim, device=self.action_low.device)
         return self._split(rows)
 
+    # ------------------------------------------------------------------ saving
+
+    def manifest(self) -> dict[str, Any]:
+        """What rebuilds the model with :meth:`from_parts`: sizes, config and the fit's loss and time."""
+        return {
+            "format": GENERATOR_FORMAT,
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "config": self.config.to_json(),
+            "fit": dict(self.last_fit),
+        }
+
+    def sampling_state(self) -> dict[str, Tensor]:
+        """The tensors generation needs (bounds, normaliser, EMA weights) as CPU copies. The weights
+        being trained are left out: :meth:`fit` starts from fresh ones, and generation uses the EMA."""
+        return {
+            key: value.detach().cpu().contiguous().clone()
+            for key, value in self.state_dict().items()
+            if not key.startswith(_TRAINED_PREFIX)
+        }
+
+    @classmethod
+    def from_parts(cls, manifest: dict[str, Any], state: dict[str, Tensor]) -> TransitionDiffusion:
+        """A fitted model from :meth:`manifest` and :meth:`sampling_state` (the trained weights start
+        as copies of the EMA's)."""
+        if manifest.get("format") != GENERATOR_FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r} is not {GENERATOR_FORMAT!r}")
+        model = cls(
+            int(manifest["obs_dim"]),
+            int(manifest["act_dim"]),
+            state["action_low"].numpy(),
+            state["action_high"].numpy(),
+            state["obs_low"].numpy(),
+            state["obs_high"].numpy(),
+            SynthERConfig.from_json(manifest["config"]),
+        )
+        trained = {
+            _TRAINED_PREFIX + key[len(_EMA_PREFIX) :]: value
+            for key, value in state.items()
+            if key.startswith(_EMA_PREFIX)
+        }
+        model.load_state_dict(state | trained)
+        model.fitted, model.last_fit = True, dict(manifest.get("fit") or {})
+        return model
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted model as one safetensors file (:meth:`sampling_state`, with the
+        :meth:`manifest` as JSON in its header); a file already at ``path`` is replaced only once the
+        new one is complete."""
+        if not self.fitted:
+            raise RuntimeError("the transition model is not fitted yet: call fit() first")
+        data = save(self.sampling_state(), metadata={"diffgym": json.dumps(self.manifest())})
+        with atomic_file(path) as file:
+            file.write(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> TransitionDiffusion:
+        """A model written by :meth:`save`; reads JSON and tensors only (nothing is unpickled).
+
+        Raises:
+            ModelFileError: the file is missing, not safetensors, or does not describe a model.
+        """
+        if not os.path.isfile(path):
+            raise ModelFileError(f"{path}: missing")
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                header = (file.metadata() or {}).get("diffgym")
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ModelFileError(f"{path}: not a safetensors file ({error})") from error
+        if header is None:
+            raise ModelFileError(f"{path}: its header names no diffgym transition model")
+        with as_model_file_error(f"{path}: does not describe a transition model"):
+            return cls.from_parts(json.loads(header), state).to(device)
+
     def _split(self, rows: Tensor) -> SyntheticTransitions:
         """(N, D) un-normalised rows -> clipped, thresholded arrays."""
         o, a = self.obs_dim, self.act_dim
@@ -325,6 +409,7 @@ def synthesize_dataset(
     seed: int = 0,
     device: torch.device | str = "cpu",
     description: str | None = None,
+    model: TransitionDiffusion | None = None,
 ) -> MinariDataset:
     """Upsample a dataset into a new Minari dataset of ``n_transitions`` synthetic transitions.
 
@@ -356,6 +441,9 @@ def synthesize_dataset(
         seed: seeds the generator of all randomness (weights, batches, noise).
         device: where the diffusion model trains and samples.
         description: Minari description (default names the source and size).
+        model: a transition model already fitted on this data (e.g. the zoo's
+            ``zoo.load("synther/hopper-medium")``, or :meth:`TransitionDiffusion.load`): it only
+            generates (``config`` is ignored); its sizes and action bounds must be the dataset's.
     """
     if n_transitions < 1:
         raise ValueError(f"n_transitions must be >= 1, got {n_transitions}")
@@ -365,7 +453,10 @@ def synthesize_dataset(
         if not isinstance(space, spaces.Box):
             raise TypeError(f"synthesize_dataset needs a Box {name} space; dataset {source.id} has {space}")
     assert isinstance(obs_space, spaces.Box) and isinstance(action_space, spaces.Box)
-    model = fit_on_dataset(source, SynthERConfig.make(config), seed, device)
+    if model is None:
+        model = fit_on_dataset(source, SynthERConfig.make(config), seed, device)
+    else:
+        _check_model_fits(model, obs_space, action_space)
     started = time.perf_counter()
     synthetic = model.generate(n_transitions, torch.Generator().manual_seed(seed + 1))
     generated = time.perf_counter()
@@ -436,6 +527,19 @@ def fit_on_dataset(
     ).to(device)
     model.fit(rows, torch.Generator().manual_seed(seed))
     return model
+
+
+def _check_model_fits(model: TransitionDiffusion, obs_space: spaces.Box, action_space: spaces.Box) -> None:
+    """Raise ``ValueError`` unless ``model`` generates transitions of these spaces."""
+    obs_dim, act_dim = int(np.prod(obs_space.shape)), int(np.prod(action_space.shape))
+    if (model.obs_dim, model.act_dim) != (obs_dim, act_dim):
+        raise ValueError(
+            f"the transition model makes observations of size {model.obs_dim} and actions of size "
+            f"{model.act_dim}; the dataset has {obs_dim} and {act_dim}"
+        )
+    low, high = _bound(action_space.low, act_dim, -math.inf), _bound(action_space.high, act_dim, math.inf)
+    if not (torch.equal(model.action_low.cpu(), low) and torch.equal(model.action_high.cpu(), high)):
+        raise ValueError("the transition model's action bounds are not the dataset's action space's")
 
 
 def _store(

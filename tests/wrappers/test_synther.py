@@ -1,6 +1,7 @@
 """synthesize_dataset: a synthetic Minari dataset that the data layer and an offline agent read correctly;
 SynthER's optimiser and its agents' real-data observation statistics."""
 
+import json
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -8,16 +9,20 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from diffgym import IDQL, TD3BC
 from diffgym.data import collect_dataset, load_transitions
 from diffgym.normalizers import GaussianNormalizer
+from diffgym.serialization import ModelFileError
 from diffgym.wrappers import (
     SynthERConfig,
     TransitionDiffusion,
     fit_observation_normalizer,
     synthesize_dataset,
 )
+from diffgym.wrappers.synther import fit_on_dataset
 from diffgym.zoo.benchmarks import synther as synther_benchmark
 from diffgym.zoo.benchmarks.harness import Dataset
 
@@ -184,3 +189,68 @@ def test_bad_input_is_refused(fall_dataset, pendulum_dataset):
     discrete = collect_dataset(gym.make("CartPole-v1"), None, "test/wrappers/cartpole-v0", n_steps=50, seed=0)
     with pytest.raises(TypeError, match="Box action space"):
         synthesize_dataset(discrete, "test/wrappers/cartpole-synthetic-v0", 10)
+
+
+@pytest.fixture(scope="module")
+def fitted_model(fall_dataset):
+    """A small transition model fitted on the fall data (300 steps: enough to differ from its start)."""
+    return fit_on_dataset(fall_dataset, SynthERConfig(**{**SMALL, "train_steps": 300}), seed=0)
+
+
+def test_a_saved_transition_model_generates_what_it_did(fitted_model, tmp_path):
+    path = tmp_path / "generator.safetensors"
+    fitted_model.save(path)
+    loaded = TransitionDiffusion.load(path)
+    assert loaded.config == fitted_model.config and loaded.last_fit == fitted_model.last_fit
+    before = fitted_model.generate(50, torch.Generator().manual_seed(3))
+    after = loaded.generate(50, torch.Generator().manual_seed(3))
+    for mine, theirs in zip(before, after, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    # only what generation needs is kept: the EMA, not the weights being trained
+    with safe_open(str(path), framework="pt") as file:
+        assert not any(key.startswith("denoiser.") for key in file.keys())  # noqa: SIM118
+        assert any(key.startswith("ema_denoiser.module.") for key in file.keys())  # noqa: SIM118
+
+
+def test_a_pretrained_transition_model_upsamples_without_fitting(fall_dataset, fitted_model, monkeypatch):
+    monkeypatch.setattr(TransitionDiffusion, "fit", lambda *args: pytest.fail("fitted again"))
+    made = synthesize_dataset(
+        fall_dataset, "test/wrappers/fall-pretrained-v0", 30, seed=5, model=fitted_model
+    )
+    data = load_transitions(made)
+    expected = fitted_model.generate(30, torch.Generator().manual_seed(6))  # generation draws from seed + 1
+    np.testing.assert_allclose(data.actions, expected.actions)
+    np.testing.assert_allclose(data.next_observations, expected.next_observations)
+
+
+def test_bad_transition_model_files_and_mismatched_models_are_refused(
+    fitted_model, pendulum_dataset, fall_dataset, tmp_path
+):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        TransitionDiffusion(2, 1, -np.ones(1), np.ones(1)).save(tmp_path / "unfitted.safetensors")
+    with pytest.raises(ModelFileError, match="missing"):
+        TransitionDiffusion.load(tmp_path / "none.safetensors")
+    good = tmp_path / "good.safetensors"
+    fitted_model.save(good)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(ModelFileError, match="not a safetensors file"):
+        TransitionDiffusion.load(truncated)
+    anonymous = tmp_path / "anonymous.safetensors"
+    save_file(fitted_model.sampling_state(), str(anonymous))
+    with pytest.raises(ModelFileError, match="names no diffgym transition model"):
+        TransitionDiffusion.load(anonymous)
+    other = fitted_model.manifest() | {"obs_dim": 5}
+    mismatched = tmp_path / "mismatched.safetensors"
+    save_file(fitted_model.sampling_state(), str(mismatched), metadata={"diffgym": json.dumps(other)})
+    with pytest.raises(ModelFileError, match="does not describe a transition model"):
+        TransitionDiffusion.load(mismatched)
+    with pytest.raises(
+        ValueError, match="observations of size 2 and actions of size 1; the dataset has 3 and 1"
+    ):
+        synthesize_dataset(pendulum_dataset, "test/wrappers/never-v0", 10, model=fitted_model)
+    narrow = TransitionDiffusion.from_parts(
+        fitted_model.manifest(), fitted_model.sampling_state() | {"action_high": torch.full((1,), 0.5)}
+    )
+    with pytest.raises(ValueError, match="action bounds"):
+        synthesize_dataset(fall_dataset, "test/wrappers/never-v0", 10, model=narrow)

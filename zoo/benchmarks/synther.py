@@ -28,6 +28,7 @@ import numpy as np
 
 from diffgym.data import load_dataset, load_transitions
 from diffgym.wrappers import SynthERConfig, fit_observation_normalizer, synthesize_dataset
+from diffgym.wrappers.synther import fit_on_dataset
 from diffgym.zoo.benchmarks.harness import (
     Budget,
     Dataset,
@@ -39,6 +40,7 @@ from diffgym.zoo.benchmarks.harness import (
     train_and_evaluate,
 )
 from diffgym.zoo.benchmarks.report import markdown_table
+from diffgym.zoo.download import file_sha256
 
 Arrays = dict[str, np.ndarray]
 SUFFIX = "-synther"  # dataset name of the synthetic upsampling of a file
@@ -147,9 +149,14 @@ def prepare(name: str, session: Session) -> Dataset:
     source = read_d4rl_file(name.removesuffix(SUFFIX), session)
     n = session.params["synthetic"]
     config = SynthERConfig(train_steps=session.params["diffusion_steps"])
-    synthetic = synthesize_dataset(source.data, f"synther/{source.name}-{n}-v0", n, config=config, seed=0)
+    generator = fit_on_dataset(load_dataset(source.data), config, seed=0)
+    synthetic = synthesize_dataset(source.data, f"synther/{source.name}-{n}-v0", n, seed=0, model=generator)
     synthesis = {**synthetic.storage.metadata["synthesis"], "config": config.to_json()}
     info = {"source": source.info["file"], "env_id": source.info["env_id"], "transitions": n}
+    if session.save_models:  # the transition model, which the zoo publishes
+        path = session.folder / "models" / f"{name}.safetensors"
+        generator.save(path)
+        info["generator"] = {"file": path.name, "sha256": file_sha256(path)}
     return Dataset(name, synthetic, info | {"mean_return": None, "synthesis": synthesis})
 
 
