@@ -173,6 +173,7 @@ def _evaluate_zoo_models(args: argparse.Namespace) -> int:
     import numpy as np
 
     from diffgym import zoo
+    from diffgym.cli.zoo import generator_check_text
     from diffgym.zoo.publish import check
 
     chosen = [
@@ -191,6 +192,9 @@ def _evaluate_zoo_models(args: argparse.Namespace) -> int:
     for name in chosen:
         result = check(name, episodes=args.final_episodes)
         failed += result["verdict"] == "differs"
+        if result.get("kind") == "generator":
+            print(f"| {name} | - | - | - | {result['verdict']}: {generator_check_text(result)} |")
+            continue
         print(
             f"| {name} | {np.mean(result['expected_returns']):.1f} | {result['measured_mean_return']:.1f} "
             f"| {len(result['measured_returns'])} | {result['verdict']} |"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from diffgym.cli.envs import ENV_KWARGS_HELP, env_kwargs
 
@@ -61,6 +62,12 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="the (best) run's model file (default: OUT/SUITE/models/RUN.zip beside its record; a .zip given "
         "among the records is taken as this)",
+    )
+    add.add_argument(
+        "--generator",
+        action="store_true",
+        help="publish the SynthER transition model of a synther run instead: RECORDs are its agent's seeds on "
+        "the synthetic data (OUT/synther/AGENT_DATASET-synther_s*.json); the name defaults to synther/DATASET",
     )
     add.add_argument("--name", help="the zoo name (default: AGENT/DATASET of the record)")
     add.add_argument("--env", help="the env id users make for it (default: the one the run's suite names)")
@@ -181,8 +188,18 @@ def zoo_export(args: argparse.Namespace) -> int:
 
 def zoo_add(args: argparse.Namespace) -> int:
     from diffgym.zoo.format import seeds_text
-    from diffgym.zoo.publish import publish_best_seed
+    from diffgym.zoo.publish import publish_best_seed, publish_generator
 
+    if args.generator:
+        if args.model or args.env or args.env_kwargs:
+            raise ValueError("--generator takes the records alone (no --model, --env or --env-kwargs)")
+        entry = publish_generator(args.records, args.registry, args.name)
+        print(
+            f"added {entry.name}: {entry.summary['baseline']['name'].split()[0]} on its data scores "
+            f"{entry.summary.get('score')} ({entry.summary['baseline']['name']}: {entry.summary['baseline']['score']}), "
+            f"files in {entry.package_folder(entry.sources[0])}"
+        )
+        return 0
     models = [path for path in args.records if path.suffix == ".zip"]  # `zoo add RECORD MODEL`, as before
     given = [*models, *([args.model] if args.model else [])]
     if len(given) > 1:
@@ -217,6 +234,9 @@ def zoo_check(args: argparse.Namespace) -> int:
     for name in args.names or list(zoo.list(args.registry)):
         result = check(name, args.registry, args.episodes)
         failed += result["verdict"] == "differs"
+        if result.get("kind") == "generator":
+            print(f"{name}: {generator_check_text(result)}")
+            continue
         print(
             f"{name}: card mean return {sum(result['expected_returns']) / len(result['expected_returns']):.1f}, measured "
             f"{result['measured_mean_return']:.1f} over {len(result['measured_returns'])} episodes: "
@@ -230,6 +250,14 @@ def zoo_check(args: argparse.Namespace) -> int:
             "`diffgym zoo reevaluate NAME --why ...`"
         )
     return 1 if failed else 0
+
+
+def generator_check_text(result: dict[str, Any]) -> str:
+    """A transition generator's ``check`` in words."""
+    return (
+        f"the columns' means and stds of {result['rows']} rows regenerated with the card's seed: {result['verdict']} "
+        f"(largest difference {result['max_difference_in_std']:.3g} column stds)"
+    )
 
 
 def enjoy_model(args: argparse.Namespace) -> int:

@@ -64,7 +64,9 @@ def load(
     dataset: Any = None,
     **kwargs: Any,
 ) -> Any:
-    """The pretrained agent called ``name``; nothing in its files is executed.
+    """The pretrained agent called ``name`` (for a transition generator such as
+    ``"synther/hopper-medium"``: a fitted :class:`~diffgym.wrappers.TransitionDiffusion`, which takes
+    no env, dataset or kwargs); nothing in its files is executed.
 
     Args:
         name: ``algo/env-dataset``, as :func:`list` shows.
@@ -93,7 +95,7 @@ def make_env(name: str, registry: Registry = None, **make_kwargs: Any) -> Any:
     from diffgym.tasks.envs import make_env as make_gym_env
 
     entry = find(name, registry)
-    if agents.get(entry.agent).team:
+    if entry.acts and agents.get(entry.agent).team:
         from diffgym.data import make_parallel_env
 
         return make_parallel_env(entry.env_id, {**entry.env_kwargs, **make_kwargs})

@@ -39,6 +39,7 @@ SHIPPED_REGISTRY = Path(__file__).parent / "registry.json"
 REGISTRY_VARIABLE = "DIFFGYM_ZOO_REGISTRY"
 REGISTRY_FORMAT = "diffgym-zoo-registry/1"
 SOURCE_KINDS = ("package", "hf", "url")
+KINDS = ("agent", "generator")  # what a registry entry holds (an entry without "kind": an agent)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -91,6 +92,14 @@ class ZooEntry:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)  # score, returns, budget: what `zoo list` shows
     base: Path = Path(".")  # the registry file's folder, which package paths are relative to
+    #: "agent", or "generator": a transition model (``agent`` names its kind, e.g. "synther"), which
+    #: does not act; its score is that of an agent trained on its data
+    kind: str = "agent"
+
+    @property
+    def acts(self) -> bool:
+        """Whether the model is an agent (its ``agent`` is a registered agent's name)."""
+        return self.kind == "agent"
 
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any], base: Path = Path(".")) -> ZooEntry:
@@ -106,7 +115,9 @@ class ZooEntry:
             sources = tuple(
                 Source.from_json(source, f"{where}, source {i}") for i, source in enumerate(data["sources"])
             )
-            env = data["env"]
+            env, kind = data["env"], str(data.get("kind", "agent"))
+            if kind not in KINDS:
+                raise ValueError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
             return cls(
                 name=name,
                 agent=str(data["agent"]),
@@ -117,6 +128,7 @@ class ZooEntry:
                 env_kwargs=dict(env.get("kwargs") or {}),
                 summary=dict(data.get("summary") or {}),
                 base=base,
+                kind=kind,
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(
@@ -134,6 +146,7 @@ class ZooEntry:
             else:
                 sources.append({"kind": "url", "url": source.location})
         return {
+            **({} if self.acts else {"kind": self.kind}),
             "agent": self.agent,
             "env": {"id": self.env_id, "kwargs": self.env_kwargs},
             "dataset": self.dataset,

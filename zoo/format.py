@@ -36,22 +36,28 @@ import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from stable_baselines3.common.type_aliases import GymEnv
+from stable_baselines3.common.utils import get_device
 
 import diffgym
 from diffgym import registry
 from diffgym.serialization import ModelFileError, as_model_file_error, atomic_file
 from diffgym.zoo.download import file_sha256, verify_file
 
+if TYPE_CHECKING:
+    from diffgym.wrappers.synther import TransitionDiffusion
+
 WEIGHTS, CONFIG, RESULTS, CARD = "model.safetensors", "config.json", "results.json", "README.md"
 #: the files of every zoo model, in the order they are written
 MODEL_FILES = (WEIGHTS, CONFIG, RESULTS, CARD)
 FORMAT = "diffgym-zoo/1"
+#: ``config.json``'s ``kind`` of a transition generator (an agent's config has no ``kind``), and its ``agent``
+GENERATOR_KIND, GENERATOR_AGENT = "generator", "synther"
 POLICY_PREFIX, SAMPLING_GENERATOR = "policy.", "generators.sampling"
 #: normaliser tensors up to this many entries are copied into config.json for readers
 _READABLE_STATISTICS = 4096
@@ -82,8 +88,14 @@ def write_model_folder(
 ) -> dict[str, FileEntry]:
     """Write ``model`` as the zoo folder ``folder`` (created; files replaced atomically one by one).
 
+    A SynthER transition model (:class:`~diffgym.wrappers.TransitionDiffusion`) is written as the same
+    four files: ``config.json`` of kind ``"generator"`` (its ``model`` is the generator's
+    :meth:`~diffgym.wrappers.TransitionDiffusion.manifest`), the weights its
+    :meth:`~diffgym.wrappers.TransitionDiffusion.sampling_state`, ``results`` what an agent trained on
+    its data scored.
+
     Args:
-        model: a trained diffgym agent.
+        model: a trained diffgym agent, or a fitted transition model.
         folder: where the four files go.
         name: the zoo name, ``algo/env-dataset``.
         env: ``{"id": gymnasium id, "kwargs": {...}}`` of the environment it acts in.
@@ -96,13 +108,15 @@ def write_model_folder(
     Returns:
         file name -> :class:`FileEntry`, what the registry records.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    from diffgym.wrappers.synther import TransitionDiffusion
+
+    if isinstance(model, TransitionDiffusion):
+        return _write_folder(
+            folder, model.sampling_state(), _generator_config(model, name, env, dataset, training), results
+        )
     state, derived = inference_state(model.policy)
     tensors = {POLICY_PREFIX + key: _plain(value) for key, value in state.items()}
     tensors[SAMPLING_GENERATOR] = model.policy.sampling_generator.get_state()
-    if not _holds(folder / WEIGHTS, tensors):  # safetensors' header order varies: rewrite only changes
-        with atomic_file(folder / WEIGHTS) as file:
-            file.write(_safetensors_bytes(tensors))
     config = {
         "format": FORMAT,
         "name": name,
@@ -111,19 +125,51 @@ def write_model_folder(
         "env": dict(env),
         "dataset": dict(dataset),
         "training": dict(training),
-        "versions": {
-            "diffgym": diffgym.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": _versions(),
         "normalizers": _readable_normalizers(state),
         "derived_state": derived,
     }
+    return _write_folder(folder, tensors, config, results)
+
+
+def _generator_config(
+    generator: TransitionDiffusion,
+    name: str,
+    env: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    training: Mapping[str, Any],
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "kind": GENERATOR_KIND,
+        "name": name,
+        "agent": GENERATOR_AGENT,
+        "model": {"algorithm": "SynthER transition model", **generator.manifest()},
+        "env": dict(env),
+        "dataset": dict(dataset),
+        "training": dict(training),
+        "versions": _versions(),
+        "normalizers": _readable_normalizers(generator.sampling_state()),
+    }
+
+
+def _write_folder(
+    folder: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any], results: Mapping[str, Any]
+) -> dict[str, FileEntry]:
+    """The four files of a zoo folder, each replaced atomically; their registry entries."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not _holds(folder / WEIGHTS, tensors):  # safetensors' header order varies: rewrite only changes
+        with atomic_file(folder / WEIGHTS) as file:
+            file.write(_safetensors_bytes(tensors))
     _write_json(folder / CONFIG, config)
     _write_json(folder / RESULTS, dict(results))
     with atomic_file(folder / CARD) as file:
         file.write(model_card(config, results).encode())
     return {file: FileEntry.of(folder / file) for file in MODEL_FILES}
+
+
+def _versions() -> dict[str, str]:
+    return {"diffgym": diffgym.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def read_model_folder(
@@ -133,15 +179,18 @@ def read_model_folder(
     device: torch.device | str = "auto",
     **kwargs: Any,
 ) -> Any:
-    """The agent stored in a zoo folder; nothing in it is executed.
+    """The agent (or, for a folder of kind ``"generator"``, the fitted
+    :class:`~diffgym.wrappers.TransitionDiffusion`) stored in a zoo folder; nothing in it is executed.
 
     Args:
-        folder: a folder written by :func:`write_model_folder`.
+        folder: a folder written by :func:`write_model_folder` or :func:`write_generator_folder`.
         entries: file name -> expected :class:`FileEntry`; every listed file is checked (size, then
             SHA-256) before anything is read from it.
-        env: an environment with the model's spaces (a PettingZoo ``ParallelEnv`` for team agents).
+        env: an environment with the model's spaces (a PettingZoo ``ParallelEnv`` for team agents);
+            a generator needs none.
         device: where to put the networks.
-        kwargs: constructor arguments that override the saved ones (e.g. ``verbose``).
+        kwargs: constructor arguments that override the saved ones (e.g. ``verbose``); a generator
+            takes none.
 
     Raises:
         ModelFileError: a file is missing, differs from its entry, or does not describe a model.
@@ -154,6 +203,8 @@ def read_model_folder(
         verify_entry(folder / file, entry)
     config = read_config(folder)
     tensors = _read_safetensors(folder / WEIGHTS)
+    if config.get("kind") == GENERATOR_KIND:
+        return _generator(folder, config, tensors, device, {"env": env, **kwargs})
     policy = {
         key[len(POLICY_PREFIX) :]: value for key, value in tensors.items() if key.startswith(POLICY_PREFIX)
     }
@@ -168,6 +219,23 @@ def read_model_folder(
     with as_model_file_error(f"{folder / CONFIG}: names no known agent"):
         cls: Any = registry.get(str(config["agent"])).load()  # an OfflineAlgorithm subclass
     return cls.from_parts(config["model"], members, env, device, source=str(folder), **kwargs)
+
+
+def _generator(
+    folder: Path,
+    config: Mapping[str, Any],
+    tensors: dict[str, torch.Tensor],
+    device: torch.device | str,
+    kwargs: Mapping[str, Any],
+) -> TransitionDiffusion:
+    from diffgym.wrappers.synther import TransitionDiffusion  # numpy, minari: only when a generator loads
+
+    given = sorted(key for key, value in kwargs.items() if value is not None)
+    if given:
+        raise ValueError(f"{config['name']} is a transition generator: it takes no {', '.join(given)}")
+    with as_model_file_error(f"{folder}: does not hold the transition model its config describes"):
+        generator = TransitionDiffusion.from_parts(dict(config["model"]), tensors)
+    return generator.to(get_device(device))
 
 
 def inference_state(policy: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -317,7 +385,7 @@ def model_card(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
         "",
         f"# {config['name']}: {model['algorithm']} on {env['id']}, trained on `{dataset.get('id', '?')}`",
         "",
-        f"A diffgym model (`pip install diffgym`): `from diffgym import zoo; model = zoo.load({config['name']!r})`.",
+        _usage(config),
         "",
         "| | |",
         "| --- | --- |",
@@ -331,8 +399,8 @@ def model_card(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
             for again in results.get("reevaluations", [])
         ),
         f"| budget | {training.get('gradient_steps', '?')} gradient steps, seed {training.get('seed', '?')} |",
-        f"| hyperparameters | `zoo/hyperparams/{hyperparams.get('file', '?')}`, key `{hyperparams.get('key')}` |",
-        f"| sampler | {json.dumps(model.get('sampler'))} |",
+        f"| hyperparameters | {_hyperparams_text(hyperparams)} |",
+        f"| sampler | {json.dumps(model.get('sampler', model.get('config', {}).get('sampler')))} |",
         f"| hardware | {json.dumps(training.get('hardware', results.get('hardware')))} |",
         f"| dataset | {json.dumps(dataset)} |",
         "",
@@ -342,11 +410,40 @@ def model_card(config: Mapping[str, Any], results: Mapping[str, Any]) -> str:
         str(training.get("command", "(not recorded)")),
         "```",
         "",
-        "The score is the mean over the final evaluation's episodes (deterministic actions); "
-        "`results.json` holds every episode's return and the learning curve.",
+        _what_the_score_is(config),
         "",
     ]
     return "\n".join(lines)
+
+
+def _hyperparams_text(hyperparams: Mapping[str, Any]) -> str:
+    if hyperparams.get("file", "?") is None:
+        return "the model's own settings (`config.json`, `model.config`)"
+    return f"`zoo/hyperparams/{hyperparams.get('file', '?')}`, key `{hyperparams.get('key')}`"
+
+
+def _usage(config: Mapping[str, Any]) -> str:
+    name = config["name"]
+    if config.get("kind") == GENERATOR_KIND:
+        return (
+            f"A diffgym transition generator (`pip install diffgym`): `from diffgym import zoo; generator = "
+            f"zoo.load({name!r})`, then `generator.generate(n, torch.Generator().manual_seed(0))` or "
+            "`diffgym.wrappers.synthesize_dataset(source, new_id, n, model=generator)`."
+        )
+    return f"A diffgym model (`pip install diffgym`): `from diffgym import zoo; model = zoo.load({name!r})`."
+
+
+def _what_the_score_is(config: Mapping[str, Any]) -> str:
+    if config.get("kind") == GENERATOR_KIND:
+        return (
+            "It does not act: the returns and the score are those of the agent trained on its synthetic data "
+            "alone (every seed's final episodes, deterministic actions); `results.json` also holds the agent "
+            "trained on the real data with the same budget, and how close the transitions are to the simulator's."
+        )
+    return (
+        "The score is the mean over the final evaluation's episodes (deterministic actions); "
+        "`results.json` holds every episode's return and the learning curve."
+    )
 
 
 def _seed_rows(

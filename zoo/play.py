@@ -64,6 +64,11 @@ def enjoy(
     if video is not None:
         choose_headless_gl()  # before any MuJoCo env exists
     entry = find(name, registry)
+    if not entry.acts:
+        raise ValueError(
+            f"{name} is a transition {entry.kind}: it does not act. Make data with it: "
+            f"diffgym.wrappers.synthesize_dataset(source, new_id, n, model=zoo.load({name!r}))"
+        )
     results = read_results(locate(entry))
     seed = _card_seed(results) if seed is None else seed
     model = load(name, registry=registry)

@@ -24,7 +24,7 @@ import numpy as np
 import diffgym
 from diffgym import registry as agents
 from diffgym.zoo.benchmarks.checkpoints import record_identity
-from diffgym.zoo.benchmarks.report import now, ranking_value
+from diffgym.zoo.benchmarks.report import now, ranking_value, read_json
 from diffgym.zoo.catalog import (
     Source,
     ZooEntry,
@@ -34,7 +34,10 @@ from diffgym.zoo.catalog import (
     registry_path,
     write_registry,
 )
+from diffgym.zoo.download import verify_file
 from diffgym.zoo.format import (
+    GENERATOR_AGENT,
+    GENERATOR_KIND,
     FileEntry,
     read_config,
     read_model_folder,
@@ -109,6 +112,232 @@ def publish_best_seed(
     return publish(best_path, model, registry, name, env_id, env_kwargs, seed_records=others)
 
 
+def publish_generator(
+    record_paths: Sequence[str | os.PathLike],
+    registry: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> ZooEntry:
+    """Publish the transition model of a ``synther`` suite run (SynthER's offline recipe) as zoo model
+    ``synther/<dataset>``.
+
+    The records are one agent's runs (its seeds) on the synthetic dataset; they name the generator
+    file the suite saved beside them (``--save-models``). The card's returns and score are theirs
+    (every seed's final episodes), next to the same agent's runs on the real data with the same
+    budget and seeds (records in the same folder), the data's own score, how close the transitions
+    are to the simulator's (the suite's quality study), and a fingerprint of its samples that
+    ``zoo check`` regenerates.
+
+    Raises:
+        ValueError: no record, records of different runs, records that name no generator file, or no
+            record on the real data for one of their seeds.
+        FileNotFoundError: the generator file is missing.
+        ModelFileError: the generator file is not the one the records name (size, SHA-256).
+    """
+    from diffgym.wrappers.synther import TransitionDiffusion
+
+    if not record_paths:
+        raise ValueError("give at least one run's record")
+    records = {Path(path): json.loads(Path(path).read_text()) for path in record_paths}
+    _check_seeds_of_one_run(records)
+    runs = sorted(records.values(), key=lambda record: record["config"]["seed"])
+    generators = {json.dumps(run["data"].get("generator"), sort_keys=True) for run in runs}
+    if len(generators) != 1 or runs[0]["data"].get("generator") is None:
+        raise ValueError(
+            f"{', '.join(map(str, records))}: not runs on one saved generator's data (a synther run with "
+            "--save-models names its generator file)"
+        )
+    folder = next(iter(records)).parent
+    generator_file = folder / "models" / runs[0]["data"]["generator"]["file"]
+    if not generator_file.is_file():
+        raise FileNotFoundError(f"{generator_file}: the generator the records name is not there")
+    verify_file(generator_file, runs[0]["data"]["generator"]["sha256"], generator_file.stat().st_size)
+    generator = TransitionDiffusion.load(generator_file)
+    real = _real_data_runs(folder, runs)
+    source = real[0]["config"]["dataset"]
+    name = name or f"{GENERATOR_AGENT}/{source}"
+    check_name(name)
+    results = _generator_results(runs, real, generator, folder)
+    summary = {
+        **results_summary(results),
+        "gradient_steps": generator.config.train_steps,
+        "seeds": results["seeds"],
+        "data_score": results["data_score"],
+        "baseline": results["baseline"],
+        "agent_steps": runs[0]["budget"]["gradient_steps"],
+    }
+    written = ZooEntry(name, GENERATOR_AGENT, "", source, {}, (), summary=summary, kind=GENERATOR_KIND)
+    return _add_to_registry(
+        generator,
+        written,
+        _zoo_env(real[0]),
+        _dataset_description(source, real[0]["data"]),
+        _generator_training(runs, generator),
+        results,
+        registry,
+    )
+
+
+def _add_to_registry(
+    model: Any,
+    entry: ZooEntry,
+    env: dict[str, Any],
+    dataset: dict[str, Any],
+    training: dict[str, Any],
+    results: dict[str, Any],
+    registry: str | os.PathLike | None,
+) -> ZooEntry:
+    """Write ``model``'s zoo folder under ``<registry folder>/models/<name>/`` and its registry entry
+    (``entry``'s name, agent, dataset, summary and kind, with the env, files and source filled in)."""
+    relative = Path("models", *entry.name.split("/"))
+    path = registry_path(registry)
+    files = write_model_folder(
+        model,
+        path.parent / relative,
+        name=entry.name,
+        env=env,
+        dataset=dataset,
+        training=training,
+        results=results,
+    )
+    added = dataclasses.replace(
+        entry,
+        env_id=env["id"],
+        env_kwargs=env["kwargs"],
+        files=files,
+        sources=(Source("package", relative.as_posix()),),
+        base=path.parent,
+    )
+    entries = read_registry(path) if path.exists() else {}
+    write_registry({**entries, entry.name: added}, path)
+    return added
+
+
+def _real_data_runs(folder: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records in ``folder`` of each run's twin on the real data (same agent, budget, seed)."""
+    twins = []
+    for run in runs:
+        wanted = {**record_identity(run), "dataset": None}
+        found = [
+            other
+            for other in map(read_json, sorted(folder.glob("*.json")))
+            if other.get("config", {}).get("dataset") == _source_name(run)
+            and {**record_identity(other), "dataset": None} == wanted
+        ]
+        if not found:
+            raise ValueError(
+                f"{folder}: no record of {run['config']['agent']} on the real {_source_name(run)} with "
+                f"seed {run['config']['seed']} and the same budget, which the card compares with"
+            )
+        twins.append(found[0])
+    return twins
+
+
+def _source_name(run: dict[str, Any]) -> str:
+    """The real dataset a synthetic dataset of the synther suite was made from."""
+    from diffgym.zoo.benchmarks.synther import SUFFIX
+
+    return str(run["config"]["dataset"]).removesuffix(SUFFIX)
+
+
+def _generator_results(
+    runs: list[dict[str, Any]], real: list[dict[str, Any]], generator: Any, folder: Path
+) -> dict[str, Any]:
+    """``results.json`` of a generator: its agents' final episodes, the real-data twins, quality."""
+    returns = [float(value) for run in runs for value in run["final"]["returns"]]
+    key = _metric(runs[0]["suite"])["key"]
+    quality = (
+        read_json(folder / "studies" / "quality.json")
+        if (folder / "studies" / "quality.json").is_file()
+        else {}
+    )
+    return {
+        "final": {
+            "step": runs[0]["final"]["step"],
+            "returns": returns,
+            "mean_return": float(np.mean(returns)),
+            key: _mean_of([_finite(run["final"].get(key)) for run in runs]),
+        },
+        "seeds": [run["config"]["seed"] for run in runs],
+        "evaluation": {
+            "suite": runs[0]["suite"],
+            "agent": runs[0]["config"]["agent"],
+            "dataset": runs[0]["config"]["dataset"],
+            "seeds": [run["config"]["seed"] for run in runs],
+            "episodes": len(returns),
+            "deterministic": runs[0]["config"]["deterministic"],
+        },
+        "metric": _metric(runs[0]["suite"]),
+        "agent_finals": {str(run["config"]["seed"]): _finite(run["final"].get(key)) for run in runs},
+        "baseline": {
+            "name": f"{real[0]['config']['agent']} on the real data",
+            "dataset": real[0]["config"]["dataset"],
+            "gradient_steps": real[0]["budget"]["gradient_steps"],
+            "finals": {str(run["config"]["seed"]): _finite(run["final"].get(key)) for run in real},
+            "score": _mean_of([_finite(run["final"].get(key)) for run in real]),
+        },
+        "data_score": real[0]["data"].get("score"),
+        "quality": (quality.get("result") or {}).get(runs[0]["config"]["dataset"]),
+        "fingerprint": generator_fingerprint(generator),
+        "hardware": runs[0]["hardware"],
+    }
+
+
+def _mean_of(values: list[float | None]) -> float | None:
+    finite = [value for value in values if value is not None]
+    return float(np.mean(finite)) if finite else None
+
+
+def _generator_training(runs: list[dict[str, Any]], generator: Any) -> dict[str, Any]:
+    run = runs[0]
+    budget, data = run["budget"], run["data"]
+    return {
+        "gradient_steps": generator.config.train_steps,
+        "seed": data["synthesis"]["seed"],
+        "hyperparams": {"file": None, "key": None},
+        "command": (
+            f"diffgym benchmark synther --agents {run['config']['agent']} --datasets {_source_name(run)} "
+            f"{run['config']['dataset']} --seeds {max(other['config']['seed'] for other in runs) + 1} "
+            f"--steps {budget['gradient_steps']} --eval-every {budget['eval_every']} --final-episodes "
+            f"{budget['final_episodes']} --set suite:synthetic={data['transitions']} "
+            f"suite:diffusion_steps={generator.config.train_steps} --data-dir DATA_DIR --save-models"
+        ),
+        "suite": run["suite"],
+        "date": run["date"],
+        "hardware": run["hardware"],
+        "seconds": data["synthesis"]["fit_seconds"],
+    }
+
+
+#: rows and seed of a generator's fingerprint: the mean and std of every column of its samples
+FINGERPRINT_ROWS, FINGERPRINT_SEED = 1000, 0
+
+
+def generator_fingerprint(
+    generator: Any, rows: int = FINGERPRINT_ROWS, seed: int = FINGERPRINT_SEED
+) -> dict[str, Any]:
+    """Mean and std of each column ``[s, a, r, s', done]`` of ``rows`` samples drawn with ``seed``."""
+    import torch
+
+    from diffgym.wrappers.synther import join_transitions
+
+    sample = join_transitions(*generator.generate(rows, torch.Generator().manual_seed(seed))).double()
+    return {"rows": rows, "seed": seed, "mean": sample.mean(0).tolist(), "std": sample.std(0).tolist()}
+
+
+def _check_generator(name: str, folder: Path) -> dict[str, Any]:
+    """Regenerate a generator's fingerprint and compare it with its card's, in units of each column's std."""
+    expected = read_results(folder)["fingerprint"]
+    measured = generator_fingerprint(
+        read_model_folder(folder, device="cpu"), expected["rows"], expected["seed"]
+    )
+    scale = np.maximum(np.asarray(expected["std"]), 1e-6)
+    gaps = [np.abs(np.subtract(expected[key], measured[key])) / scale for key in ("mean", "std")]
+    difference = float(max(gap.max() for gap in gaps))
+    verdict = "identical" if difference == 0.0 else "within spread" if difference <= 1e-3 else "differs"
+    return {"name": name, "kind": GENERATOR_KIND, "rows": expected["rows"], "max_difference_in_std": difference,
+            "verdict": verdict}  # fmt: skip
+
+
 def _check_seeds_of_one_run(records: dict[Path, dict[str, Any]]) -> None:
     """Raise unless the records are of one configuration, each of its own seed."""
     seeds = [record["config"]["seed"] for record in records.values()]
@@ -166,31 +395,12 @@ def publish(
     check_name(name)
     env: dict[str, Any] = _zoo_env(record) if env_id is None else {"id": env_id, "kwargs": {}}
     env["kwargs"] = {**env["kwargs"], **(env_kwargs or {})}
-    relative = Path("models", *name.split("/"))
-    path = registry_path(registry)
-    files = write_model_folder(
-        model,
-        path.parent / relative,
-        name=name,
-        env=env,
-        dataset=_dataset_description(config["dataset"], data),
-        training=_training_description(record),
-        results=_results(record),
+    agent = config["agent"] if config["agent"] in agents.registered() else spec.name
+    entry = ZooEntry(name, agent, "", config["dataset"], {}, (), summary=_summary(record))
+    described = _dataset_description(config["dataset"], data)
+    return _add_to_registry(
+        model, entry, env, described, _training_description(record), _results(record), registry
     )
-    entry = ZooEntry(
-        name=name,
-        agent=config["agent"] if config["agent"] in agents.registered() else spec.name,
-        env_id=env["id"],
-        dataset=config["dataset"],
-        files=files,
-        sources=(Source("package", relative.as_posix()),),
-        env_kwargs=env["kwargs"],
-        summary=_summary(record),
-        base=path.parent,
-    )
-    entries = read_registry(path) if path.exists() else {}
-    write_registry({**entries, name: entry}, path)
-    return entry
 
 
 def check(
@@ -211,12 +421,17 @@ def check(
     Returns:
         the card's and the measured returns, their largest difference, and ``verdict``:
         ``"identical"``, ``"within spread"`` (every difference within the card's standard deviation
-        of returns: another CPU may round differently) or ``"differs"``.
+        of returns: another CPU may round differently) or ``"differs"``. A transition generator
+        (``kind: "generator"``) regenerates its card's fingerprint instead: ``max_difference_in_std``
+        of the columns' means and stds, within spread up to 1e-3.
 
     Raises:
         ValueError: ``episodes`` is not between 1 and the card's number of episodes.
     """
-    folder = locate(find(name, registry))
+    entry = find(name, registry)
+    folder = locate(entry)
+    if not entry.acts:
+        return _check_generator(name, folder)
     config, results = read_config(folder), read_results(folder)
     expected = [float(value) for value in results["final"]["returns"]]
     episodes = len(expected) if episodes is None else episodes
@@ -446,15 +661,10 @@ def markdown_table(entries: dict[str, ZooEntry]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, entry in sorted(entries.items()):
-        if agents.get(entry.agent).baseline:
+        if entry.acts and agents.get(entry.agent).baseline:
             continue
         summary = entry.summary
-        rival = _best_baseline(entry, entries)
-        rival_text = (
-            "-"
-            if rival is None
-            else f"{_number(rival.summary.get('score'))} ({rival.name}, {rival.summary.get('gradient_steps', '?')} steps)"
-        )
+        rival_text = _rival_text(entry, entries)
         seeds = summary.get("seeds_score")
         label = "" if seeds is None or seeds["label"] == summary.get("metric") else f", {seeds['label']}"
         score = _number(summary.get("score")) + (
@@ -462,17 +672,35 @@ def markdown_table(entries: dict[str, ZooEntry]) -> str:
         )
         rows.append(
             f"| {name} | {summary.get('metric', 'normalised score')} | {score} | {rival_text} "
-            f"| {_number(summary.get('data_score'))} "
-            f"| {summary.get('gradient_steps', '?')} steps | {len(summary.get('seeds', []))} |"
+            f"| {_number(summary.get('data_score'))} | {_budget_text(entry)} | {len(summary.get('seeds', []))} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def _rival_text(entry: ZooEntry, entries: dict[str, ZooEntry]) -> str:
+    """The best baseline's score and budget; for a generator, its agent's on the real data (same run)."""
+    if not entry.acts:
+        baseline = entry.summary["baseline"]
+        return f"{_number(baseline['score'])} ({baseline['name']}, {baseline['gradient_steps']} steps)"
+    rival = _best_baseline(entry, entries)
+    if rival is None:
+        return "-"
+    return f"{_number(rival.summary.get('score'))} ({rival.name}, {rival.summary.get('gradient_steps', '?')} steps)"
+
+
+def _budget_text(entry: ZooEntry) -> str:
+    steps = f"{entry.summary.get('gradient_steps', '?')} steps"
+    if entry.acts:
+        return steps
+    return f"{steps} (generator); its agent {entry.summary.get('agent_steps', '?')} steps"
 
 
 def _best_baseline(entry: ZooEntry, entries: dict[str, ZooEntry]) -> ZooEntry | None:
     rivals = [
         other
         for other in entries.values()
-        if agents.get(other.agent).baseline
+        if other.acts
+        and agents.get(other.agent).baseline
         and other.dataset == entry.dataset
         and other.summary.get("metric") == entry.summary.get("metric")
         and other.summary.get("score") is not None
