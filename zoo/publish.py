@@ -62,7 +62,7 @@ SHARED_DATA_RECIPE = (
 
 #: a zoo model loads on any machine and acts without a compiler: whatever the run trained with (its
 #: card's command and hyperparameters say), the model is published in float32 and uncompiled
-PORTABLE_SETTINGS: dict[str, Any] = {"precision": "fp32", "compile_networks": False}
+PORTABLE_SETTINGS: dict[str, Any] = {"precision": "fp32", "compile_networks": False, "linear_backend": "aten"}
 
 
 def publish_best_seed(

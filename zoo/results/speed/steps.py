@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="timed gradient steps")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="passed on only when given")
     parser.add_argument("--compile", action="store_true", help="compile_networks=True")
+    parser.add_argument("--linear-backend", choices=("aten", "onednn"), help="passed on only when given")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--predict", action="store_true", help="also time predict() at batch 1")
     parser.add_argument(
@@ -54,6 +55,8 @@ def main() -> None:
         kwargs["precision"] = args.precision
     if args.compile:
         kwargs["compile_networks"] = True
+    if args.linear_backend:
+        kwargs["linear_backend"] = args.linear_backend
     kwargs["device"] = "cpu"
     env = gym.make("Hopper-v5")
     model = spec.make(policy, env, dataset=str(ROOT / args.data), seed=0, **kwargs)
@@ -71,6 +74,7 @@ def main() -> None:
         "key": key,
         "precision": args.precision or "fp32",
         "compiled": args.compile,
+        "linear_backend": args.linear_backend or "aten",
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "steps": args.steps,
