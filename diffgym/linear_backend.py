@@ -81,9 +81,12 @@ class OneDNNLinear(nn.Linear):
     """``nn.Linear`` whose large float32 CPU products go through oneDNN (see the module docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._through_onednn(x):
+        if not self._through_onednn(x):
+            return F.linear(x, self.weight, self.bias)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return _OneDNNLinearFunction.apply(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        rows = x.reshape(-1, x.shape[-1]).contiguous()  # no graph to record: the product alone
+        return _matmul(rows, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
 
     def _through_onednn(self, x: Tensor) -> bool:
         weight = self.weight
