@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffgym import IDQL
-from diffgym.linear_backend import MIN_WORK, OneDNNLinear, onednn_available, use_onednn_linear
+from diffgym.linear_backend import (
+    MIN_WORK,
+    OneDNNEnsembleLinear,
+    OneDNNLinear,
+    onednn_available,
+    use_onednn_linear,
+)
+from diffgym.networks import EnsembleLinear
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN matmul")
 
@@ -69,3 +76,19 @@ def test_an_agent_with_the_onednn_backend_acts_as_with_aten_up_to_rounding(pendu
 def test_the_onednn_backend_is_refused_where_it_cannot_run():
     with pytest.raises(ValueError, match="linear_backend must be one of aten, onednn"):
         IDQL("MlpPolicy", gym.make("Pendulum-v1"), linear_backend="mkl", device="cpu")
+
+
+def test_ensemble_layers_go_through_onednn_member_by_member_and_equal_their_batched_product():
+    torch.manual_seed(0)
+    layer = EnsembleLinear(256, 256, members=2)
+    x = torch.randn(512, 256).unsqueeze(0).expand(2, -1, -1).requires_grad_(False)
+    expected = layer(x)
+    grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, (layer.weight, layer.bias), grad)
+    assert use_onednn_linear(layer) == 1 and isinstance(layer, OneDNNEnsembleLinear)
+    output = layer(x)
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-4)
+    for mine, theirs in zip(
+        torch.autograd.grad(output, (layer.weight, layer.bias), grad), expected_grads, strict=True
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-3)

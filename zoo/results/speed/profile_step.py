@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, default=DATA, help="D4RL-layout HDF5 file (relative: from the repo root)"
     )
+    parser.add_argument("--linear-backend", choices=("aten", "onednn"), default="aten", help="linear_backend")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -35,7 +36,13 @@ def main() -> None:
     _, config = resolve_hyperparams(spec.hyperparams_name, ["hopper-medium"])
     _, policy, kwargs = split_config(config)
     model = spec.make(
-        policy, gym.make("Hopper-v5"), dataset=str(ROOT / args.data), seed=0, device="cpu", **kwargs
+        policy,
+        gym.make("Hopper-v5"),
+        dataset=str(ROOT / args.data),
+        seed=0,
+        device="cpu",
+        linear_backend=args.linear_backend,
+        **kwargs,
     )
     model.learn(20)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
