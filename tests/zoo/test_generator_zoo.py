@@ -102,3 +102,15 @@ def test_records_without_a_generator_or_a_changed_generator_file_are_refused(syn
     (copy / "models" / generator_file).write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="tampered or corrupt"):
         publish_generator(sorted(copy.glob("td3bc_hopper-medium-replay-synther_s*.json")), registry)
+
+
+def test_the_command_line_publishes_a_generator(synther_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DIFFGYM_HOME", str(tmp_path / "home"))
+    registry = tmp_path / "registry.json"
+    records = [str(path) for path in sorted(synther_run.glob("td3bc_hopper-medium-replay-synther_s*.json"))]
+    assert main(["zoo", "add", "--generator", *records, "--registry", str(registry)]) == 0
+    assert f"added {NAME}: td3bc on its data scores" in capsys.readouterr().out
+    assert (
+        main(["zoo", "add", "--generator", *records, "--registry", str(registry), "--env", "Hopper-v5"]) == 1
+    )
+    assert "--generator takes the records alone" in capsys.readouterr().err
