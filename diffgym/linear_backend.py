@@ -11,17 +11,21 @@ ensemble layer to :class:`OneDNNEnsembleLinear`) in place (same parameters, same
 float32 products of at least :data:`MIN_WORK` multiply-adds
 (rows x in x out), forward and backward, go to oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``,
 the op TorchInductor itself calls); smaller ones, where a oneDNN call costs more than it saves, and
-anything under autocast, in another dtype or on another device, stay with ``F.linear``. The results
-equal ``F.linear``'s up to float32 rounding (another summation order), not bit for bit.
+anything under autocast, in another dtype, on another device or inside ``torch.compile`` (whose
+Inductor makes its own products) stay with ``F.linear``. The results equal ``F.linear``'s up to
+float32 rounding (another summation order), not bit for bit: a zoo model trained with it is published
+with ``"aten"`` (loadable anywhere), so its card replays within the card's spread, not identically.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from diffgym.networks import EnsembleLinear
 
@@ -48,14 +52,21 @@ def onednn_available() -> bool:
 
 
 def check_linear_backend(backend: str, device: torch.device) -> str:
-    """``backend`` if it can run on ``device``; ``ValueError`` naming the problem otherwise."""
+    """The backend a model on ``device`` uses: ``backend``, or ``"aten"`` (with a warning) for
+    ``"onednn"`` off the CPU or without oneDNN, e.g. a model trained so and loaded on a GPU.
+
+    Raises:
+        ValueError: an unknown backend.
+    """
     if backend not in LINEAR_BACKENDS:
         raise ValueError(f"linear_backend must be one of {', '.join(LINEAR_BACKENDS)}, got {backend!r}")
     if backend == "onednn" and (device.type != "cpu" or not onednn_available()):
-        raise ValueError(
+        warnings.warn(
             f"linear_backend='onednn' runs float32 products on the CPU through oneDNN; this model is on "
-            f"{device}{'' if onednn_available() else ' and this torch has no oneDNN matmul'}: use 'aten'"
+            f"{device}{'' if onednn_available() else ' and this torch has no oneDNN matmul'}: using 'aten'",
+            stacklevel=3,
         )
+        return "aten"
     return backend
 
 
@@ -75,6 +86,7 @@ class _OneDNNLinearFunction(torch.autograd.Function):
         return _matmul(rows.contiguous(), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
+    @once_differentiable  # a second derivative through it raises instead of coming out wrong
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
         rows, grad_rows = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1]).contiguous()
@@ -92,7 +104,8 @@ class _OneDNNLinearFunction(torch.autograd.Function):
 def _routes(x: Tensor, weight: Tensor, in_features: int, out_features: int) -> bool:
     """Whether the product of ``x`` (..., in) with ``weight`` goes through oneDNN (module docstring)."""
     return (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()  # Inductor lowers this op only with frozen weights: its own products
+        and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
         and x.dim() >= 2
@@ -124,7 +137,7 @@ class OneDNNEnsembleLinear(EnsembleLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         members, in_features, out_features = self.weight.shape
-        if not _routes(x, self.weight, in_features, out_features):
+        if not _routes(x[0], self.weight, in_features, out_features):  # one member's product
             return super().forward(x)
         return torch.stack([onednn_linear(x[e], self.weight[e].t(), self.bias[e, 0]) for e in range(members)])
 

@@ -12,6 +12,7 @@ from diffgym.linear_backend import (
     MIN_WORK,
     OneDNNEnsembleLinear,
     OneDNNLinear,
+    check_linear_backend,
     onednn_available,
     use_onednn_linear,
 )
@@ -73,9 +74,28 @@ def test_an_agent_with_the_onednn_backend_acts_as_with_aten_up_to_rounding(pendu
     assert onednn.get_parameters()["policy"].keys() == aten.get_parameters()["policy"].keys()
 
 
-def test_the_onednn_backend_is_refused_where_it_cannot_run():
+def test_an_unknown_backend_is_refused_and_onednn_off_the_cpu_falls_back_to_aten():
     with pytest.raises(ValueError, match="linear_backend must be one of aten, onednn"):
         IDQL("MlpPolicy", gym.make("Pendulum-v1"), linear_backend="mkl", device="cpu")
+    with pytest.warns(UserWarning, match="this model is on meta.*using 'aten'"):  # e.g. loaded on a GPU
+        assert check_linear_backend("onednn", torch.device("meta")) == "aten"
+
+
+def test_inside_torch_compile_the_products_stay_with_f_linear(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: pytest.fail("oneDNN was called"))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as while Dynamo traces the layer
+    layer = nn.Linear(256, 256)
+    use_onednn_linear(layer)
+    layer(torch.randn(512, 256))
+
+
+def test_a_second_derivative_through_it_raises_instead_of_coming_out_wrong():
+    layer = nn.Linear(256, 256)
+    use_onednn_linear(layer)
+    x = torch.randn(512, 256, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
 
 
 def test_ensemble_layers_go_through_onednn_member_by_member_and_equal_their_batched_product():

@@ -443,7 +443,8 @@ def synthesize_dataset(
         description: Minari description (default names the source and size).
         model: a transition model already fitted on this data (e.g. the zoo's
             ``zoo.load("synther/hopper-medium")``, or :meth:`TransitionDiffusion.load`): it only
-            generates (``config`` is ignored); its sizes and action bounds must be the dataset's.
+            generates (give no ``config`` with it). Only its sizes and action bounds are checked
+            against the dataset's; that it was fitted on this data is the caller's word.
     """
     if n_transitions < 1:
         raise ValueError(f"n_transitions must be >= 1, got {n_transitions}")
@@ -455,6 +456,8 @@ def synthesize_dataset(
     assert isinstance(obs_space, spaces.Box) and isinstance(action_space, spaces.Box)
     if model is None:
         model = fit_on_dataset(source, SynthERConfig.make(config), seed, device)
+    elif config is not None:
+        raise ValueError("give a fitted model or a config to fit one, not both")
     else:
         _check_model_fits(model, obs_space, action_space)
     started = time.perf_counter()

@@ -217,9 +217,12 @@ def _real_data_runs(folder: Path, runs: list[dict[str, Any]]) -> list[dict[str, 
     twins = []
     for run in runs:
         wanted = {**record_identity(run), "dataset": None}
+        records = [
+            record for record in map(read_json, sorted(folder.glob("*.json"))) if isinstance(record, dict)
+        ]
         found = [
             other
-            for other in map(read_json, sorted(folder.glob("*.json")))
+            for other in records
             if other.get("config", {}).get("dataset") == _source_name(run)
             and {**record_identity(other), "dataset": None} == wanted
         ]
@@ -423,7 +426,7 @@ def check(
         ``"identical"``, ``"within spread"`` (every difference within the card's standard deviation
         of returns: another CPU may round differently) or ``"differs"``. A transition generator
         (``kind: "generator"``) regenerates its card's fingerprint instead: ``max_difference_in_std``
-        of the columns' means and stds, within spread up to 1e-3.
+        of the columns' means and stds, within spread up to 1e-3 (``episodes`` does not apply).
 
     Raises:
         ValueError: ``episodes`` is not between 1 and the card's number of episodes.
@@ -471,6 +474,10 @@ def reevaluate(
     if not why.strip():
         raise ValueError("say why the card is re-evaluated (it is kept on the card)")
     entry = find(name, registry)
+    if not entry.acts:
+        raise ValueError(
+            f"{name} is a transition {entry.kind}: it has no evaluation to redo (zoo check compares its samples)"
+        )
     folder = locate(entry)
     config, results = read_config(folder), read_results(folder)
     point = _card_evaluation(folder, config, results, len(results["final"]["returns"]), suite)

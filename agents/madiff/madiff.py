@@ -51,8 +51,8 @@ class MADiff(TeamAlgorithm, PlanningAlgorithm):
     Offline only: ``learn(online=True)`` raises; ``total_timesteps`` counts gradient steps.
 
     Args (besides :class:`~diffgym.planning.PlanningAlgorithm`'s, whose defaults are MADiff's MPE
-    settings: learning rate 2e-4, 64 segments a step as its 32 × 2 accumulated batches, gamma 0.99,
-    EMA every 10 steps):
+    settings: learning rate 2e-4, 64 segments a step as its 32 × 2 accumulated batches, gamma 0.99 for
+    the team returns-to-go the condition is computed from, EMA every 10 steps):
         policy: ``"MlpPolicy"`` or ``"MultiInputPolicy"`` (the same :class:`MADiffPolicy`).
         env: a PettingZoo ``ParallelEnv``, a joint-agent Gymnasium env, or None (with a dataset).
         dataset: a multi-agent dataset; its agents and spaces must match the env's; its agent order is

@@ -252,5 +252,7 @@ def test_bad_transition_model_files_and_mismatched_models_are_refused(
     narrow = TransitionDiffusion.from_parts(
         fitted_model.manifest(), fitted_model.sampling_state() | {"action_high": torch.full((1,), 0.5)}
     )
+    with pytest.raises(ValueError, match="not both"):
+        synthesize_dataset(fall_dataset, "test/wrappers/never-v0", 10, config=SMALL, model=fitted_model)
     with pytest.raises(ValueError, match="action bounds"):
         synthesize_dataset(fall_dataset, "test/wrappers/never-v0", 10, model=narrow)

@@ -14,7 +14,7 @@ from diffgym.zoo.benchmarks import synther
 from diffgym.zoo.benchmarks.harness import Budget, Session, run_suite
 from diffgym.zoo.catalog import read_registry
 from diffgym.zoo.play import enjoy
-from diffgym.zoo.publish import check, markdown_table, publish_generator
+from diffgym.zoo.publish import check, markdown_table, publish_generator, reevaluate
 
 NAME = "synther/hopper-medium-replay"
 
@@ -84,6 +84,8 @@ def test_a_generator_does_not_act_and_takes_no_agent_arguments(published):
         enjoy(NAME, registry=registry)
     with pytest.raises(ValueError, match="takes no env"):
         zoo.load(NAME, env="Hopper-v5", registry=registry)
+    with pytest.raises(ValueError, match="no evaluation to redo"):
+        reevaluate(NAME, "rounding", registry)
 
 
 def test_records_without_a_generator_or_a_changed_generator_file_are_refused(synther_run, tmp_path):
