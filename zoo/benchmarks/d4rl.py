@@ -1,4 +1,4 @@
-"""Offline locomotion benchmark: Diffusion-QL, IDQL and the TD3+BC and IQL baselines on D4RL-style data.
+"""Offline locomotion benchmark: Diffusion-QL, IDQL and the TD3+BC, IQL and BC baselines on D4RL-style data.
 
 Every agent trains on the same dataset with its hyperparameters from ``zoo/hyperparams/<agent>.yml``
 (the same 20k-step budget for all four; Diffusion-QL's per-task gradient-norm clip), is evaluated
@@ -96,7 +96,7 @@ SUITE = Suite(
         "are not comparable one-to-one with published D4RL results. Hyperparameters: `zoo/hyperparams/`."
     ),
     datasets=("hopper-medium", "hopper-medium-replay", "halfcheetah-medium", "halfcheetah-medium-replay"),
-    agents=("td3bc", "iql", "dql", "idql"),
+    agents=("td3bc", "iql", "bc", "dql", "idql"),
     budget=Budget(eval_every=5_000, eval_episodes=5, final_episodes=10),
     measures={"denoiser": denoiser_latency},
     sections=(speed_section,),
