@@ -194,10 +194,10 @@ def zoo_add(args: argparse.Namespace) -> int:
         if args.model or args.env or args.env_kwargs:
             raise ValueError("--generator takes the records alone (no --model, --env or --env-kwargs)")
         entry = publish_generator(args.records, args.registry, args.name)
+        baseline = entry.summary["baseline"]
         print(
-            f"added {entry.name}: {entry.summary['baseline']['name'].split()[0]} on its data scores "
-            f"{entry.summary.get('score')} ({entry.summary['baseline']['name']}: {entry.summary['baseline']['score']}), "
-            f"files in {entry.package_folder(entry.sources[0])}"
+            f"added {entry.name}: {baseline['name'].split()[0]} on its data scores {_score(entry.summary.get('score'))} "
+            f"({baseline['name']}: {_score(baseline['score'])}), files in {entry.package_folder(entry.sources[0])}"
         )
         return 0
     models = [path for path in args.records if path.suffix == ".zip"]  # `zoo add RECORD MODEL`, as before
@@ -210,10 +210,14 @@ def zoo_add(args: argparse.Namespace) -> int:
     seeds = entry.summary.get("seeds_score")
     over_seeds = "" if seeds is None else f" ({seeds_text(seeds)})"
     print(
-        f"added {entry.name}: score {entry.summary.get('score')}{over_seeds}, files in "
+        f"added {entry.name}: score {_score(entry.summary.get('score'))}{over_seeds}, files in "
         f"{entry.package_folder(entry.sources[0])}"
     )
     return 0
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def zoo_reevaluate(args: argparse.Namespace) -> int:
