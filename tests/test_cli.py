@@ -121,6 +121,6 @@ def test_benchmark_refuses_unknown_suites_and_agents(tmp_path, capsys):
     assert exit_info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
     assert main(["benchmark", "d4rl", "--agents", "nope", "--out", str(tmp_path)]) == 1
     assert (
-        "diffgym: error: suite 'd4rl' has no agent 'nope'; its agents: td3bc, iql, dql, idql"
+        "diffgym: error: suite 'd4rl' has no agent 'nope'; its agents: td3bc, iql, bc, dql, idql"
         in capsys.readouterr().err
     )
