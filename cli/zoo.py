@@ -225,7 +225,7 @@ def zoo_reevaluate(args: argparse.Namespace) -> int:
 
     entry = reevaluate(args.name, args.why, args.registry)
     print(
-        f"{entry.name}: final mean return {entry.summary['mean_return']:.1f}, score {entry.summary.get('score')}"
+        f"{entry.name}: final mean return {entry.summary['mean_return']:.1f}, score {_score(entry.summary.get('score'))}"
     )
     return 0
 

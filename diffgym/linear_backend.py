@@ -75,6 +75,12 @@ def _matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+def _product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """:func:`_matmul` for ``x`` of any leading shape (..., in) -> (..., out)."""
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    return _matmul(rows, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+
+
 class _OneDNNLinearFunction(torch.autograd.Function):
     """``F.linear`` with forward and both backward products by oneDNN; ``x`` is (..., in)."""
 
@@ -82,8 +88,7 @@ class _OneDNNLinearFunction(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        rows = x.reshape(-1, x.shape[-1])
-        return _matmul(rows.contiguous(), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+        return _product(x, weight, bias)
 
     @staticmethod
     @once_differentiable  # a second derivative through it raises instead of coming out wrong
@@ -118,8 +123,7 @@ def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``F.linear(x, weight, bias)`` by oneDNN; without a graph to record, the product alone."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _OneDNNLinearFunction.apply(x, weight, bias)
-    rows = x.reshape(-1, x.shape[-1]).contiguous()
-    return _matmul(rows, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+    return _product(x, weight, bias)
 
 
 class OneDNNLinear(nn.Linear):
@@ -142,16 +146,17 @@ class OneDNNEnsembleLinear(EnsembleLinear):
         return torch.stack([onednn_linear(x[e], self.weight[e].t(), self.bias[e, 0]) for e in range(members)])
 
 
+#: each layer class and its oneDNN subclass
+_ONEDNN_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: OneDNNLinear,
+    EnsembleLinear: OneDNNEnsembleLinear,
+}
+
+
 def use_onednn_linear(module: nn.Module) -> int:
     """Make every plain ``nn.Linear`` (and :class:`~diffgym.networks.EnsembleLinear`) in ``module`` its
     oneDNN subclass in place (parameters and state dict unchanged); returns how many layers."""
-    switched = 0
-    for layer in module.modules():
-        if type(layer) is nn.Linear:
-            layer.__class__ = OneDNNLinear
-        elif type(layer) is EnsembleLinear:
-            layer.__class__ = OneDNNEnsembleLinear
-        else:
-            continue
-        switched += 1
-    return switched
+    layers = [layer for layer in module.modules() if type(layer) in _ONEDNN_CLASSES]
+    for layer in layers:
+        layer.__class__ = _ONEDNN_CLASSES[type(layer)]
+    return len(layers)

@@ -111,8 +111,9 @@ def write_model_folder(
     from diffgym.wrappers.synther import TransitionDiffusion
 
     if isinstance(model, TransitionDiffusion):
+        weights = model.sampling_state()
         return _write_folder(
-            folder, model.sampling_state(), _generator_config(model, name, env, dataset, training), results
+            folder, weights, _generator_config(model, weights, name, env, dataset, training), results
         )
     state, derived = inference_state(model.policy)
     tensors = {POLICY_PREFIX + key: _plain(value) for key, value in state.items()}
@@ -134,6 +135,7 @@ def write_model_folder(
 
 def _generator_config(
     generator: TransitionDiffusion,
+    weights: Mapping[str, torch.Tensor],
     name: str,
     env: Mapping[str, Any],
     dataset: Mapping[str, Any],
@@ -149,7 +151,7 @@ def _generator_config(
         "dataset": dict(dataset),
         "training": dict(training),
         "versions": _versions(),
-        "normalizers": _readable_normalizers(generator.sampling_state()),
+        "normalizers": _readable_normalizers(weights),
     }
 
 
@@ -183,7 +185,7 @@ def read_model_folder(
     :class:`~diffgym.wrappers.TransitionDiffusion`) stored in a zoo folder; nothing in it is executed.
 
     Args:
-        folder: a folder written by :func:`write_model_folder` or :func:`write_generator_folder`.
+        folder: a folder written by :func:`write_model_folder`.
         entries: file name -> expected :class:`FileEntry`; every listed file is checked (size, then
             SHA-256) before anything is read from it.
         env: an environment with the model's spaces (a PettingZoo ``ParallelEnv`` for team agents);

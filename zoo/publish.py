@@ -214,12 +214,10 @@ def _add_to_registry(
 
 def _real_data_runs(folder: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records in ``folder`` of each run's twin on the real data (same agent, budget, seed)."""
+    records = [record for record in map(read_json, sorted(folder.glob("*.json"))) if isinstance(record, dict)]
     twins = []
     for run in runs:
         wanted = {**record_identity(run), "dataset": None}
-        records = [
-            record for record in map(read_json, sorted(folder.glob("*.json"))) if isinstance(record, dict)
-        ]
         found = [
             other
             for other in records
@@ -248,6 +246,8 @@ def _generator_results(
     """``results.json`` of a generator: its agents' final episodes, the real-data twins, quality."""
     returns = [float(value) for run in runs for value in run["final"]["returns"]]
     key = _metric(runs[0]["suite"])["key"]
+    agent_finals, real_finals = ({str(run["config"]["seed"]): _finite(run["final"].get(key)) for run in group}
+                                 for group in (runs, real))  # fmt: skip
     quality = (
         read_json(folder / "studies" / "quality.json")
         if (folder / "studies" / "quality.json").is_file()
@@ -258,7 +258,7 @@ def _generator_results(
             "step": runs[0]["final"]["step"],
             "returns": returns,
             "mean_return": float(np.mean(returns)),
-            key: _mean_of([_finite(run["final"].get(key)) for run in runs]),
+            key: _mean_of(list(agent_finals.values())),
         },
         "seeds": [run["config"]["seed"] for run in runs],
         "evaluation": {
@@ -270,13 +270,13 @@ def _generator_results(
             "deterministic": runs[0]["config"]["deterministic"],
         },
         "metric": _metric(runs[0]["suite"]),
-        "agent_finals": {str(run["config"]["seed"]): _finite(run["final"].get(key)) for run in runs},
+        "agent_finals": agent_finals,
         "baseline": {
             "name": f"{real[0]['config']['agent']} on the real data",
             "dataset": real[0]["config"]["dataset"],
             "gradient_steps": real[0]["budget"]["gradient_steps"],
-            "finals": {str(run["config"]["seed"]): _finite(run["final"].get(key)) for run in real},
-            "score": _mean_of([_finite(run["final"].get(key)) for run in real]),
+            "finals": real_finals,
+            "score": _mean_of(list(real_finals.values())),
         },
         "data_score": real[0]["data"].get("score"),
         "quality": (quality.get("result") or {}).get(runs[0]["config"]["dataset"]),
