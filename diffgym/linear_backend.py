@@ -2,9 +2,9 @@
 
 torch's CPU matrix products in float32 go to its BLAS (MKL). On AMD CPUs MKL takes its AVX2 code
 path, not AVX-512: measured on this project's AMD EPYC (Zen 4, one thread), a (512 x 256) @ (256 x
-1024) product runs at about 110 GFLOP/s through ``torch.mm``, against about 240 GFLOP/s through
-oneDNN (which torch ships, and which picks its kernels by instruction set, not by vendor) and 250
-through XLA (what the authors' JAX IDQL uses). ``zoo/results/README.md`` (speed) has the figures.
+1024) product runs at about 115 GFLOP/s through ``torch.mm``, against about 255 GFLOP/s through
+oneDNN (which torch ships, and which picks its kernels by instruction set, not by vendor) and through
+XLA (what the authors' JAX IDQL uses): ``zoo/results/speed/gemm_rates.py`` and its ``.jsonl``.
 
 :func:`use_onednn_linear` switches every ``nn.Linear`` of a module to :class:`OneDNNLinear` (and every
 ensemble layer to :class:`OneDNNEnsembleLinear`) in place (same parameters, same state dict): their
