@@ -1,6 +1,7 @@
 """Resumable runs: a run interrupted after a checkpoint and started again gives the same record."""
 
 import dataclasses
+import fcntl
 import json
 
 import pytest
@@ -35,10 +36,10 @@ def suite():
     )
 
 
-def run_record(suite, data, out, budget=BUDGET, overrides=SMALL):
+def run_record(suite, data, out, budget=BUDGET, overrides=SMALL, run=RUN):
     session = Session(suite, data_dir=data, out=out, budget=budget, overrides=overrides)
     run_suite(session)
-    return json.loads((session.folder / f"{RUN}.json").read_text())
+    return json.loads((session.folder / f"{run}.json").read_text())
 
 
 def outcome(record):
@@ -103,6 +104,21 @@ def test_a_finished_run_is_skipped_when_the_session_is_started_again(suite, pend
     second = run_record(suite, pendulum_file.parent, tmp_path)
     assert f"{RUN}: its record is there already (same configuration); skipped" in capsys.readouterr().out
     assert second == first  # the record was left as it was
+
+
+def test_a_run_another_session_holds_is_left_to_it(suite, pendulum_file, tmp_path, capsys):
+    claims = tmp_path / "tiny" / "claims"
+    claims.mkdir(parents=True)
+    two_seeds = dataclasses.replace(BUDGET, seeds=2)
+    with open(claims / f"{RUN}.lock", "ab") as held:  # another session runs seed 0
+        fcntl.flock(held, fcntl.LOCK_EX)
+        run_record(suite, pendulum_file.parent, tmp_path, two_seeds, run="dql_pendulum-tiny_s1")
+        assert (
+            f"{RUN}: another session on {tmp_path / 'tiny'} is running it; skipped" in capsys.readouterr().out
+        )
+        assert not (tmp_path / "tiny" / f"{RUN}.json").exists()
+    run_record(suite, pendulum_file.parent, tmp_path, two_seeds)  # released: this session does it
+    assert "dql_pendulum-tiny_s1: its record is there already" in capsys.readouterr().out
 
 
 def test_a_negative_checkpoint_period_is_refused_by_name():

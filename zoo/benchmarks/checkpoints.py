@@ -14,7 +14,9 @@ the result equals that of an uninterrupted run, evaluation points and final scor
 interrupts a run and compares). A checkpoint of a different run (other hyperparameters, budget or
 seed) is not resumed: the run starts afresh and says so. The checkpoint is removed once the run's
 record is written, and a run whose record is there already (same identity) is skipped, so one
-command, repeated until it finishes, completes a whole matrix.
+command, repeated until it finishes, completes a whole matrix. The same command started twice on one
+results folder (two processes, two machines on a shared disk) shares the matrix out: each run is
+claimed by a lock while it runs, and a session skips the runs another one holds.
 """
 
 from __future__ import annotations

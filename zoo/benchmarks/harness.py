@@ -589,7 +589,11 @@ def _run_matrix(session: Session, contenders: list[Contender], names: list[str])
         run_on_ray(runs, session.ray_address, execute, finish_run)
     else:
         for run in runs:
-            finish_run(run, execute(run))
+            with claimed(run) as ours:
+                if not ours:
+                    log(f"{run.name}: another session on {session.folder} is running it; skipped")
+                elif not (session.budget.checkpoint_every and is_finished(run)):  # not finished meanwhile
+                    finish_run(run, execute(run))
     for study_name, study in session.suite.studies.items():
         path = session.folder / "studies" / f"{study_name}.json"
         write_json(path, _timed_record(functools.partial(study, session, prepared)))
@@ -689,6 +693,24 @@ def remove_stale_scratch(temp: Path) -> list[Path]:
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
+
+
+@contextlib.contextmanager
+def claimed(run: Run) -> Iterator[bool]:
+    """Whether this session may do ``run``: True while it holds the run's claim (``flock`` on
+    ``<out>/<suite>/claims/<run>.lock``), False when another session holds it. Sessions started on
+    one results folder thus share its matrix out, each run done by one of them (every run is ours
+    where flock is missing)."""
+    path = run.session.folder / "claims" / f"{run.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as file:
+        if fcntl is not None:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: another session runs it
+                yield False
+                return
+        yield True
 
 
 @contextlib.contextmanager
