@@ -145,7 +145,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         path = _search(session, args)
     else:
         path = run_suite(session, agents=args.agents, datasets=args.datasets, report_only=args.report)
-    print(path.read_text())
+    if path is not None:
+        print(path.read_text())
     return 0
 
 

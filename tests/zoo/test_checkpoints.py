@@ -121,6 +121,17 @@ def test_a_run_another_session_holds_is_left_to_it(suite, pendulum_file, tmp_pat
     assert "dql_pendulum-tiny_s1: its record is there already" in capsys.readouterr().out
 
 
+def test_a_session_whose_runs_are_all_held_elsewhere_reports_nothing_yet(
+    suite, pendulum_file, tmp_path, capsys
+):
+    claims = tmp_path / "tiny" / "claims"
+    claims.mkdir(parents=True)
+    with open(claims / f"{RUN}.lock", "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert run_suite(Session(suite, data_dir=pendulum_file.parent, out=tmp_path, budget=BUDGET)) is None
+    assert f"no records in {tmp_path / 'tiny'} yet: the runs are another session's" in capsys.readouterr().out
+
+
 def test_a_negative_checkpoint_period_is_refused_by_name():
     with pytest.raises(
         ValueError, match=r"checkpoint_every must be 0 \(none\) or a number of gradient steps, got -5"

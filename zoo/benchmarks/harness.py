@@ -58,7 +58,7 @@ from diffgym.tasks.envs import make_env as make_gym_env
 from diffgym.zoo.benchmarks.checkpoints import Progress, RunCheckpoint, is_finished
 from diffgym.zoo.benchmarks.ray_runs import run_on_ray
 from diffgym.zoo.benchmarks.report import hardware, latency_ms, log, now, ranking_value, write_json
-from diffgym.zoo.benchmarks.reporting import RECORD_FORMAT, Report, build_report
+from diffgym.zoo.benchmarks.reporting import RECORD_FORMAT, Report, build_report, load_report
 from diffgym.zoo.hyperparameters import parse_override, resolve_hyperparams, split_config
 
 __all__ = [
@@ -551,13 +551,19 @@ class EvaluationCurve(BaseCallback):
 
 def run_suite(
     session: Session, agents: Sequence[str] = (), datasets: Sequence[str] = (), report_only: bool = False
-) -> Path:
+) -> Path | None:
     """Run the matrix (or the chosen ``agents`` and ``datasets`` of it) and the studies, write a record
-    per run, then the report; returns the Markdown report's path."""
+    per run, then the report; returns the Markdown report's path, or None where there is nothing to
+    report yet (every chosen run held by another session, none finished)."""
     chosen, names = session.choose(agents, datasets)
     if not report_only:
         with scratch_space() as scratch:
             _run_matrix(dataclasses.replace(session, scratch=scratch), chosen, names)
+        if load_report(session).is_empty:
+            log(
+                f"no records in {session.folder} yet: the runs are another session's, whose records make the report"
+            )
+            return None
     return build_report(session)
 
 

@@ -37,6 +37,10 @@ class Report:
     runs: list[dict[str, Any]]
     studies: dict[str, dict[str, Any]]
 
+    @property
+    def is_empty(self) -> bool:
+        return not self.runs and not self.studies
+
     def runs_of(self, agent: str | None = None, dataset: str | None = None) -> list[dict[str, Any]]:
         return [
             r
@@ -72,7 +76,7 @@ def load_report(session: Session) -> Report:
 def build_report(session: Session) -> Path:
     """Write ``<out>/<suite>.json`` (every record) and ``<out>/<suite>.md``; returns the Markdown path."""
     report = load_report(session)
-    if not report.runs and not report.studies:
+    if report.is_empty:
         raise FileNotFoundError(f"no records in {session.folder}: run the benchmark first")
     name = session.suite.name
     write_json(
