@@ -25,8 +25,7 @@ Deliberate differences:
   ``policy_kwargs=dict(normalize_observations=False)`` restores the paper's inputs.
 - torch's default initialisation where the official code uses orthogonal(√2); no actor dropout
   (the official kitchen config's 0.1 is not among our benchmarks).
-- ``reward_scale="iql"`` is computed once, on the first dataset, and saved as a number; the
-  cosine decay runs over each ``learn`` call (the official ``max_steps``).
+- ``reward_scale="iql"`` is computed once, on the first dataset, and saved as a number.
 - Offline ``total_timesteps`` counts gradient steps (see :class:`OfflineAlgorithm`).
 """
 

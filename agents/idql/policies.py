@@ -62,7 +62,8 @@ class IDQLPolicy(DiffusionActorPolicy):
         time_dim: learned Fourier time features (128; the paper-era ``ddpm_iql`` learner: 64).
         activation: ``"swish"`` (SiLU; final code) or ``"mish"`` (the paper-era learner).
         actor_weight_decay: decoupled (AdamW) weight decay of the actor (optax's default 1e-4 in
-            the final code, on every parameter; the paper-era learner: 0).
+            the final code and in today's ``ddpm_iql`` learner, on every parameter; 0 in the
+            learner's commits before December 2023).
         critic_hidden: width of the 2 hidden ReLU layers of each Q and of V (256, as IQL).
         value_layer_norm: a LayerNorm on V's input (the final code's ``MLP(use_layer_norm=True)``
             normalises the input once; the paper-era learner has none).
