@@ -301,13 +301,10 @@ def data_make_d4rl(args: argparse.Namespace) -> int:
     """``diffgym data make-d4rl``."""
     from diffgym.data.recipe import D4RLRecipe, make_d4rl_datasets
 
-    if env_kwargs(args):
-        raise ValueError(
-            "diffgym data make-d4rl makes its env from the id alone; --env-kwargs is not supported"
-        )
     use_threads(args)
     recipe = D4RLRecipe(
         args.env,
+        env_kwargs=env_kwargs(args) or {},
         train_steps=args.train_steps,
         checkpoint_every=args.checkpoint_every,
         transitions=args.transitions,

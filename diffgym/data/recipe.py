@@ -53,6 +53,7 @@ class D4RLRecipe:
             a third of the env's expert reference return (:func:`diffgym.scores.get_reference`).
         eval_episodes: episodes that score a checkpoint.
         seed: SAC's seed, and the first reset's seed of each rollout.
+        env_kwargs: the env's arguments (recorded with the recipe in every file's metadata).
     """
 
     env_id: str
@@ -62,6 +63,10 @@ class D4RLRecipe:
     medium_return: float | None = None
     eval_episodes: int = 5
     seed: int = 0
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def make_env(self) -> gym.Env:
+        return make_env(self.env_id, self.env_kwargs)
 
     def medium_target(self) -> float:
         if self.medium_return is not None:
@@ -123,7 +128,7 @@ def make_d4rl_datasets(
     target = recipe.medium_target()
     folder = Path(out)
     prefix = prefix or recipe.env_id.split("-")[0].split("/")[-1].lower()
-    env = make_env(recipe.env_id)
+    env = recipe.make_env()
     model = SAC("MlpPolicy", env, seed=recipe.seed, buffer_size=max(recipe.train_steps, 1), verbose=0)
     checkpoints = _Checkpoints(recipe.checkpoint_every, lambda m: _score(m, recipe), log)
     model.learn(recipe.train_steps, callback=checkpoints)
@@ -146,11 +151,11 @@ def make_d4rl_datasets(
             arrays = _replay_arrays(model, medium.step)
             source = {"replay_until_step": medium.step}
         elif kind == "random":
-            arrays = _rollout(make_env(recipe.env_id), None, recipe.transitions, recipe.seed)
+            arrays = _rollout(recipe.make_env(), None, recipe.transitions, recipe.seed)
             source = {"policy": "uniform random"}
         else:
             model.policy.load_state_dict(chosen[kind].policy_state)
-            arrays = _rollout(make_env(recipe.env_id), model, recipe.transitions, recipe.seed)
+            arrays = _rollout(recipe.make_env(), model, recipe.transitions, recipe.seed)
             source = {"checkpoint_step": chosen[kind].step, "checkpoint_return": chosen[kind].mean_return}
         path = folder / f"{prefix}-{kind}.hdf5"
         write_d4rl_file(path, arrays, record | {"kind": kind, **source})
@@ -160,7 +165,7 @@ def make_d4rl_datasets(
 
 
 def _score(model: SAC, recipe: D4RLRecipe) -> float:
-    env = Monitor(make_env(recipe.env_id))
+    env = Monitor(recipe.make_env())
     env.reset(seed=recipe.seed + 1000)
     returns, _ = evaluate_policy(
         model, env, n_eval_episodes=recipe.eval_episodes, deterministic=True, return_episode_rewards=True

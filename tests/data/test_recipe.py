@@ -81,3 +81,11 @@ def test_an_env_without_a_reference_needs_a_medium_return(tmp_path, capsys):
         "no expert reference return for 'Pendulum-v1': give medium_return (--medium-return)"
         in capsys.readouterr().err
     )
+
+
+def test_the_envs_arguments_make_every_env_of_the_recipe(tmp_path, capsys):
+    heavy = D4RLRecipe("Pendulum-v1", env_kwargs={"g": 5.0})
+    assert heavy.make_env().unwrapped.g == 5.0
+    argv = ["data", "make-d4rl", "--env", "Pendulum-v1", "--env-kwargs", "{g: 5.0}", "--out", str(tmp_path)]
+    assert main([*argv, "--train-steps", "10"]) == 1  # accepted: it stops at the missing reference only
+    assert "give medium_return (--medium-return)" in capsys.readouterr().err
