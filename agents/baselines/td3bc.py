@@ -7,6 +7,10 @@ single deterministic action (``num_candidates=1``).
 Paper defaults: actor and twin critics 256-256 ReLU, lr 3e-4, batch 256, γ 0.99, τ 0.005,
 target policy noise 0.2 clipped at 0.5, actor (and targets) updated every 2 critic steps,
 α = 2.5 in ``λ = α / mean|Q|``, states standardised.
+
+Deliberate difference: each state feature's standard deviation is floored at 1e-6 (the base's
+normaliser, the same for every agent here) where the official code adds 1e-3 to it; the two
+differ only on features that barely vary. SynthER's TD3+BC inherits the same choice.
 """
 
 from __future__ import annotations
