@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 try:
     import fcntl
@@ -692,9 +692,7 @@ def remove_stale_scratch(temp: Path) -> list[Path]:
         if not alive.is_file():
             continue
         with open(alive, "rb") as file:
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held: that session runs
+            if not _locked_now(file):  # held: that session runs
                 continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
@@ -710,13 +708,19 @@ def claimed(run: Run) -> Iterator[bool]:
     path = run.session.folder / "claims" / f"{run.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as file:
-        if fcntl is not None:
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held: another session runs it
-                yield False
-                return
-        yield True
+        yield _locked_now(file)
+
+
+def _locked_now(file: IO[bytes]) -> bool:
+    """Take ``file``'s exclusive ``flock`` without waiting: False when another process holds it,
+    True once taken (and where flock is missing)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
