@@ -390,3 +390,39 @@ def test_goal_entries_say_which_entries_of_the_plans_end_are_fixed(goal_entries)
     torch.testing.assert_close(plan[fixed], goal[0][fixed])
     with pytest.raises(ValueError, match="goal_entries"):
         make_policy(state_key="observation", goal_key="desired_goal", goal_entries="velocity")
+
+
+class FallingLinearSystem(LinearSystem):
+    """The linear system rewarded 1 a step, whose episodes end by termination (a fall) at step 6."""
+
+    def step(self, action):
+        state, _, _, _, info = super().step(action)
+        return state, 1.0, self.t >= 6, False, info
+
+
+@pytest.mark.parametrize("algorithm", [DiffuserPlanner, DecisionDiffuser])
+def test_planners_penalise_terminations_by_default_as_both_papers(algorithm, minari_store):
+    """Both papers' locomotion returns add -100 to the reward of a terminal step; the planners' default."""
+    dataset = collect_dataset(
+        FallingLinearSystem(), None, f"test/falling/{algorithm.__name__.lower()}-v0", n_steps=120, seed=0
+    )
+
+    def segment_returns(**kwargs) -> torch.Tensor:
+        tiny = {
+            key: value for key, value in TINY.items() if algorithm is DiffuserPlanner or "value" not in key
+        }
+        planner = algorithm(
+            "MlpPolicy",
+            FallingLinearSystem(),
+            dataset=dataset,
+            batch_size=4,
+            seed=0,
+            policy_kwargs=tiny,
+            **kwargs,
+        )
+        return planner.learn(1)._offline.returns
+
+    penalised, plain = segment_returns(), segment_returns(termination_penalty=0.0)
+    assert plain.min() > 0 and plain.max() <= 6  # at most six rewards of 1, discounted
+    penalty = plain - penalised  # every 8-step window of a 6-step episode reaches its fall
+    assert penalty.min() > 94 and penalty.max() <= 100  # -100, discounted over at most 5 steps

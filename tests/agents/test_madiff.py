@@ -1,6 +1,8 @@
 """MADiff: attention mixes agents, agent order survives data -> training -> predict, decentralised
 execution uses only the agent's own observation, and the conformance checks that apply to a team."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -315,3 +317,20 @@ def test_limits_normalisation_keeps_epsilon_plans_in_the_data_range(drift_datase
         plan = model.learn(5).predict(obs, deterministic=True)[1][1][0]  # (H, n, D) normalised
         inside = np.abs(plan[1:]).max() <= 1.0 + 1e-5
         assert inside == (normalizer == "limits")
+
+
+def test_actions_come_from_each_agents_own_inverse_dynamics_average(trained):
+    """MADiff acts with the EMA of each agent's inverse dynamics: a training step moves the networks,
+    not the actions, until the averages follow, and agent ``k``'s average drives only agent ``k``."""
+    policy = copy.deepcopy(trained.policy)
+    plans = torch.randn(2, *policy.plan_shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        policy.update_averages(step=0, start=1, every=1)  # before ema_start the averages copy the networks
+        before = policy.plan_actions(plans)  # (2, n_action_steps, one action per agent)
+        for parameter in policy.inverse[1].parameters():
+            parameter.add_(1.0)  # a training step moved agent 1's network, not yet its average
+        torch.testing.assert_close(policy.plan_actions(plans), before)
+        policy.update_averages(step=0, start=1, every=1)
+        after = policy.plan_actions(plans)
+    moved = (after - before).abs().amax(dim=(0, 1)) > 1e-4
+    assert moved.tolist() == [False, True, False]
