@@ -21,7 +21,9 @@ DATA_DIR_VARIABLE = "DIFFGYM_DATA_DIR"
 #: the budget fields an option replaces (option dest = field name)
 #: trials of a search when --trials is not given
 _TRIALS = 20
-_BUDGET_OPTIONS = ("seeds", "steps", "eval_every", "eval_episodes", "final_episodes", "checkpoint_every")
+_BUDGET_OPTIONS = (
+    "seeds", "steps", "eval_every", "eval_episodes", "final_episodes", "checkpoint_every", "until_flat"
+)  # fmt: skip
 
 
 def add_benchmark_command(subparsers: argparse._SubParsersAction) -> None:
@@ -83,6 +85,14 @@ def add_benchmark_command(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         help="checkpoint each run every N gradient steps; the same command resumes an interrupted run",
+    )
+    bench.add_argument(
+        "--until-flat",
+        type=int,
+        metavar="WINDOW",
+        help="train until the loss flattens, --steps at most: stop once two windows of WINDOW gradient steps "
+        "in a row have not brought the mean loss 1%% below the best earlier window's (a multiple of the "
+        "agent's check_every; the record keeps each window's mean)",
     )
     bench.add_argument(
         "--data-dir",

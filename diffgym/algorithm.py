@@ -501,6 +501,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         n_envs = self.n_envs
         return {"dones": np.zeros(n_envs, dtype=bool), "infos": [{} for _ in range(n_envs)]}
 
+    @property
+    def training_means(self) -> tuple[int, dict[str, float]]:
+        """The gradient step of the latest check (0 before the first) and the mean of each training
+        statistic (``train/...`` in the logs) over the ``check_every`` steps that check closed."""
+        return self._monitor.checked_at, dict(self._monitor.means)
+
     def train(self, gradient_steps: int, batch_size: int = 256) -> None:
         """SB3's online update: ``gradient_steps`` steps on replay-buffer batches."""
         assert self.replay_buffer is not None

@@ -2,12 +2,14 @@
 
 import dataclasses
 import fcntl
+import functools
 import json
 
 import pytest
 
+from diffgym.callbacks import StopTrainingOnLossPlateau
 from diffgym.scores import register_reference
-from diffgym.zoo.benchmarks import checkpoints
+from diffgym.zoo.benchmarks import checkpoints, harness
 from diffgym.zoo.benchmarks.harness import Budget, Contender, Session, Suite, run_suite
 
 REFERENCE = "diffgym-test-pendulum-tiny"
@@ -137,3 +139,52 @@ def test_a_negative_checkpoint_period_is_refused_by_name():
         ValueError, match=r"checkpoint_every must be 0 \(none\) or a number of gradient steps, got -5"
     ):
         Budget(checkpoint_every=-5)
+
+
+def test_a_run_until_flat_stops_there_and_resumes_to_the_same_stop(
+    pendulum_file, tmp_path, monkeypatch, capsys
+):
+    """BC with a learning rate of 0 cannot improve: it stops after its third window of 4 steps, and a
+    run killed after its step-8 checkpoint resumes the stop's windows and stops at the same step."""
+    monkeypatch.setattr(  # 50 %: batch noise never passes for progress
+        harness,
+        "StopTrainingOnLossPlateau",
+        functools.partial(StopTrainingOnLossPlateau, min_improvement=0.5),
+    )
+    flat = Suite(name="flat", title="Flat", description="BC that cannot learn.", datasets=("pendulum-tiny",),
+                 agents=(Contender("bc"),), budget=Budget(steps=40, final_episodes=1, until_flat=4),
+                 reference=lambda dataset: None)  # fmt: skip
+    frozen = ("batch_size=16", "learning_rate=0.0", "check_every=2")
+    whole = run_record(
+        flat, pendulum_file.parent, tmp_path / "whole", flat.budget, frozen, "bc_pendulum-tiny_s0"
+    )
+    assert whole["plateau"]["stopped_at"] == whole["final"]["step"] == 12
+    assert len(whole["plateau"]["window_means"]) == 3
+    save = checkpoints.RunCheckpoint.save
+
+    def save_then_die(self, model, run, progress):
+        save(self, model, run, progress)
+        if model.num_timesteps == 8:
+            raise Killed
+
+    checkpointed = dataclasses.replace(flat.budget, checkpoint_every=4)
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoints.RunCheckpoint, "save", save_then_die)
+        with pytest.raises(Killed):
+            run_record(
+                flat, pendulum_file.parent, tmp_path / "cut", checkpointed, frozen, "bc_pendulum-tiny_s0"
+            )
+    resumed = run_record(
+        flat, pendulum_file.parent, tmp_path / "cut", checkpointed, frozen, "bc_pendulum-tiny_s0"
+    )
+    assert "resuming from gradient step 8" in capsys.readouterr().out
+    assert resumed["plateau"] == whole["plateau"] and outcome(resumed) == outcome(whole)
+    report = (tmp_path / "whole" / "flat.md").read_text()
+    assert "12 (until flat, ≤ 40)" in report and "*Until flat*: a run stops once 2 windows of 4" in report
+
+
+def test_records_from_before_until_flat_existed_are_the_same_runs():
+    budget = {"steps": 6, "eval_every": 2, "gradient_steps": 6}
+    old = checkpoints._identity("tiny", "dql", "d", 0, "default", {}, budget)
+    assert old == checkpoints._identity("tiny", "dql", "d", 0, "default", {}, budget | {"until_flat": 0})
+    assert old != checkpoints._identity("tiny", "dql", "d", 0, "default", {}, budget | {"until_flat": 4})

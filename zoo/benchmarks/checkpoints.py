@@ -37,20 +37,25 @@ __all__ = ["Progress", "RunCheckpoint", "is_finished", "record_identity", "run_i
 
 @dataclasses.dataclass
 class Progress:
-    """What a run has done besides its model: evaluation points and seconds spent so far."""
+    """What a run has done besides its model: evaluation points, seconds spent so far and, for a run
+    trained until its loss flattens, the state of that stop (:class:`~diffgym.callbacks.StopTrainingOnLossPlateau`)."""
 
     points: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    plateau: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _identity(
     suite: Any, agent: Any, dataset: Any, seed: Any, key: Any, values: Any, budget: dict[str, Any]
 ) -> dict[str, Any]:
     """What makes two runs the same run, as JSON reads it back: the budget without how many seeds the
-    session has or how often it checkpoints, which change no run's result."""
+    session has or how often it checkpoints, which change no run's result (and without ``until_flat``
+    where it is off, as records written before it existed have none)."""
     outcome_budget = {
-        name: value for name, value in budget.items() if name not in ("seeds", "checkpoint_every")
+        name: value
+        for name, value in budget.items()
+        if name not in ("seeds", "checkpoint_every") and not (name == "until_flat" and not value)
     }
     fields = {"suite": suite, "agent": agent, "dataset": dataset, "seed": seed,
               "hyperparams": {"key": key, "values": values}, "budget": outcome_budget}  # fmt: skip

@@ -46,12 +46,13 @@ except ImportError:  # Windows: stale scratch folders are not detected
 import gymnasium as gym
 import h5py
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 import diffgym
 from diffgym import registry
+from diffgym.callbacks import StopTrainingOnLossPlateau
 from diffgym.registry import AgentSpec
 from diffgym.scores import get_reference, normalized_score
 from diffgym.tasks.envs import make_env as make_gym_env
@@ -140,6 +141,10 @@ class Budget:
         final_episodes: episodes of the final evaluation.
         checkpoint_every: gradient steps between checkpoints of a run, which the same command
             resumes after an interruption (:mod:`~diffgym.zoo.benchmarks.checkpoints`); 0: none.
+        until_flat: train until the loss flattens, ``steps`` at most: stop once two windows of
+            ``until_flat`` gradient steps in a row have not brought the agent's mean loss 1 % below the
+            best earlier window's (:class:`~diffgym.callbacks.StopTrainingOnLossPlateau`); 0: train
+            ``steps``.
     """
 
     seeds: int = 1
@@ -148,6 +153,7 @@ class Budget:
     eval_episodes: int = 5
     final_episodes: int = 10
     checkpoint_every: int = 0
+    until_flat: int = 0
 
     def __post_init__(self) -> None:
         counts = {
@@ -159,7 +165,12 @@ class Budget:
         for name, value in counts.items():
             if value < 1:
                 raise ValueError(f"budget: {name} must be at least 1, got {value}")
-        for name, value in {"eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every}.items():
+        optional = {
+            "eval_every": self.eval_every,
+            "checkpoint_every": self.checkpoint_every,
+            "until_flat": self.until_flat,
+        }
+        for name, value in optional.items():
             if value < 0:
                 raise ValueError(
                     f"budget: {name} must be 0 (none) or a number of gradient steps, got {value}"
@@ -262,12 +273,18 @@ def train_and_evaluate(model: Any, run: Run) -> dict[str, Any]:
     checkpoint = RunCheckpoint.of(run)  # execute() resumed the model from it
     progress = checkpoint.progress(run) if budget.checkpoint_every else Progress()
     curve = EvaluationCurve(run, budget.eval_every, budget.eval_episodes, progress.points)
+    plateau = _plateau_stop(budget, progress)
+    callbacks = CallbackList([curve] if plateau is None else [curve, plateau])
     block = budget.checkpoint_every or run.steps
-    while model.num_timesteps < run.steps:
+    while model.num_timesteps < run.steps and (plateau is None or plateau.stopped_at is None):
         started, eval_seconds = time.perf_counter(), curve.seconds
-        model.learn(min(block, run.steps - model.num_timesteps), callback=curve, reset_num_timesteps=False)
+        model.learn(
+            min(block, run.steps - model.num_timesteps), callback=callbacks, reset_num_timesteps=False
+        )
         progress.train_seconds += time.perf_counter() - started - (curve.seconds - eval_seconds)
         progress.eval_seconds += curve.seconds - eval_seconds
+        if plateau is not None:
+            progress.plateau = plateau.state_dict()
         if budget.checkpoint_every:
             checkpoint.save(model, run, progress)
             log(_progress_line(run, model.num_timesteps, progress, curve.points))
@@ -282,9 +299,27 @@ def train_and_evaluate(model: Any, run: Run) -> dict[str, Any]:
             "train_seconds": progress.train_seconds,
             "eval_seconds": progress.eval_seconds + final["seconds"],
         },
-        "gradient_steps_per_second": run.steps / progress.train_seconds,
+        "gradient_steps_per_second": model.num_timesteps / progress.train_seconds,
         "latency": {"predict_ms": predict_latency(model, run)},
+        **({} if plateau is None else {"plateau": _plateau_record(plateau)}),
     }
+
+
+def _plateau_stop(budget: Budget, progress: Progress) -> StopTrainingOnLossPlateau | None:
+    """The budget's stop on a flat loss (None without ``until_flat``), continuing the progress's."""
+    if not budget.until_flat:
+        return None
+    stop = StopTrainingOnLossPlateau(window=budget.until_flat)
+    if progress.plateau:
+        stop.load_state_dict(progress.plateau)
+    return stop
+
+
+def _plateau_record(stop: StopTrainingOnLossPlateau) -> dict[str, Any]:
+    """What a record says of a run trained until its loss flattened: the rule, each window's mean loss,
+    and the step it stopped at (None: it ran its whole budget)."""
+    rule = {"window": stop.window, "min_improvement": stop.min_improvement, "patience": stop.patience}
+    return rule | {"window_means": stop.windows, "stopped_at": stop.stopped_at}
 
 
 def _progress_line(run: Run, step: int, progress: Progress, points: list[dict[str, Any]]) -> str:

@@ -149,7 +149,7 @@ def _score_row(report: Report, runs: list[dict[str, Any]], metric: Metric) -> li
         mean_std(values("final")),
         mean_std(values("best")),
         len(runs),
-        f"{first['budget']['gradient_steps']:,}",
+        _steps_trained(runs),
         mean_std([r["gradient_steps_per_second"] for r in runs]),
         mean_std([r["latency"]["predict_ms"] for r in runs], digits=2),
         mean_std([r["final"]["ms_per_env_step"] for r in runs], digits=2),
@@ -158,6 +158,15 @@ def _score_row(report: Report, runs: list[dict[str, Any]], metric: Metric) -> li
         score = first["data"].get("score")
         row.insert(2, "-" if score is None else f"{score:.1f}")
     return row
+
+
+def _steps_trained(runs: list[dict[str, Any]]) -> str:
+    """The budget's steps, or, for runs trained until their loss flattened, where each seed stopped."""
+    budget = f"{runs[0]['budget']['gradient_steps']:,}"
+    if "plateau" not in runs[0]:
+        return budget
+    stopped = " / ".join(f"{r['final']['step']:,}" for r in runs)
+    return f"{stopped} (until flat, ≤ {budget})"
 
 
 def budget_line(report: Report) -> str:
@@ -175,6 +184,20 @@ def budget_line(report: Report) -> str:
         f"seed(s); {periodic}the final model over {first['final_episodes']} episodes. *last* = the final model "
         "(mean ± std over seeds); *best* = the best of the final and the periodic evaluations, which flatters. "
         "*predict ms*: `predict` of one observation at batch 1 (median, `torch.utils.benchmark`)."
+        + _until_flat_sentence(report)
+    )
+
+
+def _until_flat_sentence(report: Report) -> str:
+    """How runs trained until their loss flattened were stopped ("" where none was)."""
+    rules = [r["plateau"] for r in report.runs if "plateau" in r]
+    if not rules:
+        return ""
+    rule = rules[0]
+    return (
+        f" *Until flat*: a run stops once {rule['patience']} windows of {rule['window']:,} gradient steps in a "
+        f"row have not brought its mean loss {rule['min_improvement']:.0%} below the best earlier window's; "
+        "the steps column gives where each seed stopped."
     )
 
 
