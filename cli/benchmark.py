@@ -91,8 +91,8 @@ def add_benchmark_command(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         metavar="WINDOW",
         help="train until the loss flattens, --steps at most: stop once two windows of WINDOW gradient steps "
-        "in a row have not brought the mean loss 1%% below the best earlier window's (a multiple of the "
-        "agent's check_every; the record keeps each window's mean)",
+        "in a row have not brought the mean loss 1%% below the best earlier window's (agents with one loss, "
+        "such as diffusion_policy and bc; the record keeps each window's mean)",
     )
     bench.add_argument(
         "--data-dir",

@@ -266,6 +266,8 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         self.provenance: dict[str, Any] = {}
         self._learning_offline = False
         self._monitor = TrainingMonitor(check_every, explode_above)
+        #: the training statistics of the latest gradient step (tensors on the device: reading one syncs)
+        self.step_statistics: dict[str, Tensor] = {}
         self._last_log: tuple[float, int] | None = None  # wall time and step of the last offline log
         self._warned_warmup = False
         if _init_setup_model:
@@ -501,12 +503,6 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         n_envs = self.n_envs
         return {"dones": np.zeros(n_envs, dtype=bool), "infos": [{} for _ in range(n_envs)]}
 
-    @property
-    def training_means(self) -> tuple[int, dict[str, float]]:
-        """The gradient step of the latest check (0 before the first) and the mean of each training
-        statistic (``train/...`` in the logs) over the ``check_every`` steps that check closed."""
-        return self._monitor.checked_at, dict(self._monitor.means)
-
     def train(self, gradient_steps: int, batch_size: int = 256) -> None:
         """SB3's online update: ``gradient_steps`` steps on replay-buffer batches."""
         assert self.replay_buffer is not None
@@ -530,6 +526,7 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             stats = self.train_step(self._prepare_batch(batch))
         self._n_updates += 1
         self._monitor.record(stats, self._n_updates)
+        self.step_statistics = stats
 
     def _prepare_batch(self, batch: Any) -> Any:
         """Flattened, normalised observations and scaled rewards; actions are already in [-1, 1]."""

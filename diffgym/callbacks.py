@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 from diffgym.algorithm import OfflineAlgorithm
@@ -39,23 +40,24 @@ def windows_without_improvement(means: list[float], min_improvement: float) -> i
 class StopTrainingOnLossPlateau(BaseCallback):
     """Stops an offline ``learn`` when a training loss stops falling.
 
-    The callback reads the model's ``training_means`` at each of its ``check_every`` checks (no extra
-    device sync) and averages ``loss`` over windows of ``window`` gradient steps (the model's own step
-    count, ``_n_updates``, so windows line up across ``learn`` calls and resumed runs). Once
-    ``patience`` windows in a row have not brought that mean ``min_improvement`` below the best earlier
-    window's, training stops at the check that closed the last one: ``stopped_at`` holds that step.
-    A check that falls inside a window counts towards the window it ends in.
+    The callback adds up ``loss`` at every gradient step (on the device: no sync) over windows of
+    ``window`` steps of the model's own step count (``_n_updates``: window ``k`` ends at step
+    ``k * window``, whatever the ``learn`` calls and checkpoints in between) and reads each window's
+    mean once, when it closes. Once ``patience`` windows in a row have not brought that mean
+    ``min_improvement`` below the best earlier window's, training stops at the step that closed the
+    last one: ``stopped_at`` holds it, and a later ``learn`` with this callback is refused.
 
     Args:
-        window: gradient steps per window; a multiple of the model's ``check_every``.
+        window: gradient steps per window.
         min_improvement: the relative fall of a window's mean loss that counts as progress (0.01: 1 %).
         patience: windows in a row without progress before training stops.
         loss: the statistic to watch (e.g. ``"diffusion_loss"``); None: the model's only statistic
             whose name ends in ``loss`` (an error names the choices where there are several).
         verbose: 1 prints when and why training stops.
 
-    The state (window means so far, the open window, where it stopped) is :meth:`state_dict`, JSON,
-    which :meth:`load_state_dict` restores to continue a run from a checkpoint.
+    The state (window means so far, the open window, the last step seen, where it stopped) is
+    :meth:`state_dict`, JSON, which :meth:`load_state_dict` restores to continue a run from a
+    checkpoint with the result of an uninterrupted one.
     """
 
     def __init__(
@@ -74,71 +76,85 @@ class StopTrainingOnLossPlateau(BaseCallback):
         self.window, self.min_improvement, self.patience, self.loss = window, min_improvement, patience, loss
         self.windows: list[float] = []  # the mean loss of each closed window
         self.stopped_at: int | None = None
-        self._open = [0.0, 0]  # the open window: sum of (block mean x block steps), steps
-        self._seen = 0  # the step of the last check read
-        self._agent: OfflineAlgorithm
+        self.last_step: int | None = None  # the model's step count when the loss was last added
+        self._sum = torch.zeros((), dtype=torch.float64)  # the open window's losses (moved to the device)
+        self._count = 0  # steps in the open window
+        self._names: set[str] = set()  # the statistics seen before the first window closed
 
     def _on_training_start(self) -> None:
         if not isinstance(self.model, OfflineAlgorithm):
             raise TypeError(
                 f"StopTrainingOnLossPlateau watches a diffgym agent's loss, not a {type(self.model).__name__}'s"
             )
-        self._agent = self.model
-        if not self._seen:  # a fresh callback: its first block starts where this learn does
-            self._seen = self.model._n_updates
-        check_every = self.model.check_every
-        if self.window % check_every:
-            raise ValueError(
-                f"window ({self.window}) must be a multiple of the model's check_every ({check_every}): "
-                "the loss is read at its checks"
+        if self.stopped_at is not None:
+            raise RuntimeError(
+                f"this StopTrainingOnLossPlateau stopped training at gradient step {self.stopped_at}; "
+                "train on with a new one"
             )
+        if self.last_step is not None and self.model._n_updates < self.last_step:
+            raise RuntimeError(
+                f"this StopTrainingOnLossPlateau has watched a model up to gradient step {self.last_step}, "
+                f"and this one is at step {self.model._n_updates}: one callback per model"
+            )
+        self._agent = self.model
+        self._sum = self._sum.to(self.model.device)
 
     def _on_step(self) -> bool:
-        step, means = self._agent.training_means
-        if step <= self._seen or not means:
-            return self.stopped_at is None
-        block = step - self._seen
-        self._open[0] += means[self._loss_name(means)] * block
-        self._open[1] += block
-        window_closed = step // self.window > self._seen // self.window
-        self._seen = step
-        if window_closed:
+        step, statistics = self._agent._n_updates, self._agent.step_statistics
+        if step == self.last_step or not statistics:  # no gradient step since (online: env steps)
+            return True
+        if not self.windows:  # until the first window closes: which statistics there are
+            self._names |= statistics.keys()
+        name = self.loss or self._only_loss(self._names)
+        if name in statistics:  # a statistic may skip steps (e.g. a delayed actor update)
+            self._sum += statistics[name].detach().double()
+            self._count += 1
+        self.last_step = step
+        if step % self.window == 0:
+            self._check_name(name, step)
             self._close_window(step)
         return self.stopped_at is None
 
-    def _loss_name(self, means: dict[str, float]) -> str:
-        if self.loss is not None:
-            if self.loss not in means:
-                raise ValueError(f"the model records no statistic {self.loss!r}; it records {sorted(means)}")
-            return self.loss
-        losses = sorted(name for name in means if name.endswith("loss"))
+    def _only_loss(self, names: set[str]) -> str:
+        losses = sorted(name for name in names if name.endswith("loss"))
         if len(losses) != 1:
             raise ValueError(
-                f"{type(self._agent).__name__} records {sorted(means)}: name the loss to watch "
+                f"{type(self._agent).__name__} records {sorted(names)}: name the loss to watch "
                 "(StopTrainingOnLossPlateau(loss=...)); `diffgym benchmark --until-flat` needs agents with one loss"
             )
         return losses[0]
 
+    def _check_name(self, name: str, step: int) -> None:
+        """At a window's end: the loss was there, and (unnamed) it was the only one all window."""
+        if not self._count:
+            raise ValueError(
+                f"no statistic {name!r} in the gradient steps up to {step}; the model records {sorted(self._names)}"
+            )
+        if self.loss is None:
+            self.loss = self._only_loss(self._names)
+
     def _close_window(self, step: int) -> None:
-        total, steps = self._open
-        self.windows.append(total / steps)
-        self._open = [0.0, 0]
+        self.windows.append(float(self._sum) / self._count)  # the one sync per window
+        self._sum.zero_()
+        self._count = 0
         stale = windows_without_improvement(self.windows, self.min_improvement)
         if stale >= self.patience:
             self.stopped_at = step
             if self.verbose >= 1:
                 print(
-                    f"Stopping at gradient step {step}: the mean loss of {stale} windows of {self.window} steps "
-                    f"in a row fell less than {self.min_improvement:.1%} below the best before them "
+                    f"Stopping at gradient step {step}: the mean {self.loss} of {stale} windows of {self.window} "
+                    f"steps in a row fell less than {self.min_improvement:.1%} below the best before them "
                     f"(last {self.windows[-1]:.4g}, best {min(self.windows):.4g})"
                 )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"windows": list(self.windows), "open": list(self._open), "seen": self._seen,
-                "stopped_at": self.stopped_at}  # fmt: skip
+        return {"windows": list(self.windows), "open_sum": float(self._sum), "open_count": self._count,
+                "last_step": self.last_step, "stopped_at": self.stopped_at, "loss": self.loss,
+                "names": sorted(self._names)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.windows = [float(mean) for mean in state["windows"]]
-        self._open = [float(state["open"][0]), int(state["open"][1])]
-        self._seen = int(state["seen"])
-        self.stopped_at = state["stopped_at"]
+        self._sum = torch.tensor(float(state["open_sum"]), dtype=torch.float64)
+        self._count = int(state["open_count"])
+        self.last_step, self.stopped_at, self.loss = state["last_step"], state["stopped_at"], state["loss"]
+        self._names = set(state["names"])

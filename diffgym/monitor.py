@@ -24,7 +24,6 @@ class TrainingMonitor:
         self._steps: dict[str, list[int]] = {}
         self._pending = 0
         self.means: dict[str, float] = {}
-        self.checked_at = 0  # the last gradient step of the block ``means`` averages (0: none yet)
 
     def record(self, stats: dict[str, Tensor], step: int) -> None:
         for name, value in stats.items():
@@ -42,7 +41,6 @@ class TrainingMonitor:
         flat = torch.cat([torch.stack(self._values[name]) for name in names]).cpu().numpy()
         columns = np.split(flat, np.cumsum([len(self._values[name]) for name in names])[:-1])
         steps = [self._steps[name] for name in names]
-        last_step = max(at[-1] for at in steps)
         self._values, self._steps, self._pending = {}, {}, 0
         for name, values, at in zip(names, columns, steps, strict=True):
             bad = ~np.isfinite(values) | (np.abs(values) > self.explode_above)
@@ -54,4 +52,3 @@ class TrainingMonitor:
                     "gradients harder or scale the rewards down."
                 )
         self.means = {name: float(values.mean()) for name, values in zip(names, columns, strict=True)}
-        self.checked_at = last_step

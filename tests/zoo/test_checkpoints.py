@@ -141,11 +141,12 @@ def test_a_negative_checkpoint_period_is_refused_by_name():
         Budget(checkpoint_every=-5)
 
 
+@pytest.mark.parametrize("checkpoint_every", [3, 4])  # blocks across the windows of 4, and along them
 def test_a_run_until_flat_stops_there_and_resumes_to_the_same_stop(
-    pendulum_file, tmp_path, monkeypatch, capsys
+    pendulum_file, tmp_path, monkeypatch, capsys, checkpoint_every
 ):
     """BC with a learning rate of 0 cannot improve: it stops after its third window of 4 steps, and a
-    run killed after its step-8 checkpoint resumes the stop's windows and stops at the same step."""
+    run killed after its second checkpoint resumes the stop's windows and stops at the same step."""
     monkeypatch.setattr(  # 50 %: batch noise never passes for progress
         harness,
         "StopTrainingOnLossPlateau",
@@ -164,10 +165,10 @@ def test_a_run_until_flat_stops_there_and_resumes_to_the_same_stop(
 
     def save_then_die(self, model, run, progress):
         save(self, model, run, progress)
-        if model.num_timesteps == 8:
+        if model.num_timesteps == 2 * checkpoint_every:
             raise Killed
 
-    checkpointed = dataclasses.replace(flat.budget, checkpoint_every=4)
+    checkpointed = dataclasses.replace(flat.budget, checkpoint_every=checkpoint_every)
     with monkeypatch.context() as patch:
         patch.setattr(checkpoints.RunCheckpoint, "save", save_then_die)
         with pytest.raises(Killed):
@@ -177,7 +178,7 @@ def test_a_run_until_flat_stops_there_and_resumes_to_the_same_stop(
     resumed = run_record(
         flat, pendulum_file.parent, tmp_path / "cut", checkpointed, frozen, "bc_pendulum-tiny_s0"
     )
-    assert "resuming from gradient step 8" in capsys.readouterr().out
+    assert f"resuming from gradient step {2 * checkpoint_every}" in capsys.readouterr().out
     assert resumed["plateau"] == whole["plateau"] and outcome(resumed) == outcome(whole)
     report = (tmp_path / "whole" / "flat.md").read_text()
     assert "12 (until flat, ≤ 40)" in report and "*Until flat*: a run stops once 2 windows of 4" in report
@@ -188,3 +189,12 @@ def test_records_from_before_until_flat_existed_are_the_same_runs():
     old = checkpoints._identity("tiny", "dql", "d", 0, "default", {}, budget)
     assert old == checkpoints._identity("tiny", "dql", "d", 0, "default", {}, budget | {"until_flat": 0})
     assert old != checkpoints._identity("tiny", "dql", "d", 0, "default", {}, budget | {"until_flat": 4})
+
+
+def test_until_flat_is_refused_where_runs_train_their_own_way(pendulum_file, tmp_path):
+    own = Suite(name="own", title="Own", description="Runs that train their own way.", datasets=("pendulum-tiny",),
+                agents=(Contender("bc"),), budget=Budget(steps=4, until_flat=2), procedure=lambda model, run: {})  # fmt: skip
+    with pytest.raises(
+        ValueError, match="--until-flat does not apply to 'own': its runs train their own way"
+    ):
+        run_suite(Session(own, data_dir=pendulum_file.parent, out=tmp_path, budget=own.budget))

@@ -460,6 +460,10 @@ class Session:
         if unknown:
             raise KeyError(f"--set targets {unknown} are neither 'suite' nor agents of {self.suite.name!r}")
         self.params  # noqa: B018  (parsing the suite: overrides checks them)
+        if self.budget.until_flat and self.suite.procedure is not train_and_evaluate:
+            raise ValueError(
+                f"--until-flat does not apply to {self.suite.name!r}: its runs train their own way"
+            )
 
     def choose(self, agents: Sequence[str], datasets: Sequence[str]) -> tuple[list[Contender], list[str]]:
         """The contenders called ``agents`` and the ``datasets`` of the suite (all of each when empty),
