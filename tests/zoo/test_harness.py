@@ -97,6 +97,31 @@ def test_report_only_ignores_records_of_another_layout(results):
     assert len(json.loads((session.out / "tiny.json").read_text())["runs"]) == 4
 
 
+def test_sessions_split_by_dataset_keep_each_others_dataset_studies(pendulum_file, tmp_path):
+    """A per-dataset study is merged into its file: a later session on another dataset (or a rerun of
+    one) adds or replaces its own entry and keeps the rest."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("pendulum-a", "pendulum-b"):
+        (data / f"{name}.hdf5").write_bytes(pendulum_file.read_bytes())
+    calls = []
+
+    def transitions(session, dataset):
+        calls.append(dataset.name)
+        return None if dataset.name == "pendulum-b" and len(calls) > 2 else {"calls": len(calls)}
+
+    suite = Suite(name="split", title="Split", description="Studies only.", datasets=("pendulum-a", "pendulum-b"),
+                  dataset_studies={"count": transitions})  # fmt: skip
+    session = Session(suite, data_dir=data, out=tmp_path / "out", budget=Budget())
+    path = session.folder / "studies" / "count.json"
+    for datasets in (["pendulum-a"], ["pendulum-b"], ["pendulum-a"], ["pendulum-b"]):
+        run_suite(session, datasets=datasets)
+    record = json.loads(path.read_text())
+    assert calls == ["pendulum-a", "pendulum-b", "pendulum-a", "pendulum-b"]
+    assert record["result"] == {"pendulum-a": {"calls": 3}, "pendulum-b": {"calls": 2}}  # None: kept
+    assert set(record["seconds"]) == {"pendulum-a", "pendulum-b"} and record["format"] == RECORD_FORMAT
+
+
 @pytest.mark.parametrize(
     ("choice", "message"),
     [

@@ -4,7 +4,7 @@ a Markdown report built from the records.
 A :class:`Suite` declares what to run: its datasets, its agents (:class:`Contender`: a registered
 agent, its hyperparameter file ``zoo/hyperparams/<stem>.yml`` and how it acts when evaluated), the
 env of a dataset, how an episode batch is evaluated, the budget, and what is specific to it (extra
-measurements per run, studies once per session, extra report sections). :func:`run_suite` then, for
+measurements per run, studies once per session or per dataset, extra report sections). :func:`run_suite` then, for
 every run of the matrix:
 
 1. builds the agent from the registry with the hyperparameters of its (agent, dataset) key,
@@ -46,6 +46,7 @@ except ImportError:  # Windows: stale scratch folders are not detected
 import gymnasium as gym
 import h5py
 import numpy as np
+from filelock import FileLock
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
@@ -58,7 +59,7 @@ from diffgym.scores import get_reference, normalized_score
 from diffgym.tasks.envs import make_env as make_gym_env
 from diffgym.zoo.benchmarks.checkpoints import Progress, RunCheckpoint, is_finished
 from diffgym.zoo.benchmarks.ray_runs import run_on_ray
-from diffgym.zoo.benchmarks.report import hardware, latency_ms, log, now, ranking_value, write_json
+from diffgym.zoo.benchmarks.report import hardware, latency_ms, log, now, ranking_value, read_json, write_json
 from diffgym.zoo.benchmarks.reporting import RECORD_FORMAT, Report, build_report, load_report
 from diffgym.zoo.hyperparameters import parse_override, resolve_hyperparams, split_config
 
@@ -211,6 +212,8 @@ Measure = Callable[[Any, "Run"], dict[str, Any]]
 Procedure = Callable[[Any, "Run"], dict[str, Any]]
 #: (session, prepared datasets) -> a record of a measurement made once per session
 Study = Callable[["Session", list[Dataset]], dict[str, Any]]
+#: (session, one prepared dataset) -> that dataset's result, or None where the study does not apply to it
+DatasetStudy = Callable[["Session", Dataset], Any]
 #: report -> a Markdown section
 Section = Callable[["Report"], str]
 
@@ -361,6 +364,9 @@ class Suite:
         procedure: what a run does with its built agent (default :func:`train_and_evaluate`).
         measures: per-run measurements after the procedure, kept under ``extra``.
         studies: measurements made once per session, each kept in ``<out>/<name>/studies/``.
+        dataset_studies: measurements made once per dataset of a session, each study's kept in
+            ``<out>/<name>/studies/<study>.json`` as ``{dataset: result}``: a session adds or
+            replaces its own datasets' entries and keeps the others' (sessions split by dataset).
         sections: Markdown sections appended to the report.
         zoo_env: ``Dataset -> {"id": ..., "kwargs": {...}}``, the env a zoo model of this suite names
             (what ``diffgym enjoy`` makes; default: the dataset's env id without arguments).
@@ -382,6 +388,7 @@ class Suite:
     procedure: Procedure = train_and_evaluate
     measures: Mapping[str, Measure] = dataclasses.field(default_factory=dict)
     studies: Mapping[str, Study] = dataclasses.field(default_factory=dict)
+    dataset_studies: Mapping[str, DatasetStudy] = dataclasses.field(default_factory=dict)
     sections: tuple[Section, ...] = ()
     zoo_env: Callable[[Dataset], dict[str, Any]] = lambda dataset: {
         "id": dataset.info["env_id"],
@@ -643,6 +650,38 @@ def _run_matrix(session: Session, contenders: list[Contender], names: list[str])
         path = session.folder / "studies" / f"{study_name}.json"
         write_json(path, _timed_record(functools.partial(study, session, prepared)))
         log(f"study {study_name} -> {path}")
+    for study_name, dataset_study in session.suite.dataset_studies.items():
+        path = session.folder / "studies" / f"{study_name}.json"
+        for dataset in prepared:
+            started = time.perf_counter()
+            result = dataset_study(session, dataset)
+            if result is not None:
+                merge_dataset_study(path, dataset.name, result, time.perf_counter() - started)
+                log(f"study {study_name} of {dataset.name} -> {path}")
+
+
+def merge_dataset_study(path: Path, dataset: str, result: Any, seconds: float) -> None:
+    """Put ``dataset``'s ``result`` into the per-dataset study record at ``path`` (atomically, under a
+    lock): other datasets' entries, from other sessions, stay."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_suffix(".lock")):
+        record = read_json(path) if path.exists() else {}
+        results, times = (_mapping(record.get(key)) for key in ("result", "seconds"))
+        write_json(
+            path,
+            {
+                "format": RECORD_FORMAT,
+                "date": now(),
+                "hardware": hardware(),
+                "seconds": {**times, dataset: seconds},
+                "result": {**results, dataset: result},
+            },
+        )
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` if it is a mapping, else an empty one (a study file of the older layout)."""
+    return dict(value) if isinstance(value, Mapping) else {}
 
 
 def finish_run(run: Run, record: dict[str, Any]) -> None:

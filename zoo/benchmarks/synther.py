@@ -169,16 +169,13 @@ def train_with_real_statistics(model: Any, run: Run) -> dict[str, Any]:
     return train_and_evaluate(model, run)
 
 
-def quality_study(session: Session, datasets: list[Dataset]) -> dict[str, Any]:
-    """:func:`quality_table` of each synthetic dataset against a sample of its source."""
-    results = {}
-    for dataset in (d for d in datasets if d.name.endswith(SUFFIX)):
-        n = min(session.params["quality_samples"], dataset.info["transitions"])
-        synthetic = read_synthetic(dataset.data.id, n)
-        results[dataset.name] = quality_table(
-            dataset.info["env_id"], synthetic, real_sample(dataset.info["source"], n, 0)
-        )
-    return results
+def quality_study(session: Session, dataset: Dataset) -> dict[str, Any] | None:
+    """:func:`quality_table` of a synthetic dataset against a sample of its source (None: a real one)."""
+    if not dataset.name.endswith(SUFFIX):
+        return None
+    n = min(session.params["quality_samples"], dataset.info["transitions"])
+    synthetic = read_synthetic(dataset.data.id, n)
+    return quality_table(dataset.info["env_id"], synthetic, real_sample(dataset.info["source"], n, 0))
 
 
 def synthesis_section(report: Report) -> str:
@@ -249,6 +246,6 @@ SUITE = Suite(
     },
     prepare=prepare,
     procedure=train_with_real_statistics,
-    studies={"quality": quality_study},
+    dataset_studies={"quality": quality_study},
     sections=(synthesis_section,),
 )
