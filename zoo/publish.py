@@ -19,10 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import h5py
 import numpy as np
 
 import diffgym
 from diffgym import registry as agents
+from diffgym.data.d4rl import file_metadata
 from diffgym.zoo.benchmarks.checkpoints import record_identity
 from diffgym.zoo.benchmarks.report import now, ranking_value, read_json
 from diffgym.zoo.catalog import (
@@ -34,6 +36,7 @@ from diffgym.zoo.catalog import (
     registry_path,
     write_registry,
 )
+from diffgym.zoo.datasets import read_datasets
 from diffgym.zoo.download import verify_file
 from diffgym.zoo.format import (
     GENERATOR_AGENT,
@@ -535,11 +538,28 @@ def _dataset_description(name: str, data: dict[str, Any]) -> dict[str, Any]:
     described: dict[str, Any] = {
         "id": name,
         "info": {**data, "file": file.name},
-        "recipe": SHARED_DATA_RECIPE,
+        "recipe": _recipe(name, file),
     }
     if file.is_file():
         described |= {"file": file.name, "sha256": FileEntry.of(file).sha256, "size": file.stat().st_size}
     return described
+
+
+def _recipe(name: str, file: Path) -> str:
+    """How the data was made: the shared recipe for a dataset of ``zoo/datasets.json``; else what the file's
+    own metadata says (``made_by``, seed, episodes), e.g. a Meta-World task a suite made itself."""
+    if name in read_datasets():
+        return SHARED_DATA_RECIPE
+    metadata = {}
+    if file.is_file():
+        with h5py.File(file, "r") as handle:
+            metadata = file_metadata(handle)
+    made = ", ".join(f"{key} {metadata[key]}" for key in ("seed", "episodes") if key in metadata)
+    return (
+        f"not in zoo/datasets.json; made by {metadata.get('made_by', 'an unrecorded recipe')}"
+        + (f" ({made})" if made else "")
+        + ", as its suite makes it where the data folder has none; the sha256 identifies the file"
+    )
 
 
 def _training_description(record: dict[str, Any]) -> dict[str, Any]:
@@ -549,7 +569,9 @@ def _training_description(record: dict[str, Any]) -> dict[str, Any]:
         f"diffgym benchmark {record['suite']} --agents {config['agent']} --datasets {config['dataset']} "
         f"--seeds {config['seed'] + 1} --steps {budget['gradient_steps']} --eval-every {budget['eval_every']} "
         f"--eval-episodes {budget['eval_episodes']} --final-episodes {budget['final_episodes']} "
-        "--data-dir DATA_DIR --save-models" + (f" --set {' '.join(settings)}" if settings else "")
+        + (f"--until-flat {budget['until_flat']} " if budget.get("until_flat") else "")
+        + "--data-dir DATA_DIR --save-models"
+        + (f" --set {' '.join(settings)}" if settings else "")
     )
     return {
         "gradient_steps": budget["gradient_steps"],

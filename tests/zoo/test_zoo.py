@@ -364,6 +364,19 @@ def test_the_shipped_registry_is_valid():
 # ------------------------------------------------------------------------------ benchmark run -> zoo model
 
 
+def test_a_card_reproduces_a_run_that_trained_until_its_loss_flattened():
+    from diffgym.zoo.publish import _training_description
+
+    record = {
+        "suite": "metaworld",
+        "config": {"agent": "bc", "dataset": "metaworld-x-v3", "seed": 1, "hyperparams": {"file": None, "key": None}},
+        "budget": {"gradient_steps": 20, "eval_every": 10, "eval_episodes": 1, "final_episodes": 2, "until_flat": 4},
+        "date": "2026-12-01 00:00 UTC", "hardware": {}, "wall_time": {},
+    }  # fmt: skip
+    command = _training_description(record)["command"]
+    assert "--seeds 2 --steps 20 " in command and " --until-flat 4 --data-dir DATA_DIR" in command
+
+
 @pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "sampled actions"])
 def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(
     pendulum_file, tmp_path, home, deterministic
@@ -402,6 +415,8 @@ def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(
          "dql:policy_kwargs.critic_hidden=16", 'dql:precision="bf16"']
     )  # fmt: skip
     assert config["model"]["hyperparameters"]["precision"] == "fp32"
+    assert "--until-flat" not in config["training"]["command"]
+    assert config["dataset"]["recipe"].startswith("not in zoo/datasets.json; made by ")  # not a shared file
     result = check("dql/pendulum-tiny", registry, suite=suite)
     assert result["max_abs_difference"] == 0.0 and result["verdict"] == "identical"
     assert result["measured_returns"] == result["expected_returns"]
