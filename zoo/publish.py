@@ -25,6 +25,7 @@ import numpy as np
 import diffgym
 from diffgym import registry as agents
 from diffgym.data.d4rl import file_metadata
+from diffgym.serialization import ModelFileError
 from diffgym.zoo.benchmarks.checkpoints import record_identity
 from diffgym.zoo.benchmarks.report import now, ranking_value, read_json
 from diffgym.zoo.catalog import (
@@ -36,7 +37,7 @@ from diffgym.zoo.catalog import (
     registry_path,
     write_registry,
 )
-from diffgym.zoo.datasets import read_datasets
+from diffgym.zoo.datasets import SHIPPED_DATASETS, read_datasets
 from diffgym.zoo.download import verify_file
 from diffgym.zoo.format import (
     GENERATOR_AGENT,
@@ -55,11 +56,10 @@ from diffgym.zoo.store import locate
 if TYPE_CHECKING:
     from diffgym.zoo.benchmarks.harness import Suite
 
-#: what the shared datasets are, for the config of models trained on them
-SHARED_DATA_RECIPE = (
-    "made on the diffgym development machine the way D4RL made its data (behaviour policies trained "
-    "with SB3, D4RL's flat HDF5 layout); zoo/datasets.json lists the file with its sha256 "
-    "(diffgym data fetch NAME), and the README of the shared datasets folder gives the recipe"
+#: where the shared datasets are published, for the cards of models trained on them
+SHARED_DATA_SOURCE = (
+    "zoo/datasets.json lists the file with its sha256 (diffgym data fetch NAME), and the README of the "
+    "shared datasets folder gives the recipe"
 )
 
 
@@ -535,31 +535,38 @@ def _zoo_env(record: dict[str, Any]) -> dict[str, Any]:
 
 def _dataset_description(name: str, data: dict[str, Any]) -> dict[str, Any]:
     file = Path(str(data.get("file", "")))
+    sha256 = FileEntry.of(file).sha256 if file.is_file() else None
     described: dict[str, Any] = {
         "id": name,
         "info": {**data, "file": file.name},
-        "recipe": _recipe(name, file),
+        "recipe": f"made by {_made_by(file)}; {_where_published(name, sha256)}",
     }
-    if file.is_file():
-        described |= {"file": file.name, "sha256": FileEntry.of(file).sha256, "size": file.stat().st_size}
+    if sha256 is not None:
+        described |= {"file": file.name, "sha256": sha256, "size": file.stat().st_size}
     return described
 
 
-def _recipe(name: str, file: Path) -> str:
-    """How the data was made: the shared recipe for a dataset of ``zoo/datasets.json``; else what the file's
-    own metadata says (``made_by``, seed, episodes), e.g. a Meta-World task a suite made itself."""
-    if name in read_datasets():
-        return SHARED_DATA_RECIPE
-    metadata = {}
-    if file.is_file():
-        with h5py.File(file, "r") as handle:
-            metadata = file_metadata(handle)
-    made = ", ".join(f"{key} {metadata[key]}" for key in ("seed", "episodes") if key in metadata)
-    return (
-        f"not in zoo/datasets.json; made by {metadata.get('made_by', 'an unrecorded recipe')}"
-        + (f" ({made})" if made else "")
-        + ", as its suite makes it where the data folder has none; the sha256 identifies the file"
-    )
+def _made_by(file: Path) -> str:
+    """What made the data, as its file's metadata says (``made_by``, with the seed and the episodes)."""
+    if not file.is_file():
+        return "an unrecorded recipe (the file was not found when the model was published)"
+    with h5py.File(file, "r") as handle:
+        metadata = file_metadata(handle) or dict(
+            handle.attrs
+        )  # ours: one JSON attribute; older files: plain ones
+    details = ", ".join(f"{key} {metadata[key]}" for key in ("seed", "episodes") if key in metadata)
+    return str(metadata.get("made_by", "an unrecorded recipe")) + (f" ({details})" if details else "")
+
+
+def _where_published(name: str, sha256: str | None) -> str:
+    """The shared datasets' source where ``zoo/datasets.json`` lists this very file (same SHA-256)."""
+    try:
+        listed = read_datasets(SHIPPED_DATASETS).get(name)
+    except ModelFileError:
+        listed = None
+    if sha256 is not None and listed is not None and listed.checksum.sha256 == sha256:
+        return SHARED_DATA_SOURCE
+    return "not in zoo/datasets.json" + ("; the sha256 identifies the file" if sha256 else "")
 
 
 def _training_description(record: dict[str, Any]) -> dict[str, Any]:

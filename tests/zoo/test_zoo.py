@@ -8,6 +8,7 @@ import pickle
 import shlex
 import shutil
 import threading
+import types
 
 import gymnasium as gym
 import numpy as np
@@ -364,6 +365,30 @@ def test_the_shipped_registry_is_valid():
 # ------------------------------------------------------------------------------ benchmark run -> zoo model
 
 
+def test_a_card_says_what_made_its_data_and_whether_the_zoo_lists_that_very_file(tmp_path, monkeypatch):
+    import h5py
+
+    from diffgym.zoo import publish as publishing
+
+    file = tmp_path / "hopper-medium.hdf5"  # a shared dataset's name, but not its file
+    with h5py.File(file, "w") as handle:
+        handle.attrs["metadata"] = json.dumps({"made_by": "a scripted expert", "seed": 3, "episodes": 2})
+    described = publishing._dataset_description("hopper-medium", {"file": str(file)})
+    sha256 = described["sha256"]
+    assert described["recipe"] == (
+        "made by a scripted expert (seed 3, episodes 2); not in zoo/datasets.json; the sha256 identifies the file"
+    )
+    listed = types.SimpleNamespace(checksum=types.SimpleNamespace(sha256=sha256))
+    monkeypatch.setattr(publishing, "read_datasets", lambda registry: {"hopper-medium": listed})
+    shared = publishing._dataset_description("hopper-medium", {"file": str(file)})["recipe"]
+    assert shared == f"made by a scripted expert (seed 3, episodes 2); {publishing.SHARED_DATA_SOURCE}"
+    missing = publishing._dataset_description("hopper-medium", {"file": str(tmp_path / "gone.hdf5")})
+    assert "sha256" not in missing and missing["recipe"].startswith(
+        "made by an unrecorded recipe (the file was not"
+    )
+    assert missing["recipe"].endswith("; not in zoo/datasets.json")
+
+
 def test_a_card_reproduces_a_run_that_trained_until_its_loss_flattened():
     from diffgym.zoo.publish import _training_description
 
@@ -416,7 +441,7 @@ def test_a_benchmark_run_becomes_a_zoo_model_whose_card_the_zoo_reproduces(
     )  # fmt: skip
     assert config["model"]["hyperparameters"]["precision"] == "fp32"
     assert "--until-flat" not in config["training"]["command"]
-    assert config["dataset"]["recipe"].startswith("not in zoo/datasets.json; made by ")  # not a shared file
+    assert config["dataset"]["recipe"].endswith("; not in zoo/datasets.json; the sha256 identifies the file")
     result = check("dql/pendulum-tiny", registry, suite=suite)
     assert result["max_abs_difference"] == 0.0 and result["verdict"] == "identical"
     assert result["measured_returns"] == result["expected_returns"]
