@@ -145,7 +145,8 @@ def test_synthetic_pool_matches_the_real_statistics():
         1,
     )
     std = real.std(0)
-    np.testing.assert_array_less(np.abs(synthetic.mean(0) - real.mean(0)), 0.1 * std)
+    # the continuous columns' means within 0.1 std; the done flag's rate has its own bound below
+    np.testing.assert_array_less(np.abs(synthetic.mean(0) - real.mean(0))[:-1], 0.1 * std[:-1])
     np.testing.assert_allclose(synthetic.std(0), std, rtol=0.15)
     # The tiny model overestimates the strong correlations by up to 0.11 (measured in CI's full run,
     # 0.79 against 0.68; order-dependent float noise over 1500 steps moves it around 0.1); a model
