@@ -120,8 +120,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Make the Meta-World benchmark's data: each task's scripted policy (metaworld.policies, actions "
         "clipped to [-1, 1], no noise) for --episodes episodes of --horizon steps, fresh object and goal "
         "positions each episode (episode i seeded SEED + i), in D4RL's flat layout with the per-step success "
-        "flag under infos/success (what `diffgym benchmark metaworld --data-dir OUT` reads); each file's metadata "
-        "records the seconds it took. Needs 'diffgym[metaworld]'.",
+        "flag under infos/success (what `diffgym benchmark metaworld --data-dir OUT` reads); the same command on "
+        "the same build makes the same bytes. Needs 'diffgym[metaworld]'.",
     )
     demos.add_argument(
         "tasks", nargs="+", metavar="TASK", help="Meta-World tasks, e.g. reach-v3 pick-place-v3"

@@ -1,4 +1,4 @@
-"""``diffgym zoo list|info|download|export|add|check`` and ``diffgym enjoy NAME``: the pretrained models."""
+"""``diffgym zoo list|info|download|export|add|reevaluate|redescribe|check`` and ``diffgym enjoy NAME``: the pretrained models."""
 
 from __future__ import annotations
 
@@ -82,6 +82,18 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     again.add_argument("name")
     again.add_argument("--why", required=True, help="why the card is re-evaluated (kept on the card)")
     again.set_defaults(func=zoo_reevaluate)
+    describe = commands.add_parser(
+        "redescribe",
+        help="maintainers: describe a model's data again from the very file it was trained on (weights unchanged)",
+        description="For cards written before the recipe was read from the data file: each card's dataset "
+        "description becomes what its file's metadata says made it, and whether zoo/datasets.json lists that "
+        "file. The file is looked up by name in the --data-dir folders and must have the card's SHA-256.",
+    )
+    describe.add_argument("names", nargs="*", metavar="NAME", help="default: every model")
+    describe.add_argument(
+        "--data-dir", type=Path, action="append", required=True, help="a folder of data files (repeatable)"
+    )
+    describe.set_defaults(func=zoo_redescribe)
     check = commands.add_parser(
         "check",
         help="evaluate models again with their suite's protocol and compare with their cards",
@@ -91,7 +103,7 @@ def add_zoo_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("names", nargs="*", metavar="NAME", help="default: every model")
     check.add_argument("--episodes", type=int, help="replay only the card's first N episodes")
-    for parser in (listing, info, download, export, add, again, check):
+    for parser in (listing, info, download, export, add, again, describe, check):
         parser.add_argument("--registry", type=Path, help=REGISTRY_HELP)
     listing.set_defaults(func=zoo_list)
     info.set_defaults(func=zoo_info)
@@ -228,6 +240,24 @@ def zoo_reevaluate(args: argparse.Namespace) -> int:
         f"{entry.name}: final mean return {entry.summary['mean_return']:.1f}, score {_score(entry.summary.get('score'))}"
     )
     return 0
+
+
+def zoo_redescribe(args: argparse.Namespace) -> int:
+    from diffgym import zoo
+    from diffgym.zoo.publish import redescribe_data
+
+    failed = 0
+    for name in args.names or list(zoo.list(args.registry)):
+        try:
+            entry = redescribe_data(name, args.data_dir, args.registry)
+        except (FileNotFoundError, ValueError) as error:
+            failed += 1
+            print(f"{name}: not redescribed: {error}")
+            continue
+        print(
+            f"{name}: {zoo.info(name, args.registry)['config']['dataset']['recipe']} ({entry.files['README.md'].sha256[:12]})"
+        )
+    return 1 if failed else 0
 
 
 def zoo_check(args: argparse.Namespace) -> int:

@@ -163,10 +163,16 @@ def _write_folder(
     if not _holds(folder / WEIGHTS, tensors):  # safetensors' header order varies: rewrite only changes
         with atomic_file(folder / WEIGHTS) as file:
             file.write(_safetensors_bytes(tensors))
-    _write_json(folder / CONFIG, config)
     _write_json(folder / RESULTS, dict(results))
+    return rewrite_config(folder, config)
+
+
+def rewrite_config(folder: Path, config: dict[str, Any]) -> dict[str, FileEntry]:
+    """Replace a zoo folder's ``config.json`` and the card made from it and its ``results.json``, each
+    atomically; the weights and results are untouched. Returns the folder's registry entries."""
+    _write_json(folder / CONFIG, config)
     with atomic_file(folder / CARD) as file:
-        file.write(model_card(config, results).encode())
+        file.write(model_card(config, read_results(folder)).encode())
     return {file: FileEntry.of(folder / file) for file in MODEL_FILES}
 
 

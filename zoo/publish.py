@@ -47,7 +47,9 @@ from diffgym.zoo.format import (
     read_model_folder,
     read_results,
     results_summary,
+    rewrite_config,
     seeds_text,
+    verify_entry,
     write_model_folder,
 )
 from diffgym.zoo.hyperparameters import HYPERPARAMS_DIR, resolve_hyperparams
@@ -502,6 +504,48 @@ def reevaluate(
     )
     renewed = dataclasses.replace(entry, files=files, summary={**entry.summary, **results_summary(updated)})
     path = registry_path(registry)
+    write_registry({**read_registry(path), name: renewed}, path)
+    return renewed
+
+
+def redescribe_data(
+    name: str, data_dirs: Sequence[str | os.PathLike], registry: str | os.PathLike | None = None
+) -> ZooEntry:
+    """Describe zoo model ``name``'s data again from the very file it was trained on, as
+    :func:`publish` does today: the card's recipe becomes what the file's metadata says made it, and
+    whether ``zoo/datasets.json`` lists that file. For cards written before the recipe was read from
+    the file. Weights and results are unchanged; the files are verified first and the registry entry
+    renewed.
+
+    Args:
+        name: the zoo name (its folder beside ``registry``, where publishing wrote it).
+        data_dirs: folders searched in order for the card's data file (same name, same SHA-256).
+
+    Raises:
+        ModelFileError: a file of the model's folder is not the one the registry lists.
+        FileNotFoundError: no folder has the data file, or the card names none.
+        ValueError: the file found is not the one the model was trained on (another SHA-256).
+    """
+    entry = find(name, registry)
+    path = registry_path(registry)
+    folder = path.parent / Path("models", *name.split("/"))
+    for file, expected in entry.files.items():
+        verify_entry(folder / file, expected)
+    config = read_config(folder)
+    described = config.get("dataset") or {}
+    if "file" not in described or "sha256" not in described:
+        raise FileNotFoundError(f"{name}: its card names no data file with its sha256 to describe")
+    candidates = [Path(directory) / described["file"] for directory in data_dirs]
+    found = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"{name}: {described['file']} is in none of {', '.join(map(str, data_dirs))}")
+    if FileEntry.of(found).sha256 != described["sha256"]:
+        raise ValueError(
+            f"{name}: {found} is not the file it was trained on (sha256 {described['sha256']} on its card)"
+        )
+    info = {**(described.get("info") or {}), "file": str(found)}
+    files = rewrite_config(folder, {**config, "dataset": _dataset_description(described["id"], info)})
+    renewed = dataclasses.replace(entry, files=files)
     write_registry({**read_registry(path), name: renewed}, path)
     return renewed
 

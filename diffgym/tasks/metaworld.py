@@ -11,7 +11,7 @@ Needs ``pip install 'diffgym[metaworld]'``.
   the scripted expert, without noise, for ``episodes`` episodes of ``horizon`` steps, episode ``i``
   reset with ``seed + i``, written in D4RL's flat layout with the per-step success flag under
   ``infos/success`` and a ``metadata`` attribute (env id and kwargs, versions, success rate, first
-  success step, returns, seconds). The shared ``metaworld-<task>.hdf5`` files were made with the same
+  success step, returns; no time, so the same recipe on the same build makes the same bytes). The shared ``metaworld-<task>.hdf5`` files were made with the same
   experts and settings; their episodes were seeded differently, so their rows are not these.
 """
 
@@ -100,7 +100,8 @@ def _clipped(policy: Any) -> Callable[[np.ndarray], np.ndarray]:
 def make_demonstrations(
     task: str, path: str | Path, episodes: int = 50, seed: int = 0, horizon: int = HORIZON
 ) -> dict[str, Any]:
-    """Roll out the scripted expert (see the module doc) and write ``path``; returns its metadata.
+    """Roll out the scripted expert (see the module doc) and write ``path``; returns its metadata and
+    the ``seconds`` it took.
 
     Raises:
         ValueError: an unknown task (the nearest are named), or fewer than one episode or step.
@@ -135,9 +136,9 @@ def make_demonstrations(
             {"mean": float(succeeded.mean()), "max": int(succeeded.max())} if len(succeeded) else None
         ),
         "std_return": float(np.std(returns)),
-        "seconds": round(time.perf_counter() - started, 1),
     }
-    return write_d4rl_file(Path(path), arrays, metadata)
+    written = write_d4rl_file(Path(path), arrays, metadata)
+    return written | {"seconds": round(time.perf_counter() - started, 1)}
 
 
 def _episode(

@@ -389,6 +389,52 @@ def test_a_card_says_what_made_its_data_and_whether_the_zoo_lists_that_very_file
     assert missing["recipe"].endswith("; not in zoo/datasets.json")
 
 
+def test_an_old_card_s_data_is_described_again_from_the_very_file_it_was_trained_on(trained, tmp_path, home):
+    import h5py
+
+    from diffgym.zoo.format import FileEntry
+    from diffgym.zoo.publish import redescribe_data
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with h5py.File(data / "demos.hdf5", "w") as handle:
+        handle.attrs["metadata"] = json.dumps({"made_by": "a scripted expert", "seed": 0, "episodes": 5})
+    sha256 = FileEntry.of(data / "demos.hdf5").sha256
+    old = {"id": "demos", "file": "demos.hdf5", "sha256": sha256, "info": {"episodes": 5},
+           "recipe": "behaviour policies trained with SB3"}  # fmt: skip
+    folder = tmp_path / "zoo" / "models" / "dql" / "pendulum-test"
+    files = write_model_folder(trained, folder, name="dql/pendulum-test", **{**DESCRIPTION, "dataset": old})
+    weights = (folder / WEIGHTS).read_bytes()
+    registry = registry_with(
+        tmp_path / "zoo",
+        {
+            "dql/pendulum-test": package_entry(
+                "dql/pendulum-test", "models/dql/pendulum-test", files, tmp_path / "zoo"
+            )
+        },
+    )
+    with pytest.raises(FileNotFoundError, match=r"demos\.hdf5 is in none of"):
+        redescribe_data("dql/pendulum-test", [tmp_path], registry)
+    renewed = redescribe_data("dql/pendulum-test", [tmp_path, data], registry)
+    described = zoo.info("dql/pendulum-test", registry)["config"]["dataset"]
+    assert described["recipe"] == (
+        "made by a scripted expert (seed 0, episodes 5); not in zoo/datasets.json; the sha256 identifies the file"
+    )
+    assert described["info"] == {"episodes": 5, "file": "demos.hdf5"} and described["sha256"] == sha256
+    assert "made by a scripted expert" in (folder / "README.md").read_text()
+    assert (folder / WEIGHTS).read_bytes() == weights and renewed.files[WEIGHTS] == files[WEIGHTS]
+    loaded = zoo.load("dql/pendulum-test", registry=registry, device="cpu")  # the renewed entry verifies
+    assert np.array_equal(loaded.predict(observations(), deterministic=True)[0],
+                          trained.predict(observations(), deterministic=True)[0])  # fmt: skip
+    with h5py.File(data / "demos.hdf5", "a") as handle:
+        handle.attrs["note"] = "another file now"
+    with pytest.raises(ValueError, match="is not the file it was trained on"):
+        redescribe_data("dql/pendulum-test", [data], registry)
+    (folder / WEIGHTS).write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
+    with pytest.raises(ModelFileError):
+        redescribe_data("dql/pendulum-test", [data], registry)
+
+
 def test_a_card_reproduces_a_run_that_trained_until_its_loss_flattened():
     from diffgym.zoo.publish import _training_description
 
