@@ -229,3 +229,26 @@ def test_an_action_chunk_env_that_does_not_fit_the_policy_is_refused(line_model,
         DiffusionPolicy(
             "MlpPolicy", env(), dataset=line_model.dataset, policy_kwargs={**TINY, **policy_kwargs}
         )
+
+
+def test_dps_own_min_max_observation_normalisation_maps_the_data_to_its_range_and_round_trips(
+    minari_store, tmp_path
+):
+    env = BimodalLine()
+    dataset = collect_dataset(env, env.demonstrator, "test/bimodal-line/minmax-v0", n_episodes=20)
+    kwargs = dict(TINY, obs_normalization="minmax", sampler={"name": "ddim", "num_steps": 2})
+    model = DiffusionPolicy(
+        "MlpPolicy", env, dataset=dataset, batch_size=16, lr_warmup_steps=0, seed=0, policy_kwargs=kwargs
+    )
+    model.learn(5)  # every step's observation (the final one of each episode is not trained on)
+    observations = np.concatenate([episode.observations[:-1] for episode in dataset.iterate_episodes()])
+    normalised = model.policy.features(torch.as_tensor(observations))
+    assert normalised.min().item() == pytest.approx(-1.0) and normalised.max().item() == pytest.approx(1.0)
+    model.save(tmp_path / "minmax")
+    loaded = DiffusionPolicy.load(tmp_path / "minmax", env=env)
+    history = observations[:3]  # three envs
+    np.testing.assert_array_equal(
+        loaded.predict(history, deterministic=True)[0], model.predict(history, deterministic=True)[0]
+    )
+    with pytest.raises(ValueError, match="obs_normalization='range': choose one of 'standard', 'minmax'"):
+        DiffusionPolicy("MlpPolicy", env, policy_kwargs=dict(TINY, obs_normalization="range"))
