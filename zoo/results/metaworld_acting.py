@@ -7,7 +7,8 @@ the benchmark's own episodes (seed ``s``'s final evaluation: episode ``i`` reset
 - ``stochastic``: fresh noise per chunk, DDIM 10 steps, 8 of 16 actions executed (the benchmark's);
 - ``deterministic``: the same with the policy's fixed noise (``predict(deterministic=True)``);
 - ``ddim50``: DDIM with 50 steps; ``ddpm100``: DP's own simulation sampler, DDPM over all 100 steps;
-- ``execute4``: a new chunk every 4 steps instead of 8 (more feedback, twice the sampling).
+- ``execute4``, ``execute2``, ``execute1``: a new chunk every 4, 2 or 1 steps instead of 8 (more
+  feedback, 2, 4 or 8 times the sampling; ``execute1`` acts closed-loop as BC does).
 
 Nothing is retrained: the differences are the acting choices alone. The sampling generator is
 seeded as the benchmark seeds it, so ``stochastic`` replays the record's final evaluation.
@@ -37,6 +38,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
     "ddim50": ({"sampler": {"name": "ddim", "num_steps": 50}}, False),
     "ddpm100": ({"sampler": {"name": "ddpm"}}, False),
     "execute4": ({"n_action_steps": 4}, False),
+    "execute2": ({"n_action_steps": 2}, False),
+    "execute1": ({"n_action_steps": 1}, False),
 }
 
 
