@@ -80,6 +80,19 @@ def test_markdown_report_from_the_records(results):
     assert len(json.loads((session.out / "tiny.json").read_text())["runs"]) == 4
 
 
+def test_records_from_several_machines_name_each_machine_with_its_records():
+    from diffgym.zoo.benchmarks.reporting import hardware_text
+
+    one = hardware_text({"AMD EPYC, 2 cores": ["dql x s0", "dql x s1"]})
+    assert one == "Hardware: AMD EPYC, 2 cores."
+    two = hardware_text(
+        {"Intel Xeon": ["bc x s0"], "AMD EPYC": ["dql x s0", "dql x s1"], "Arm": ["study expert"]}
+    )
+    assert two.startswith("Hardware: these records come from 3 machines") and "AMD EPYC (2 records)" in two
+    assert "Intel Xeon (bc x s0); Arm (study expert)." in two
+    assert hardware_text({}) == ""
+
+
 def test_a_learning_curve_figure_per_dataset_linked_from_the_report(results):
     session, path = results
     figure = session.out / "tiny_curves" / "pendulum-tiny.png"

@@ -58,6 +58,18 @@ class Report:
         records = [*self.runs, *self.studies.values()]
         return records[0]["hardware"] if records else None
 
+    @property
+    def machines(self) -> dict[str, list[str]]:
+        """Each machine's hardware line -> the records made on it (runs as ``agent dataset sSEED``,
+        studies as ``study NAME``), in the report's order."""
+        named = [(run["hardware"], "{agent} {dataset} s{seed}".format(**run["config"])) for run in self.runs]
+        named += [(study.get("hardware"), f"study {name}") for name, study in self.studies.items()]
+        machines: dict[str, list[str]] = {}
+        for info, name in named:
+            if info is not None:
+                machines.setdefault(hardware_line(info), []).append(name)
+        return machines
+
 
 def load_report(session: Session) -> Report:
     """Every record of the current layout in the suite's folder, in the suite's order."""
@@ -107,9 +119,21 @@ def render_markdown(report: Report, figures: dict[str, str] | None = None) -> st
         links = ", ".join(f"[{dataset}]({path})" for dataset, path in figures.items())
         parts.append(f"Learning curves (mean ± std over seeds; dot: the final evaluation): {links}.")
     parts += [section(report) for section in suite.sections]
-    if report.hardware is not None:
-        parts.append(f"Hardware: {hardware_line(report.hardware)}.")
+    parts.append(hardware_text(report.machines))
     return "\n\n".join(part for part in parts if part)
+
+
+def hardware_text(machines: dict[str, list[str]]) -> str:
+    """The hardware sentence: the one machine, or each machine with the records made on it (the
+    largest group by its count)."""
+    if len(machines) <= 1:
+        return "".join(f"Hardware: {line}." for line in machines)
+    largest = max(machines, key=lambda line: len(machines[line]))
+    others = "; ".join(f"{line} ({', '.join(names)})" for line, names in machines.items() if line != largest)
+    return (
+        f"Hardware: these records come from {len(machines)} machines, so their speeds compare only within one: "
+        f"{largest} ({len(machines[largest])} records); {others}."
+    )
 
 
 def scores_table(report: Report) -> str:
