@@ -249,14 +249,12 @@ def zoo_redescribe(args: argparse.Namespace) -> int:
     failed = 0
     for name in args.names or list(zoo.list(args.registry)):
         try:
-            entry = redescribe_data(name, args.data_dir, args.registry)
-        except (FileNotFoundError, ValueError) as error:
+            described = redescribe_data(name, args.data_dir, args.registry)
+        except (KeyError, FileNotFoundError, ValueError) as error:
             failed += 1
             print(f"{name}: not redescribed: {error}")
             continue
-        print(
-            f"{name}: {zoo.info(name, args.registry)['config']['dataset']['recipe']} ({entry.files['README.md'].sha256[:12]})"
-        )
+        print(f"{name}: {described['recipe']}")
     return 1 if failed else 0
 
 

@@ -168,8 +168,9 @@ def _write_folder(
 
 
 def rewrite_config(folder: Path, config: dict[str, Any]) -> dict[str, FileEntry]:
-    """Replace a zoo folder's ``config.json`` and the card made from it and its ``results.json``, each
-    atomically; the weights and results are untouched. Returns the folder's registry entries."""
+    """Replace a zoo folder's ``config.json`` and ``README.md`` (the card, made from the config and
+    ``results.json``), each atomically; the weights and results are untouched. Returns the folder's
+    registry entries."""
     _write_json(folder / CONFIG, config)
     with atomic_file(folder / CARD) as file:
         file.write(model_card(config, read_results(folder)).encode())

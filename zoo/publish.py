@@ -40,8 +40,11 @@ from diffgym.zoo.catalog import (
 from diffgym.zoo.datasets import SHIPPED_DATASETS, read_datasets
 from diffgym.zoo.download import verify_file
 from diffgym.zoo.format import (
+    CONFIG,
     GENERATOR_AGENT,
     GENERATOR_KIND,
+    RESULTS,
+    WEIGHTS,
     FileEntry,
     read_config,
     read_model_folder,
@@ -510,44 +513,69 @@ def reevaluate(
 
 def redescribe_data(
     name: str, data_dirs: Sequence[str | os.PathLike], registry: str | os.PathLike | None = None
-) -> ZooEntry:
+) -> dict[str, Any]:
     """Describe zoo model ``name``'s data again from the very file it was trained on, as
     :func:`publish` does today: the card's recipe becomes what the file's metadata says made it, and
     whether ``zoo/datasets.json`` lists that file. For cards written before the recipe was read from
-    the file. Weights and results are unchanged; the files are verified first and the registry entry
-    renewed.
+    the file. Weights and results are unchanged and verified first; ``config.json`` too, unless a
+    run stopped after rewriting it (it then already holds the new description), so running again
+    finishes the job. The registry entry is renewed last.
 
     Args:
-        name: the zoo name (its folder beside ``registry``, where publishing wrote it).
+        name: the zoo name of a model whose files ship with the registry (a package source).
         data_dirs: folders searched in order for the card's data file (same name, same SHA-256).
 
+    Returns:
+        the new dataset description.
+
     Raises:
+        KeyError: no model of that name.
         ModelFileError: a file of the model's folder is not the one the registry lists.
-        FileNotFoundError: no folder has the data file, or the card names none.
-        ValueError: the file found is not the one the model was trained on (another SHA-256).
+        ValueError: the model's files are not (only) in a local folder, or its card names no data
+            file with its SHA-256, or the file found is not the one it was trained on.
+        FileNotFoundError: no folder has the data file.
     """
     entry = find(name, registry)
-    path = registry_path(registry)
-    folder = path.parent / Path("models", *name.split("/"))
-    for file, expected in entry.files.items():
-        verify_entry(folder / file, expected)
+    folder = _shipped_folder(entry)
+    for file in (WEIGHTS, RESULTS):
+        verify_entry(folder / file, entry.files[file])
     config = read_config(folder)
-    described = config.get("dataset") or {}
+    card = config.get("dataset") or {}
+    data = _training_data(name, card, data_dirs)
+    described = _dataset_description(card["id"], {**(card.get("info") or {}), "file": str(data)})
+    if card != described:  # not rewritten yet (one that is comes from a run stopped before the registry)
+        verify_entry(folder / CONFIG, entry.files[CONFIG])
+    files = rewrite_config(folder, {**config, "dataset": described})
+    path = registry_path(registry)
+    write_registry({**read_registry(path), name: dataclasses.replace(entry, files=files)}, path)
+    return described
+
+
+def _shipped_folder(entry: ZooEntry) -> Path:
+    """The one local (package) folder that holds ``entry``'s files."""
+    if [source.kind for source in entry.sources] != ["package"]:
+        raise ValueError(
+            f"{entry.name}: its files are not only in a local folder ({', '.join(s.kind for s in entry.sources)}); "
+            "rewriting them here would not change what the other sources serve: republish it there"
+        )
+    return entry.package_folder(entry.sources[0])
+
+
+def _training_data(name: str, described: dict[str, Any], data_dirs: Sequence[str | os.PathLike]) -> Path:
+    """The card's data file in the first of ``data_dirs`` that has it, checked by its SHA-256."""
     if "file" not in described or "sha256" not in described:
-        raise FileNotFoundError(f"{name}: its card names no data file with its sha256 to describe")
-    candidates = [Path(directory) / described["file"] for directory in data_dirs]
-    found = next((candidate for candidate in candidates if candidate.is_file()), None)
+        raise ValueError(f"{name}: its card names no data file with its sha256 to describe")
+    found = next(
+        (Path(d) / described["file"] for d in data_dirs if (Path(d) / described["file"]).is_file()), None
+    )
     if found is None:
         raise FileNotFoundError(f"{name}: {described['file']} is in none of {', '.join(map(str, data_dirs))}")
-    if FileEntry.of(found).sha256 != described["sha256"]:
+    sha256 = FileEntry.of(found).sha256
+    if sha256 != described["sha256"]:
         raise ValueError(
-            f"{name}: {found} is not the file it was trained on (sha256 {described['sha256']} on its card)"
+            f"{name}: {found} (sha256 {sha256}) is not the file it was trained on (sha256 {described['sha256']})"
         )
-    info = {**(described.get("info") or {}), "file": str(found)}
-    files = rewrite_config(folder, {**config, "dataset": _dataset_description(described["id"], info)})
-    renewed = dataclasses.replace(entry, files=files)
-    write_registry({**read_registry(path), name: renewed}, path)
-    return renewed
+    return found
 
 
 def _card_evaluation(

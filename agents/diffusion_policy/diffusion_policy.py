@@ -80,7 +80,7 @@ class DiffusionPolicy(SequenceAlgorithm):
     - The U-Net embeds the global condition with an MLP concatenated to the time embedding (DP
       concatenates the raw condition; see :class:`~diffgym.denoisers.TemporalUnet`).
     - Observations are standardised, their std floored at 0.01 (DP: min-max to [-1, 1], which
-      ``policy_kwargs=dict(obs_normalization="minmax")`` gives); actions are scaled to [-1, 1] by
+      ``policy_kwargs=dict(normalizer="limits")`` gives); actions are scaled to [-1, 1] by
       the action space's bounds (DP: by the data's range).
     - Padding after an episode's end repeats its last action, as DP's, with the loss on every step;
       but windows may start at every step of an episode (DP's stop ``n_action_steps - 1`` steps

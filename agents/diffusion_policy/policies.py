@@ -14,7 +14,7 @@ from torch import Tensor
 from diffgym.denoisers import TemporalUnet
 from diffgym.diffusion import GaussianDiffusion
 from diffgym.ema import EMA
-from diffgym.normalizers import GaussianNormalizer, MinMaxNormalizer, Normalizer
+from diffgym.normalizers import NormalizerKind, make_normalizer
 from diffgym.policies import check_finite_observation
 from diffgym.samplers import Sampler, make_sampler
 from diffgym.schedules import NoiseSchedule
@@ -53,10 +53,12 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
             real robots; here DDIM with 10 steps, for CPU latency).
         temporal_ensemble_coeff: ACT's ``m`` to blend overlapping chunks (ACT: 0.01); None (default)
             executes chunks as they are, as DP does.
-        obs_normalization: ``"standard"`` (default): each observation feature standardised by the
-            data's mean and std; ``"minmax"``: its data range mapped to [-1, 1], as DP does.
+        normalizer: how observations are normalised (see
+            :func:`~diffgym.normalizers.make_normalizer`): ``"gaussian"`` (default) standardises each
+            feature by the data's mean and std; ``"limits"`` maps its data range to [-1, 1], as DP
+            does; ``"cdf"`` maps it through its empirical CDF.
         obs_std_floor: floor of each observation feature's spread (std, or half-range with
-            ``"minmax"``): near-constant features (Meta-World's object quaternions vary by 1e-5 in
+            ``"limits"``): near-constant features (Meta-World's object quaternions vary by 1e-5 in
             the demonstrations) would otherwise be scaled by up to 1e6 and explode as soon as a
             rollout leaves the data.
         weight_decay, adam_betas: AdamW's (DP: 1e-6, (0.95, 0.999)).
@@ -83,7 +85,7 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
         kernel_size: int = 5,
         sampler: str | dict[str, Any] | None = None,
         temporal_ensemble_coeff: float | None = None,
-        obs_normalization: str = "standard",
+        normalizer: NormalizerKind = "gaussian",
         obs_std_floor: float = 1e-2,
         weight_decay: float = 1e-6,
         adam_betas: tuple[float, float] = (0.95, 0.999),
@@ -96,7 +98,7 @@ class DiffusionPolicyNet(RecedingHorizonPolicy):
         self.temporal_ensemble_coeff = temporal_ensemble_coeff
         self.n_action_steps = 1 if temporal_ensemble_coeff is not None else n_action_steps
         self.obs_std_floor = obs_std_floor
-        self.obs_normalizer = _observation_normalizer(obs_normalization, self.obs_dim)
+        self.obs_normalizer = make_normalizer(normalizer, self.obs_dim)[0]  # observations are not clipped
         denoiser = TemporalUnet(
             self.action_dim,
             cond_dim=n_obs_steps * self.obs_dim,
@@ -205,14 +207,3 @@ def _check_horizons(n_obs_steps: int, horizon: int, n_action_steps: int, multipl
             f"n_action_steps must be in [1, horizon - n_obs_steps + 1 = {horizon - n_obs_steps + 1}], "
             f"got {n_action_steps}"
         )
-
-
-def _observation_normalizer(name: str, obs_dim: int) -> Normalizer:
-    """The (unfitted) observation normaliser ``obs_normalization`` names."""
-    kinds: dict[str, type[GaussianNormalizer | MinMaxNormalizer]] = {
-        "standard": GaussianNormalizer,
-        "minmax": MinMaxNormalizer,
-    }
-    if name not in kinds:
-        raise ValueError(f"obs_normalization={name!r}: choose one of {', '.join(map(repr, kinds))}")
-    return kinds[name](obs_dim)

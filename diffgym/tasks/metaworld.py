@@ -11,8 +11,9 @@ Needs ``pip install 'diffgym[metaworld]'``.
   the scripted expert, without noise, for ``episodes`` episodes of ``horizon`` steps, episode ``i``
   reset with ``seed + i``, written in D4RL's flat layout with the per-step success flag under
   ``infos/success`` and a ``metadata`` attribute (env id and kwargs, versions, success rate, first
-  success step, returns; no time, so the same recipe on the same build makes the same bytes). The shared ``metaworld-<task>.hdf5`` files were made with the same
-  experts and settings; their episodes were seeded differently, so their rows are not these.
+  success step, returns; no time, so the same recipe on the same build makes the same bytes). The
+  shared ``metaworld-<task>.hdf5`` files were made with the same experts and settings; their
+  episodes were seeded differently, so their rows are not these.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from gymnasium import spaces
 from diffgym import DiffusionPolicy
 from diffgym.agents.diffusion_policy import DiffusionPolicyNet
 from diffgym.data import collect_dataset
+from diffgym.normalizers import MinMaxNormalizer
 from diffgym.wrappers import ActionChunkWrapper, make_chunked_env
 
 TINY = dict(horizon=8, n_action_steps=4, num_timesteps=10, dim=16, dim_mults=(1, 2))
@@ -236,7 +237,7 @@ def test_dps_own_min_max_observation_normalisation_maps_the_data_to_its_range_an
 ):
     env = BimodalLine()
     dataset = collect_dataset(env, env.demonstrator, "test/bimodal-line/minmax-v0", n_episodes=20)
-    kwargs = dict(TINY, obs_normalization="minmax", sampler={"name": "ddim", "num_steps": 2})
+    kwargs = dict(TINY, normalizer="limits", sampler={"name": "ddim", "num_steps": 2})
     model = DiffusionPolicy(
         "MlpPolicy", env, dataset=dataset, batch_size=16, lr_warmup_steps=0, seed=0, policy_kwargs=kwargs
     )
@@ -250,5 +251,6 @@ def test_dps_own_min_max_observation_normalisation_maps_the_data_to_its_range_an
     np.testing.assert_array_equal(
         loaded.predict(history, deterministic=True)[0], model.predict(history, deterministic=True)[0]
     )
-    with pytest.raises(ValueError, match="obs_normalization='range': choose one of 'standard', 'minmax'"):
-        DiffusionPolicy("MlpPolicy", env, policy_kwargs=dict(TINY, obs_normalization="range"))
+    assert isinstance(loaded.policy.obs_normalizer, MinMaxNormalizer)
+    with pytest.raises(ValueError, match="normalizer must be 'gaussian', 'limits' or 'cdf', got 'range'"):
+        DiffusionPolicy("MlpPolicy", env, policy_kwargs=dict(TINY, normalizer="range"))

@@ -77,7 +77,8 @@ def test_markdown_report_from_the_records(results):
     assert "| 2 | 4 |" in markdown  # seeds, gradient steps
     assert "Budget: 4 gradient steps per run, up to 2 seed(s); evaluated every 2 gradient steps" in markdown
     assert "Hardware: " in markdown
-    assert len(json.loads((session.out / "tiny.json").read_text())["runs"]) == 4
+    written = json.loads((session.out / "tiny.json").read_text())
+    assert len(written["runs"]) == 4 and [len(names) for names in written["machines"].values()] == [4]
 
 
 def test_records_from_several_machines_name_each_machine_with_its_records():
@@ -91,6 +92,7 @@ def test_records_from_several_machines_name_each_machine_with_its_records():
     assert two.startswith("Hardware: these records come from 3 machines") and "AMD EPYC (2 records)" in two
     assert "Intel Xeon (bc x s0); Arm (study expert)." in two
     assert hardware_text({}) == ""
+    assert "A (1 record); B (b s0)" in hardware_text({"A": ["a s0"], "B": ["b s0"]})
 
 
 def test_a_learning_curve_figure_per_dataset_linked_from_the_report(results):

@@ -1,6 +1,7 @@
 """The zoo (issue 15): the shareable format round trip, the registry, where files come from, and
 a benchmark run made into a zoo model whose card the zoo reproduces."""
 
+import dataclasses
 import functools
 import http.server
 import json
@@ -389,9 +390,12 @@ def test_a_card_says_what_made_its_data_and_whether_the_zoo_lists_that_very_file
     assert missing["recipe"].endswith("; not in zoo/datasets.json")
 
 
-def test_an_old_card_s_data_is_described_again_from_the_very_file_it_was_trained_on(trained, tmp_path, home):
+def test_an_old_card_s_data_is_described_again_from_the_very_file_it_was_trained_on(
+    trained, tmp_path, home, capsys
+):
     import h5py
 
+    from diffgym.cli import main
     from diffgym.zoo.format import FileEntry
     from diffgym.zoo.publish import redescribe_data
 
@@ -404,35 +408,59 @@ def test_an_old_card_s_data_is_described_again_from_the_very_file_it_was_trained
            "recipe": "behaviour policies trained with SB3"}  # fmt: skip
     folder = tmp_path / "zoo" / "models" / "dql" / "pendulum-test"
     files = write_model_folder(trained, folder, name="dql/pendulum-test", **{**DESCRIPTION, "dataset": old})
-    weights = (folder / WEIGHTS).read_bytes()
-    registry = registry_with(
-        tmp_path / "zoo",
-        {
-            "dql/pendulum-test": package_entry(
-                "dql/pendulum-test", "models/dql/pendulum-test", files, tmp_path / "zoo"
-            )
-        },
-    )
+    entry = package_entry("dql/pendulum-test", "models/dql/pendulum-test", files, tmp_path / "zoo")
+    registry = registry_with(tmp_path / "zoo", {"dql/pendulum-test": entry})
+    before = {path: path.read_bytes() for path in [registry, *folder.iterdir()]}
     with pytest.raises(FileNotFoundError, match=r"demos\.hdf5 is in none of"):
         redescribe_data("dql/pendulum-test", [tmp_path], registry)
-    renewed = redescribe_data("dql/pendulum-test", [tmp_path, data], registry)
+    assert {path: path.read_bytes() for path in before} == before  # a refusal changes nothing
+    assert main(["zoo", "redescribe", "dql/pendulum-tset", "dql/pendulum-test", "--data-dir", str(tmp_path),
+                 "--data-dir", str(data), "--registry", str(registry)]) == 1  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "dql/pendulum-tset: not redescribed:" in printed and "no zoo model named" in printed
+    assert "dql/pendulum-test: made by a scripted expert (seed 0, episodes 5)" in printed
     described = zoo.info("dql/pendulum-test", registry)["config"]["dataset"]
     assert described["recipe"] == (
         "made by a scripted expert (seed 0, episodes 5); not in zoo/datasets.json; the sha256 identifies the file"
     )
     assert described["info"] == {"episodes": 5, "file": "demos.hdf5"} and described["sha256"] == sha256
     assert "made by a scripted expert" in (folder / "README.md").read_text()
-    assert (folder / WEIGHTS).read_bytes() == weights and renewed.files[WEIGHTS] == files[WEIGHTS]
+    assert (folder / WEIGHTS).read_bytes() == before[folder / WEIGHTS]
     loaded = zoo.load("dql/pendulum-test", registry=registry, device="cpu")  # the renewed entry verifies
     assert np.array_equal(loaded.predict(observations(), deterministic=True)[0],
                           trained.predict(observations(), deterministic=True)[0])  # fmt: skip
-    with h5py.File(data / "demos.hdf5", "a") as handle:
+
+
+def test_redescribing_finishes_after_a_stop_and_refuses_other_files_and_sources(trained, tmp_path, home):
+    import h5py
+
+    from diffgym.zoo.format import FileEntry, read_config, rewrite_config
+    from diffgym.zoo.publish import _dataset_description, redescribe_data
+
+    data = tmp_path / "demos.hdf5"
+    with h5py.File(data, "w") as handle:
+        handle.attrs["metadata"] = json.dumps({"made_by": "a scripted expert"})
+    old = {"id": "demos", "file": "demos.hdf5", "sha256": FileEntry.of(data).sha256, "recipe": "SB3"}
+    folder = tmp_path / "zoo" / "models" / "dql" / "pendulum-test"
+    files = write_model_folder(trained, folder, name="dql/pendulum-test", **{**DESCRIPTION, "dataset": old})
+    entry = package_entry("dql/pendulum-test", "models/dql/pendulum-test", files, tmp_path / "zoo")
+    registry = registry_with(tmp_path / "zoo", {"dql/pendulum-test": entry})
+    config = read_config(folder)  # a run that stopped after the config, before the registry:
+    rewrite_config(folder, {**config, "dataset": _dataset_description("demos", {"file": str(data)})})
+    with pytest.raises(zoo.ZooUnavailableError, match=r"config\.json: expected"):
+        zoo.load("dql/pendulum-test", registry=registry, device="cpu")
+    redescribe_data("dql/pendulum-test", [tmp_path], registry)  # running again finishes it
+    assert zoo.load("dql/pendulum-test", registry=registry, device="cpu") is not None
+    with h5py.File(data, "a") as handle:
         handle.attrs["note"] = "another file now"
-    with pytest.raises(ValueError, match="is not the file it was trained on"):
-        redescribe_data("dql/pendulum-test", [data], registry)
-    (folder / WEIGHTS).write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
-    with pytest.raises(ModelFileError):
-        redescribe_data("dql/pendulum-test", [data], registry)
+    with pytest.raises(ValueError, match=r"\(sha256 [0-9a-f]{64}\) is not the file it was trained on"):
+        redescribe_data("dql/pendulum-test", [tmp_path], registry)
+    renewed = read_registry(registry)["dql/pendulum-test"]
+    remote = dataclasses.replace(renewed, sources=(*renewed.sources, Source("url", "http://127.0.0.1:9/m/")))
+    with pytest.raises(ValueError, match="not only in a local folder"):
+        redescribe_data(
+            "dql/pendulum-test", [tmp_path], registry_with(tmp_path, {"dql/pendulum-test": remote})
+        )
 
 
 def test_a_card_reproduces_a_run_that_trained_until_its_loss_flattened():

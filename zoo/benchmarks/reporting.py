@@ -97,6 +97,7 @@ def build_report(session: Session) -> Path:
             "suite": name,
             "date": now(),
             "hardware": report.hardware,
+            "machines": report.machines,
             "runs": report.runs,
             "studies": report.studies,
         },
@@ -132,7 +133,7 @@ def hardware_text(machines: dict[str, list[str]]) -> str:
     others = "; ".join(f"{line} ({', '.join(names)})" for line, names in machines.items() if line != largest)
     return (
         f"Hardware: these records come from {len(machines)} machines, so their speeds compare only within one: "
-        f"{largest} ({len(machines[largest])} records); {others}."
+        f"{largest} ({_records(len(machines[largest]))}); {others}."
     )
 
 
@@ -228,3 +229,7 @@ def _until_flat_sentence(report: Report) -> str:
 def _index(names: list[str], record: dict[str, Any]) -> int:
     name = record["config"]["agent"]
     return names.index(name) if name in names else len(names)
+
+
+def _records(count: int) -> str:
+    return f"{count} record" + ("" if count == 1 else "s")
