@@ -43,13 +43,20 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
 }
 
 
-def evaluate_variant(path: str, task: str, variant: str, episodes: int, seed: int) -> dict[str, Any]:
-    overrides, deterministic = VARIANTS[variant]
+def load_for_evaluation(path: str, overrides: dict[str, Any], seed: int) -> DiffusionPolicy:
+    """The saved model with some of its ``policy_kwargs`` replaced, its sampling generator seeded as
+    the benchmark's final evaluation of ``seed`` seeds it."""
     saved = DiffusionPolicy.load(path)
     model = (
         DiffusionPolicy.load(path, policy_kwargs={**saved.policy_kwargs, **overrides}) if overrides else saved
     )
-    model.policy.sampling_generator.manual_seed(EVAL_SEED + seed)  # as the benchmark's evaluation
+    model.policy.sampling_generator.manual_seed(EVAL_SEED + seed)
+    return model
+
+
+def evaluate_variant(path: str, task: str, variant: str, episodes: int, seed: int) -> dict[str, Any]:
+    overrides, deterministic = VARIANTS[variant]
+    model = load_for_evaluation(path, overrides, seed)
     started = time.perf_counter()
     evaluation = evaluate_actor(model_actor(model, deterministic), task, episodes, EVAL_SEED + seed)
     return {

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from metaworld_acting import load_for_evaluation  # beside this script
 
-from diffgym.agents.diffusion_policy import DiffusionPolicy
 from diffgym.tasks.metaworld import make_task_env, reset_episode
 from diffgym.zoo.benchmarks.harness import EVAL_SEED
 from diffgym.zoo.benchmarks.metaworld import Actor, expert_actor, model_actor
@@ -32,13 +32,8 @@ BALL_HEIGHT = 6  # the ball's z in the observation (hand xyz, gripper, ball xyz,
 def actor(model: str, seed: int, n_action_steps: int | None) -> Actor:
     if model == "expert":
         return expert_actor(TASK)
-    saved = DiffusionPolicy.load(model)
-    if n_action_steps is not None:
-        saved = DiffusionPolicy.load(
-            model, policy_kwargs={**saved.policy_kwargs, "n_action_steps": n_action_steps}
-        )
-    saved.policy.sampling_generator.manual_seed(EVAL_SEED + seed)  # as the benchmark's evaluation
-    return model_actor(saved, deterministic=False)
+    overrides = {} if n_action_steps is None else {"n_action_steps": n_action_steps}
+    return model_actor(load_for_evaluation(model, overrides, seed), deterministic=False)
 
 
 def episode(act: Actor, reset_seed: int) -> dict[str, Any]:
