@@ -813,7 +813,10 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             env: an environment with the model's spaces (needed to keep learning or evaluate).
             device: where to put the networks.
             dataset: a dataset to keep learning from offline (optional).
-            kwargs: constructor arguments that override the saved ones (e.g. ``verbose``).
+            kwargs: constructor arguments that override the saved ones (e.g. ``verbose``);
+                ``policy_kwargs`` are merged over the saved ones, so ``policy_kwargs={"sampler":
+                "ddim"}`` changes how the model acts and keeps the rest (keys that shape the
+                networks cannot change: the saved weights would not fit).
 
         Raises:
             ModelFileError: the file is not a (valid, untampered) model of this algorithm.
@@ -850,7 +853,9 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
         with as_model_file_error(f"{source}: its manifest does not describe a {cls.__name__} model"):
             observation_space = space_from_json(manifest["observation_space"])
             action_space = space_from_json(manifest["action_space"])
-            arguments = {**manifest["hyperparameters"], "policy_kwargs": manifest["policy_kwargs"], **kwargs}
+            overrides = kwargs.pop("policy_kwargs", None) or {}
+            policy_kwargs = {**manifest["policy_kwargs"], **overrides}
+            arguments = {**manifest["hyperparameters"], "policy_kwargs": policy_kwargs, **kwargs}
             num_timesteps, n_updates = int(manifest["num_timesteps"]), int(manifest["n_updates"])
         if env is not None:  # a wrong env is the caller's error, not the file's
             check_for_correct_spaces(env, observation_space, action_space)  # type: ignore[arg-type]
@@ -861,7 +866,12 @@ class OfflineAlgorithm(OffPolicyAlgorithm):
             )
             model.observation_space, model.action_space = observation_space, action_space
             model._setup_model()
-        with as_model_file_error(f"{source}: the policy's saved state does not fit {cls.__name__}"):
+        unfit = f"{source}: the policy's saved state does not fit {cls.__name__}"
+        if overrides:
+            unfit += (
+                f" built with policy_kwargs {overrides} (those that shape networks cannot change at load)"
+            )
+        with as_model_file_error(unfit):
             model.policy.load_state_dict(members["policy"])
         if "optimizers" in members:
             with as_model_file_error(f"{source}: the optimizers' saved state does not fit {cls.__name__}"):

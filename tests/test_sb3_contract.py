@@ -125,6 +125,15 @@ def test_net_arch_sets_the_widths_of_actor_and_critics(pendulum_dataset, tmp_pat
     assert IDQL.load(tmp_path / "idql").policy.critic.ensemble.net[0].weight.shape[-1] == 16
 
 
+def test_policy_kwargs_at_load_merge_over_the_saved_ones(tmp_path):
+    dql(None).save(tmp_path / "model")
+    fewer = DiffusionQL.load(tmp_path / "model", policy_kwargs={"num_candidates": 3})
+    assert fewer.policy_kwargs == {**DQL["policy_kwargs"], "num_candidates": 3}
+    assert fewer.predict(observations(2))[0].shape == (2, 1)
+    with pytest.raises(ModelFileError, match=r"policy_kwargs \{'actor_hidden': 32\}.*cannot change"):
+        DiffusionQL.load(tmp_path / "model", policy_kwargs={"actor_hidden": 32})
+
+
 @pytest.mark.parametrize(
     "net_arch, message",
     [

@@ -46,10 +46,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
 def load_for_evaluation(path: str, overrides: dict[str, Any], seed: int) -> DiffusionPolicy:
     """The saved model with some of its ``policy_kwargs`` replaced, its sampling generator seeded as
     the benchmark's final evaluation of ``seed`` seeds it."""
-    saved = DiffusionPolicy.load(path)
-    model = (
-        DiffusionPolicy.load(path, policy_kwargs={**saved.policy_kwargs, **overrides}) if overrides else saved
-    )
+    model = DiffusionPolicy.load(path, policy_kwargs=overrides)
     model.policy.sampling_generator.manual_seed(EVAL_SEED + seed)
     return model
 
