@@ -1,5 +1,6 @@
-"""float32 matrix-product rates on one thread: torch's ``mm`` (MKL), oneDNN's matmul inside torch, and
-XLA (``jax.jit(a @ b)``), at the shapes of IDQL's actor (batch 512, width 256, blocks of 1024).
+"""Matrix-product rates on one thread, at the shapes of IDQL's actor (batch 512, width 256, blocks of
+1024): float32 through torch's ``mm`` (MKL), oneDNN's matmul inside torch, and XLA (``jax.jit(a @ b)``);
+bfloat16 through torch's ``mm`` (what ``precision="bf16"`` autocast runs; oneDNN underneath).
 
 Run it with the project's environment for the torch rows and with the JAX environment of
 ``authors_idql.py`` for the XLA rows (each interpreter measures what it has), pinned to one core::
@@ -60,6 +61,7 @@ def torch_rates() -> None:
         report("torch.mm (MKL)", shape, rate(torch.mm, (a, b), shape))
         weight = b.t().contiguous()  # (out, in), as nn.Linear holds it
         report("oneDNN (torch.ops.mkldnn._linear_pointwise)", shape, rate(onednn, (a, weight), shape))
+        report("torch.mm, bfloat16", shape, rate(torch.mm, (a.bfloat16(), b.bfloat16()), shape))
 
 
 def jax_rates() -> None:
