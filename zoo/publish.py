@@ -542,7 +542,9 @@ def redescribe_data(
     config = read_config(folder)
     card = config.get("dataset") or {}
     data = _training_data(name, card, data_dirs)
-    described = _dataset_description(card["id"], {**(card.get("info") or {}), "file": str(data)})
+    described = _dataset_description(
+        card["id"], {**(card.get("info") or {}), "file": str(data)}, card["sha256"]
+    )
     if card != described:  # not rewritten yet (one that is comes from a run stopped before the registry)
         verify_entry(folder / CONFIG, entry.files[CONFIG])
     files = rewrite_config(folder, {**config, "dataset": described})
@@ -605,9 +607,12 @@ def _zoo_env(record: dict[str, Any]) -> dict[str, Any]:
     return load_suite(record["suite"]).zoo_env(dataset)
 
 
-def _dataset_description(name: str, data: dict[str, Any]) -> dict[str, Any]:
+def _dataset_description(name: str, data: dict[str, Any], sha256: str | None = None) -> dict[str, Any]:
+    """The card's ``dataset``: ``data``'s file described by its metadata (``sha256``: the file's, when
+    the caller has just checked it; hashed here otherwise)."""
     file = Path(str(data.get("file", "")))
-    sha256 = FileEntry.of(file).sha256 if file.is_file() else None
+    if sha256 is None and file.is_file():
+        sha256 = FileEntry.of(file).sha256
     described: dict[str, Any] = {
         "id": name,
         "info": {**data, "file": file.name},
