@@ -30,6 +30,7 @@ predicts exactly what the original does (``tests/zoo/test_zoo.py``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -74,6 +75,11 @@ class FileEntry:
     def of(cls, path: Path) -> FileEntry:
         """The entry of an existing file."""
         return cls(file_sha256(path), path.stat().st_size)
+
+    @classmethod
+    def of_bytes(cls, content: bytes) -> FileEntry:
+        """The entry a file holding ``content`` will have."""
+        return cls(hashlib.sha256(content).hexdigest(), len(content))
 
 
 def write_model_folder(
@@ -171,10 +177,22 @@ def rewrite_config(folder: Path, config: dict[str, Any]) -> dict[str, FileEntry]
     """Replace a zoo folder's ``config.json`` and ``README.md`` (the card, made from the config and
     ``results.json``), each atomically; the weights and results are untouched. Returns the folder's
     registry entries."""
-    _write_json(folder / CONFIG, config)
-    with atomic_file(folder / CARD) as file:
-        file.write(model_card(config, read_results(folder)).encode())
+    for name, content in _config_files(folder, config).items():
+        with atomic_file(folder / name) as file:
+            file.write(content)
     return {file: FileEntry.of(folder / file) for file in MODEL_FILES}
+
+
+def rewritten_entries(folder: Path, config: dict[str, Any]) -> dict[str, FileEntry]:
+    """The registry entries ``folder`` will have once :func:`rewrite_config` has written ``config``
+    into it (nothing is written)."""
+    written = {name: FileEntry.of_bytes(content) for name, content in _config_files(folder, config).items()}
+    return {file: written.get(file) or FileEntry.of(folder / file) for file in MODEL_FILES}
+
+
+def _config_files(folder: Path, config: dict[str, Any]) -> dict[str, bytes]:
+    """What :func:`rewrite_config` writes: ``config.json`` and the card made from it and the results."""
+    return {CONFIG: _json_bytes(config), CARD: model_card(config, read_results(folder)).encode()}
 
 
 def _versions() -> dict[str, str]:
@@ -519,7 +537,11 @@ def _write_json(path: Path, value: Any) -> None:
     """Strict JSON: an unbounded space's ``inf`` is written as the string ``"-Infinity"`` (or
     ``"Infinity"``, ``"NaN"``), which :func:`_read_json` turns back into the float."""
     with atomic_file(path) as file:
-        file.write((json.dumps(_spelled(value), indent=2, allow_nan=False) + "\n").encode())
+        file.write(_json_bytes(value))
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(_spelled(value), indent=2, allow_nan=False) + "\n").encode()
 
 
 def _spelled(value: Any) -> Any:

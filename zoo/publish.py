@@ -51,6 +51,7 @@ from diffgym.zoo.format import (
     read_results,
     results_summary,
     rewrite_config,
+    rewritten_entries,
     seeds_text,
     verify_entry,
     write_model_folder,
@@ -517,9 +518,10 @@ def redescribe_data(
     """Describe zoo model ``name``'s data again from the very file it was trained on, as
     :func:`publish` does today: the card's recipe becomes what the file's metadata says made it, and
     whether ``zoo/datasets.json`` lists that file. For cards written before the recipe was read from
-    the file. Weights and results are unchanged and verified first; ``config.json`` too, unless a
-    run stopped after rewriting it (it then already holds the new description), so running again
-    finishes the job. The registry entry is renewed last.
+    the file. Weights and results are unchanged and verified first, and ``config.json`` against the
+    registry, which may already list what the rewrite makes of it: the registry entry is renewed
+    first and the folder's files after, so a run stopped between the two is finished by running
+    again, and a ``config.json`` that differs in anything but its data description is refused.
 
     Args:
         name: the zoo name of a model whose files ship with the registry (a package source).
@@ -545,11 +547,13 @@ def redescribe_data(
     described = _dataset_description(
         card["id"], {**(card.get("info") or {}), "file": str(data)}, card["sha256"]
     )
-    if card != described:  # not rewritten yet (one that is comes from a run stopped before the registry)
+    renewed = {**config, "dataset": described}
+    files = rewritten_entries(folder, renewed)
+    if files[CONFIG] != entry.files[CONFIG]:  # equal: done already, or stopped after the registry
         verify_entry(folder / CONFIG, entry.files[CONFIG])
-    files = rewrite_config(folder, {**config, "dataset": described})
     path = registry_path(registry)
     write_registry({**read_registry(path), name: dataclasses.replace(entry, files=files)}, path)
+    rewrite_config(folder, renewed)
     return described
 
 

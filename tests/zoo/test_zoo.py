@@ -434,7 +434,7 @@ def test_an_old_card_s_data_is_described_again_from_the_very_file_it_was_trained
 def test_redescribing_finishes_after_a_stop_and_refuses_other_files_and_sources(trained, tmp_path, home):
     import h5py
 
-    from diffgym.zoo.format import FileEntry, read_config, rewrite_config
+    from diffgym.zoo.format import FileEntry, read_config, rewrite_config, rewritten_entries
     from diffgym.zoo.publish import _dataset_description, redescribe_data
 
     data = tmp_path / "demos.hdf5"
@@ -445,12 +445,25 @@ def test_redescribing_finishes_after_a_stop_and_refuses_other_files_and_sources(
     files = write_model_folder(trained, folder, name="dql/pendulum-test", **{**DESCRIPTION, "dataset": old})
     entry = package_entry("dql/pendulum-test", "models/dql/pendulum-test", files, tmp_path / "zoo")
     registry = registry_with(tmp_path / "zoo", {"dql/pendulum-test": entry})
-    config = read_config(folder)  # a run that stopped after the config, before the registry:
-    rewrite_config(folder, {**config, "dataset": _dataset_description("demos", {"file": str(data)})})
+    config = read_config(folder)
+    renewed = {**config, "dataset": _dataset_description("demos", {"file": str(data)})}
+    tampered = {**config, "training": {**config["training"], "note": "not what was registered"}}
+    rewrite_config(folder, tampered)  # anything but the data description changed: refused, nothing written
+    before = {path: path.read_bytes() for path in [registry, *folder.iterdir()]}
+    with pytest.raises(ModelFileError, match=r"config\.json"):
+        redescribe_data("dql/pendulum-test", [tmp_path], registry)
+    assert {path: path.read_bytes() for path in before} == before
+    rewrite_config(folder, config)
+    # a run that stopped after renewing the registry, before the folder's files:
+    write_registry({"dql/pendulum-test": dataclasses.replace(entry, files=rewritten_entries(folder, renewed))},
+                   registry)  # fmt: skip
     with pytest.raises(zoo.ZooUnavailableError, match=r"config\.json: expected"):
         zoo.load("dql/pendulum-test", registry=registry, device="cpu")
     redescribe_data("dql/pendulum-test", [tmp_path], registry)  # running again finishes it
+    assert read_config(folder) == renewed
     assert zoo.load("dql/pendulum-test", registry=registry, device="cpu") is not None
+    redescribe_data("dql/pendulum-test", [tmp_path], registry)  # and again changes nothing
+    assert read_config(folder) == renewed
     with h5py.File(data, "a") as handle:
         handle.attrs["note"] = "another file now"
     with pytest.raises(ValueError, match=r"\(sha256 [0-9a-f]{64}\) is not the file it was trained on"):
