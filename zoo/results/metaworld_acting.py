@@ -44,7 +44,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
 
 
 def load_for_evaluation(path: str, overrides: dict[str, Any], seed: int) -> DiffusionPolicy:
-    """The saved model with some of its ``policy_kwargs`` replaced, its sampling generator seeded as
+    """The saved model with ``overrides`` merged over its ``policy_kwargs``, its sampling generator seeded as
     the benchmark's final evaluation of ``seed`` seeds it."""
     model = DiffusionPolicy.load(path, policy_kwargs=overrides)
     model.policy.sampling_generator.manual_seed(EVAL_SEED + seed)
